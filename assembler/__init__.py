@@ -1,0 +1,3 @@
+"""assembler: container-first VM image assembler."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""The only place that starts a subprocess: logs the command, turns failures into ToolError."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from assembler.errors import MissingToolError, ToolError
+from assembler.log import log
+
+StrPath = str | Path
+
+# Debian package that provides each tool, so a missing-tool error names the fix.
+TOOL_PACKAGES: dict[str, str] = {
+    "mmdebstrap": "mmdebstrap",
+    "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "mke2fs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "sgdisk": "gdisk",
+    "grub-mkimage": "grub-common",
+    "grub-bios-setup": "grub-pc-bin",
+    "xorriso": "xorriso",
+    "skopeo": "skopeo",
+    "dockerd": "docker.io",
+    "podman": "podman",
+    "tar": "tar",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+
+
+def require_tool(name: str, hint: str = "") -> str:
+    """Return the tool's path or fail with the package that provides it."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if path is None:
+        package = TOOL_PACKAGES.get(name, name)
+        raise MissingToolError(
+            f"required tool not found: {name}",
+            details=hint,
+            resolution=f"run `make setup` (or `apt-get install {package}`)",
+        )
+    return path
+
+
+def run(
+    cmd: Sequence[StrPath],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: StrPath | None = None,
+    capture: bool = True,
+    input_bytes: bytes | None = None,
+    check: bool = True,
+    resolution: str = "",
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command; env entries are added to the current environment."""
+    argv = [str(c) for c in cmd]
+    log.debug("$ %s", shlex.join(argv))
+    full_env = {**os.environ, **env} if env else None
+    try:
+        proc = subprocess.run(
+            argv,
+            env=full_env,
+            cwd=cwd,
+            input=input_bytes,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            check=False,
+            timeout=timeout,
+        )
+    except FileNotFoundError as exc:
+        raise MissingToolError(
+            f"required tool not found: {argv[0]}",
+            resolution=f"run `make setup` (or `apt-get install {TOOL_PACKAGES.get(argv[0], argv[0])}`)",
+        ) from exc
+    if check and proc.returncode != 0:
+        stderr = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
+        stdout = (proc.stdout or b"").decode(errors="replace").strip().splitlines()
+        tail = "\n".join((stderr or stdout)[-15:])
+        raise ToolError(shlex.join(argv), proc.returncode, tail, resolution=resolution)
+    return proc
+
+
+def output(cmd: Sequence[StrPath], **kwargs: object) -> str:
+    """Run a command and return its stdout as text."""
+    proc = run(cmd, **kwargs)  # type: ignore[arg-type]
+    return proc.stdout.decode(errors="replace")
+
+
+def tool_version(name: str, args: Sequence[str] = ("--version",)) -> str:
+    """First line of a tool's version output, or 'absent'; recorded in manifests and cache keys."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        return "absent"
+    proc = subprocess.run([path, *args], capture_output=True, check=False)
+    text = (proc.stdout or proc.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0] if text else "unknown"
