@@ -66,11 +66,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(root: Path) -> str:
+def sha256_tree(root: Path, exclude: tuple[str, ...] = ()) -> str:
     """Content hash of a directory: relative paths, modes and file bytes, in sorted order."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
+        if rel in exclude:
+            continue
         if path.is_symlink():
             digest.update(f"L {rel} {os.readlink(path)}\n".encode())
         elif path.is_file():

@@ -1,0 +1,26 @@
+# Quick start: `make image` builds the default image; `make test` runs every test. Both set up first.
+IMAGE ?= debian-12
+VENV := .venv
+PYTEST_ARGS ?=
+
+.PHONY: setup image test lint unit bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+image: setup
+	$(VENV)/bin/assembler build $(IMAGE)
+
+lint: setup
+	$(VENV)/bin/ruff check assembler tests
+	$(VENV)/bin/mypy assembler
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+# Every marker runs here (unit, integration, podman, e2e): CI calls exactly this.
+test: setup lint
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf out

@@ -1,0 +1,218 @@
+"""Base images without a registry: mmdebstrap a Debian rootfs and load it into the engine.
+
+A recipe (rootfs/NAME/recipe.yaml) names the suite, mirror and packages. `bootstrap()` turns it into a
+bit-identical rootfs tar (SOURCE_DATE_EPOCH), `base_archive()` wraps that tar as a one-layer
+docker-archive whose config is dated by the same epoch (so the image ID is reproducible), and
+`ensure_base()` does both, caches the result by recipe key and loads it under the recipe's tag, which
+Containerfiles `FROM`. A Containerfile can equally `FROM docker.io/library/debian@sha256:...` on a machine
+that reaches a registry; this module is for machines (and builds) that must not depend on one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Literal
+
+import docker
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from assembler import engine
+from assembler.errors import ConfigError
+from assembler.fsutil import atomic_dir, atomic_path, canonical_json, sha256_bytes, sha256_file
+from assembler.log import log
+from assembler.run import require_tool, run, tool_version
+
+MIRROR_ENV = "ASSEMBLER_DEBIAN_MIRROR"
+SECURITY_MIRROR_ENV = "ASSEMBLER_DEBIAN_SECURITY_MIRROR"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
+# Bump when the archive layout or the bootstrap command changes, so old cache entries are not reused.
+BOOTSTRAP_VERSION = 1
+
+Variant = Literal["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important",
+                  "standard"]
+
+
+class BaseRecipe(BaseModel):
+    """A Debian base bootstrapped by mmdebstrap (rootfs/NAME/recipe.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    suite: str = "bookworm"
+    variant: Variant = "minbase"
+    architecture: str = "amd64"
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str | None = "http://deb.debian.org/debian-security"
+    updates: bool = True
+    components: tuple[str, ...] = ("main",)
+    packages: tuple[str, ...] = ()
+    source_date_epoch: int = Field(ge=0)
+    tag: str = "localhost/assembler/base:debian-12"
+
+    def sources(self) -> list[str]:
+        """One-line apt sources, in the order mmdebstrap writes them to /etc/apt/sources.list."""
+        comps = " ".join(self.components)
+        lines = [f"deb {self.mirror} {self.suite} {comps}"]
+        if self.updates:
+            lines.append(f"deb {self.mirror} {self.suite}-updates {comps}")
+        if self.security_mirror:
+            lines.append(f"deb {self.security_mirror} {self.suite}-security {comps}")
+        return lines
+
+
+def load_recipe(path_or_name: Path | str) -> BaseRecipe:
+    """Read a recipe file, or rootfs/NAME/recipe.yaml when given a bare name."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = ROOTFS_DIR / str(path_or_name) / "recipe.yaml"
+    if not path.is_file():
+        raise ConfigError(f"base recipe not found: {path}", resolution=f"create it, or pick one of {_known()}")
+    try:
+        return BaseRecipe.model_validate(yaml.safe_load(path.read_text()))
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ConfigError(f"invalid base recipe {path}", details=str(exc), resolution="fix the fields named above")
+
+
+def _known() -> list[str]:
+    return sorted(p.parent.name for p in ROOTFS_DIR.glob("*/recipe.yaml"))
+
+
+def effective(recipe: BaseRecipe) -> BaseRecipe:
+    """Apply the mirror overrides from the environment (a local mirror or a snapshot.debian.org URL)."""
+    update: dict[str, str] = {}
+    if os.environ.get(MIRROR_ENV):
+        update["mirror"] = os.environ[MIRROR_ENV]
+    if os.environ.get(SECURITY_MIRROR_ENV):
+        update["security_mirror"] = os.environ[SECURITY_MIRROR_ENV]
+    return recipe.model_copy(update=update) if update else recipe
+
+
+def recipe_key(recipe: BaseRecipe) -> str:
+    """Cache key: the recipe as used plus the mmdebstrap version that turns it into a tar."""
+    data = {
+        "recipe": effective(recipe).model_dump(mode="json"),
+        "mmdebstrap": tool_version("mmdebstrap"),
+        "bootstrap_version": BOOTSTRAP_VERSION,
+    }
+    return sha256_bytes(canonical_json(data))
+
+
+def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
+    """The exact mmdebstrap argv (golden-testable)."""
+    cmd = [
+        "mmdebstrap",
+        f"--variant={recipe.variant}",
+        f"--architectures={recipe.architecture}",
+        f"--components={','.join(recipe.components)}",
+        "--format=tar",
+        # Device nodes do not belong in an image layer: the engine and the booted kernel provide /dev.
+        "--skip=output/dev",
+        # mmdebstrap copies the host's resolv.conf and hostname; either would make the tar host-dependent.
+        '--customize-hook=rm -f "$1/etc/resolv.conf"',
+        '--customize-hook=echo localhost > "$1/etc/hostname"',
+    ]
+    if recipe.packages:
+        cmd.append(f"--include={','.join(recipe.packages)}")
+    if "snapshot.debian.org" in recipe.mirror:
+        # Snapshots carry Release files whose Valid-Until has long passed.
+        cmd.append("--aptopt=Acquire::Check-Valid-Until \"false\"")
+    cmd += [recipe.suite, str(dest), *recipe.sources()]
+    return cmd
+
+
+def bootstrap(recipe: BaseRecipe, dest_tar: Path) -> Path:
+    """Bootstrap the recipe into a reproducible rootfs tar at dest_tar (written atomically)."""
+    require_tool("mmdebstrap", hint="needed to bootstrap the base image from a Debian mirror")
+    recipe = effective(recipe)
+    with atomic_path(dest_tar) as tmp:
+        run(
+            mmdebstrap_command(recipe, tmp),
+            env={"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "LC_ALL": "C.UTF-8"},
+            resolution=f"check that the mirror {recipe.mirror} is reachable (or set {MIRROR_ENV})",
+        )
+    return dest_tar
+
+
+def _rfc3339(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _image_config(diff_id: str, created_epoch: int, created_by: str) -> bytes:
+    created = _rfc3339(created_epoch)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": {"Env": [DEFAULT_PATH], "Cmd": ["bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": created, "created_by": created_by}],
+    }
+    return canonical_json(config)
+
+
+def _tar_member(name: str, size: int, epoch: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, epoch, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def base_archive(
+    rootfs_tar: Path, ref: str, created_epoch: int, dest: Path, *, created_by: str = "assembler bootstrap"
+) -> str:
+    """Write a one-layer docker-archive of rootfs_tar tagged `ref`; return its image ID (sha256:...).
+
+    Every byte is a function of the inputs (fixed member order, times and owners), so the archive and the
+    image ID are reproducible.
+    """
+    diff_id = "sha256:" + sha256_file(rootfs_tar)
+    config = _image_config(diff_id, created_epoch, created_by)
+    config_hex = sha256_bytes(config)
+    layer_name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
+    manifest = canonical_json([{"Config": f"{config_hex}.json", "RepoTags": [ref], "Layers": [layer_name]}])
+    with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
+        out.addfile(_tar_member(f"{config_hex}.json", len(config), created_epoch), io.BytesIO(config))
+        with rootfs_tar.open("rb") as layer:
+            out.addfile(_tar_member(layer_name, rootfs_tar.stat().st_size, created_epoch), layer)
+        out.addfile(_tar_member("manifest.json", len(manifest), created_epoch), io.BytesIO(manifest))
+    return f"sha256:{config_hex}"
+
+
+def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path) -> str:
+    """Make sure the engine has the recipe's base image under recipe.tag; return its image ID.
+
+    The bootstrap runs only when no cache entry exists for the recipe key; loading runs only when the
+    engine does not already hold that exact image under the tag.
+    """
+    recipe = effective(recipe)
+    entry = cache_dir / "base" / recipe_key(recipe)
+    if not (entry / "image-id").is_file():
+        _build_entry(recipe, entry)
+    image_id = (entry / "image-id").read_text().strip()
+    if engine.image_id(client, recipe.tag) == image_id:
+        log.debug("base %s already loaded as %s", recipe.tag, image_id)
+        return image_id
+    loaded = engine.load_archive(client, entry / "image.tar")
+    if loaded != image_id:
+        log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
+    return loaded
+
+
+def _build_entry(recipe: BaseRecipe, entry: Path) -> None:
+    log.info("bootstrapping base %s (%s %s from %s)", recipe.name, recipe.suite, recipe.variant, recipe.mirror)
+    with atomic_dir(entry) as tmp:
+        rootfs = bootstrap(recipe, tmp / "rootfs.tar")
+        created_by = f"mmdebstrap --variant={recipe.variant} {recipe.suite} # assembler base {recipe.name}"
+        image_id = base_archive(rootfs, recipe.tag, recipe.source_date_epoch, tmp / "image.tar",
+                                created_by=created_by)
+        rootfs.unlink()  # the archive holds the same bytes as its only layer
+        (tmp / "image-id").write_text(image_id + "\n")
+        (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")

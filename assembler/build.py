@@ -1,0 +1,137 @@
+"""The whole build on one screen: plan the phases, run them, publish outputs, write the manifest."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from assembler import __version__
+from assembler.fsutil import atomic_path, sha256_file, write_json
+from assembler.log import console
+from assembler.phases.boot import BootPhase
+from assembler.phases.convert import ConvertPhase
+from assembler.phases.disk import RAW, DiskPhase
+from assembler.phases.rootfs import ROOTFS_TAR, RootfsPhase
+from assembler.pipeline import Action, BuildContext, Phase, PhaseRecord, PhaseRun, execute_plan, make_plan
+from assembler.run import run, tool_version
+
+
+def phases_for(ctx: BuildContext) -> list[Phase]:
+    """rootfs -> disk -> convert (one per format) -> boot; each phase names the phases it reads."""
+    rootfs = RootfsPhase(ctx)
+    disk = DiskPhase(ctx, (rootfs,))
+    converts: list[Phase] = [ConvertPhase(ctx, (disk,), fmt) for fmt in ctx.formats if fmt != "raw"]
+    phases: list[Phase] = [rootfs, disk, *converts]
+    if ctx.boot_test:
+        phases.append(BootPhase(ctx, (disk,)))
+    return phases
+
+
+def plan_build(ctx: BuildContext, selected: set[str] | None = None) -> list[PhaseRun]:
+    return make_plan(ctx, phases_for(ctx), selected)
+
+
+def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]:
+    """Run the build and return the manifest written to the output directory."""
+    started = time.monotonic()
+    plan = plan_build(ctx, selected)
+    print_plan(plan)
+    records = execute_plan(ctx, plan)
+    outputs = publish_outputs(ctx)
+    manifest = make_manifest(ctx, records, outputs, round(time.monotonic() - started, 2))
+    write_json(ctx.output_dir / "manifest.json", manifest)
+    console.print(f"[bold green]done[/] {ctx.spec.name} -> {ctx.output_dir} ({manifest['seconds']} s)")
+    return manifest
+
+
+def print_plan(plan: list[PhaseRun]) -> None:
+    table = Table("phase", "key", "action", "reason", title="plan")
+    colours = {Action.RUN: "cyan", Action.CACHED: "green", Action.SKIP: "dim"}
+    for step in plan:
+        colour = colours[step.action]
+        table.add_row(step.phase.label, step.key[:12], f"[{colour}]{step.action.value}[/]", step.reason)
+    console.print(table)
+
+
+def _copy_out(source: Path, dest: Path) -> None:
+    """Copy a store artefact into out/ (sparse, atomic), so editing outputs never touches the cache."""
+    with atomic_path(dest) as tmp:
+        run(["cp", "--sparse=always", "--reflink=auto", source, tmp])
+    dest.chmod(0o644)
+
+
+def publish_outputs(ctx: BuildContext) -> list[dict[str, Any]]:
+    outputs: list[dict[str, Any]] = []
+    name = ctx.spec.name
+    results = ctx.results
+    if "rootfs" in results:
+        rootfs = results["rootfs"]
+        dest = ctx.output_dir / f"{name}-rootfs.tar"
+        _copy_out(rootfs.file(ROOTFS_TAR), dest)
+        outputs.append({"format": "rootfs-tar", "path": dest.name, "sha256": rootfs.meta["rootfs"]["sha256"]})
+    if "disk" in results and "raw" in ctx.formats:
+        dest = ctx.output_dir / f"{name}.raw"
+        _copy_out(results["disk"].file(RAW), dest)
+        outputs.append({"format": "raw", "path": dest.name, "sha256": sha256_file(dest)})
+    for label, entry in results.items():
+        if label.startswith("convert:"):
+            out = entry.meta["output"]
+            dest = ctx.output_dir / out["file"]
+            _copy_out(entry.file(out["file"]), dest)
+            outputs.append({"format": out["format"], "path": dest.name, "sha256": out["sha256"]})
+    if "boot" in results:
+        boot_dir = results["boot"].path
+        for report in sorted(boot_dir.glob("*")):
+            if report.name != "meta.json":
+                _copy_out(report, ctx.output_dir / report.name)
+    return outputs
+
+
+def tool_versions() -> dict[str, str]:
+    return {
+        "assembler": __version__,
+        "python": platform.python_version(),
+        "qemu-img": tool_version("qemu-img"),
+        "qemu-system-x86_64": tool_version("qemu-system-x86_64"),
+        "mke2fs": tool_version("mke2fs", ["-V"]),
+        "mmdebstrap": tool_version("mmdebstrap"),
+        "sgdisk": tool_version("sgdisk", ["-V"]),
+        "grub-mkimage": tool_version("grub-mkimage"),
+        "mkfs.vfat": tool_version("mkfs.vfat", ["--help"]),
+        "libguestfs": tool_version("guestfish"),
+    }
+
+
+def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[dict[str, Any]],
+                  seconds: float) -> dict[str, Any]:
+    results = ctx.results
+    manifest: dict[str, Any] = {
+        "image": ctx.spec.name,
+        "source_date_epoch": ctx.spec.config.source_date_epoch,
+        "phases": [asdict(r) for r in records],
+        "outputs": outputs,
+        "tools": tool_versions(),
+        "seconds": seconds,
+    }
+    if "rootfs" in results:
+        meta = results["rootfs"].meta
+        manifest |= {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
+                     "base_image": meta.get("base_image")}
+    if "disk" in results:
+        disk = results["disk"].meta["disk"]
+        manifest["disk"] = disk
+        manifest["nondeterministic"] = disk.get("nondeterministic", [])
+    if "boot" in results:
+        manifest["boot"] = results["boot"].meta["boot"]
+    return manifest
+
+
+def clean_output_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)

@@ -1,0 +1,61 @@
+"""`assembler build IMAGE`: run the pipeline (or a selection of its phases) for one image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from assembler.build import build as run_build
+from assembler.build import plan_build, print_plan
+from assembler.config import cache_dir, resolve_image
+from assembler.errors import ConfigError
+from assembler.pipeline import PHASE_ORDER, BuildContext
+from assembler.store import Store
+
+
+def _selected(phases: str | None) -> set[str] | None:
+    if not phases:
+        return None
+    chosen = {p.strip() for p in phases.split(",") if p.strip()}
+    unknown = {p.split(":")[0] for p in chosen} - set(PHASE_ORDER)
+    if unknown:
+        raise ConfigError(f"unknown phase(s): {', '.join(sorted(unknown))}",
+                          resolution=f"choose from: {', '.join(PHASE_ORDER)}")
+    return chosen
+
+
+def build(
+    image: str = typer.Argument(..., help="name under Containerfiles/ or a directory with a Containerfile"),
+    fmt: list[str] = typer.Option(None, "--format", "-f", help="output format (repeatable); default from image.yaml"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="output directory (default out/IMAGE)"),
+    cache: Path | None = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)"),
+    phases: str | None = typer.Option(None, "--phases", help="comma list: rootfs,disk,convert,boot"),
+    size: str | None = typer.Option(None, "--size", help="fixed disk size, e.g. 4G"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the plan, run nothing"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="rebuild every phase (engine cache too)"),
+    no_boot_test: bool = typer.Option(False, "--no-boot-test", help="skip the QEMU boot test phase"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest (or plan) as JSON on stdout"),
+) -> None:
+    """Build IMAGE: rootfs -> disk -> formats -> boot test; outputs and manifest.json in out/IMAGE/."""
+    from assembler.formats import validate_format_names
+
+    spec = resolve_image(image)
+    formats = validate_format_names(fmt or spec.config.formats)
+    ctx = BuildContext(
+        spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
+        formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size,
+    )
+    selected = _selected(phases)
+    if dry_run:
+        plan = plan_build(ctx, selected)
+        if as_json:
+            typer.echo(json.dumps([{"phase": s.phase.label, "key": s.key, "action": s.action.value,
+                                    "reason": s.reason} for s in plan], indent=2))
+        else:
+            print_plan(plan)
+        return
+    manifest = run_build(ctx, selected)
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2))

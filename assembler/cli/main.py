@@ -1,0 +1,53 @@
+"""The `assembler` command: one typer app; each command lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from assembler.cli import build_cmd, convert_cmd, list_cmd
+from assembler.errors import AssemblerError
+from assembler.log import console, setup_logging
+
+app = typer.Typer(
+    name="assembler",
+    help="Container-first VM image assembler: Containerfile -> OCI image -> rootfs -> bootable disks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="log every command; show tracebacks")) -> None:
+    _state["debug"] = debug
+    setup_logging(debug)
+
+
+app.command("list")(list_cmd.list_images_cmd)
+app.command("build")(build_cmd.build)
+app.command("convert")(convert_cmd.convert)
+
+
+def main() -> None:
+    try:
+        app()
+    except AssemblerError as exc:
+        if _state["debug"]:
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {exc.brief}")
+        if exc.details:
+            console.print(exc.details, markup=False)
+        if exc.resolution:
+            console.print(f"[bold]fix:[/] {exc.resolution}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

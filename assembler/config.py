@@ -1,0 +1,126 @@
+"""Where things live and what an image declares (Containerfiles/NAME/image.yaml)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from assembler.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = "debian-12"
+DEFAULT_SOURCE_DATE_EPOCH = 1700000000
+
+
+def containerfiles_dir() -> Path:
+    return Path(os.environ.get("ASSEMBLER_CONTAINERFILES", REPO_ROOT / "Containerfiles"))
+
+
+def rootfs_dir() -> Path:
+    return Path(os.environ.get("ASSEMBLER_ROOTFS_DIR", REPO_ROOT / "rootfs"))
+
+
+def formats_dir() -> Path:
+    return REPO_ROOT / "formats"
+
+
+def cache_dir(override: Path | None = None) -> Path:
+    if override is not None:
+        return override
+    env = os.environ.get("ASSEMBLER_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "assembler"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DiskConfig(_Strict):
+    size: str | None = Field(None, description="fixed disk size, e.g. 4G; default: content + headroom")
+    headroom: str = "512M"
+    layout: str | None = Field(None, description="layout file under formats/layouts/ or a path")
+    layout_overrides: dict[str, object] = Field(default_factory=dict)
+    cmdline: str = "console=tty0 console=ttyS0,115200n8"
+
+
+class BootConfig(_Strict):
+    firmware: Literal["bios", "uefi", "both"] = "both"
+    timeout: int = 600
+    checks: str = "checks.yaml"
+
+
+class ImageConfig(_Strict):
+    """Everything an image declares besides its Containerfile."""
+
+    description: str = ""
+    base: str | None = Field(None, description="base recipe under rootfs/ bootstrapped and loaded first")
+    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
+    build_args: dict[str, str] = Field(default_factory=dict)
+    formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
+    disk: DiskConfig = Field(default_factory=DiskConfig)
+    boot: BootConfig = Field(default_factory=BootConfig)
+    properties: dict[str, str] = Field(default_factory=dict, description="versions shown in OVF/labels")
+
+
+class ImageSpec(BaseModel):
+    """A resolved image: its name, its build context and its declared config."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    context: Path
+    containerfile: Path
+    config: ImageConfig
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '1.5G', '1073741824' -> bytes (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if value and value[-1] in units:
+            return int(float(value[:-1]) * units[value[-1]])
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(f"invalid size: {text!r}", resolution="use a number with K, M, G or T, e.g. 4G") from exc
+
+
+def list_images() -> list[str]:
+    root = containerfiles_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob("*/Containerfile"))
+
+
+def load_image_config(path: Path) -> ImageConfig:
+    if not path.exists():
+        return ImageConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return ImageConfig.model_validate(data)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"invalid image config {path}", details=str(exc),
+                          resolution="fix the file; see README 'Image configuration'") from exc
+
+
+def resolve_image(name_or_path: str) -> ImageSpec:
+    """IMAGE is a name under Containerfiles/ or a directory holding a Containerfile."""
+    candidate = Path(name_or_path)
+    context = candidate if candidate.is_dir() else containerfiles_dir() / name_or_path
+    if not context.is_dir():
+        known = ", ".join(list_images()) or "none"
+        raise ConfigError(f"unknown image: {name_or_path}",
+                          resolution=f"use one of: {known}, or a path to a directory with a Containerfile")
+    containerfile = context / "Containerfile"
+    if not containerfile.is_file():
+        raise ConfigError(f"no Containerfile in {context}",
+                          resolution=f"create {containerfile} (see Containerfiles/debian-12 for an example)")
+    name = context.resolve().name
+    return ImageSpec(name=name, context=context.resolve(), containerfile=containerfile,
+                     config=load_image_config(context / "image.yaml"))

@@ -1,0 +1,1 @@
+"""The pipeline's phases, in the order they run."""

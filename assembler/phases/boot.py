@@ -1,0 +1,47 @@
+"""boot: boot a copy of the disk in QEMU (BIOS and/or UEFI) and run the image's checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from assembler import boot
+from assembler.errors import BootError
+from assembler.fsutil import sha256_file
+from assembler.pipeline import Phase
+
+
+def firmwares(choice: str) -> list[str]:
+    return ["bios", "uefi"] if choice == "both" else [choice]
+
+
+class BootPhase(Phase):
+    name = "boot"
+    kind = "boot"
+    version = 1
+
+    def _checks_file(self) -> Path | None:
+        path = self.ctx.spec.context / self.ctx.spec.config.boot.checks
+        return path if path.is_file() else None
+
+    def material(self) -> dict[str, Any]:
+        checks = self._checks_file()
+        cfg = self.ctx.spec.config.boot
+        return {
+            "firmware": firmwares(cfg.firmware),
+            "checks": sha256_file(checks) if checks else None,
+            "builtin_checks": boot.BUILTIN_CHECKS_VERSION,
+        }
+
+    def execute(self, out: Path) -> dict[str, Any]:
+        disk = self.input_entry("disk")
+        cfg = self.ctx.spec.config.boot
+        report = boot.boot_test(
+            disk.file("disk.raw"), firmwares=firmwares(cfg.firmware), checks_file=self._checks_file(),
+            timeout=cfg.timeout, keep=False, out_dir=out,
+        )
+        boot.print_summary(report)
+        if not report.passed:
+            raise BootError(f"boot test failed for {self.ctx.spec.name}", details=report.failure_summary(),
+                            resolution=f"see the console logs and JUnit report; rerun `assembler boot` to debug")
+        return {"boot": report.as_dict()}

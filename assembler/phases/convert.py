@@ -1,0 +1,42 @@
+"""convert: the raw disk in each requested format (qcow2, vmdk, vhd, gce, ova, kubevirt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from assembler import formats
+from assembler.pipeline import BuildContext, Phase
+from assembler.run import tool_version
+
+
+class ConvertPhase(Phase):
+    name = "convert"
+    kind = "convert"
+    version = 1
+
+    def __init__(self, ctx: BuildContext, inputs: tuple[Phase, ...], fmt: str) -> None:
+        super().__init__(ctx, inputs)
+        self.fmt = fmt
+
+    @property
+    def label(self) -> str:
+        return f"convert:{self.fmt}"
+
+    def material(self) -> dict[str, Any]:
+        return {
+            "format": self.fmt,
+            "image": self.ctx.spec.name,
+            "properties": self.ctx.spec.config.properties,
+            "qemu-img": tool_version("qemu-img"),
+        }
+
+    def execute(self, out: Path) -> dict[str, Any]:
+        disk = self.input_entry("disk")
+        name = formats.output_name(self.ctx.spec.name, self.fmt)
+        result = formats.convert(
+            disk.file("disk.raw"), self.fmt, out / name,
+            image_name=self.ctx.spec.name, properties=self.ctx.spec.config.properties,
+        )
+        return {"output": {"format": self.fmt, "file": name, "sha256": result.sha256,
+                           "virtual_size": result.virtual_size, "file_size": result.file_size}}

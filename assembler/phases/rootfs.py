@@ -1,0 +1,63 @@
+"""rootfs: build the Containerfile in the engine and flatten the image into a deterministic tar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from assembler import bootstrap, engine, flatten
+from assembler.config import cache_dir, rootfs_dir
+from assembler.fsutil import sha256_tree
+from assembler.pipeline import Phase
+
+ROOTFS_TAR = "rootfs.tar"
+# Files of the build context that do not reach the engine's build and so must not bust the cache.
+NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
+
+
+def context_hash(context: Path) -> str:
+    """Hash of the build context minus the files that only configure later phases."""
+    return sha256_tree(context, exclude=NOT_BUILD_INPUTS)
+
+
+class RootfsPhase(Phase):
+    name = "rootfs"
+    kind = "rootfs"
+    version = 1
+
+    def _recipe(self) -> bootstrap.BaseRecipe | None:
+        base = self.ctx.spec.config.base
+        return bootstrap.load_recipe(rootfs_dir() / base) if base else None
+
+    def material(self) -> dict[str, Any]:
+        recipe = self._recipe()
+        cfg = self.ctx.spec.config
+        return {
+            "context": context_hash(self.ctx.spec.context),
+            "build_args": cfg.build_args,
+            "source_date_epoch": cfg.source_date_epoch,
+            "base": bootstrap.recipe_key(recipe) if recipe else None,
+        }
+
+    def execute(self, out: Path) -> dict[str, Any]:
+        spec, cfg = self.ctx.spec, self.ctx.spec.config
+        client = engine.connect()
+        info = engine.engine_info(client)
+        recipe = self._recipe()
+        base_id = bootstrap.ensure_base(client, recipe, cache_dir(self.ctx.store.root)) if recipe else None
+        built = engine.build_image(
+            client, spec.context, containerfile=spec.containerfile.name,
+            tag=f"localhost/assembler/{spec.name}:latest",
+            buildargs={"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **cfg.build_args},
+            nocache=self.ctx.nocache,
+        )
+        archive = out / "image.tar"
+        engine.save_image(client, built.id, archive)
+        result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=cfg.source_date_epoch)
+        archive.unlink()
+        return {
+            "engine": {"name": info.name, "version": info.version},
+            "base_image": base_id,
+            "oci": {"digest": built.id, "layers": [step.as_dict() for step in built.steps]},
+            "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
+        }

@@ -1,0 +1,172 @@
+"""The ordered phases, the plan (what runs and why) and its execution against the store."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from assembler.config import ImageSpec
+from assembler.fsutil import canonical_json, sha256_bytes
+from assembler.log import console
+from assembler.store import Entry, Store
+
+PHASE_ORDER = ("rootfs", "disk", "convert", "boot", "publish")
+
+
+@dataclass
+class BuildContext:
+    """What every phase may read: the image, the store and the options of this build."""
+
+    spec: ImageSpec
+    store: Store
+    output_dir: Path
+    formats: list[str]
+    nocache: bool = False
+    boot_test: bool = True
+    disk_size: str | None = None
+    results: dict[str, Entry] = field(default_factory=dict)
+
+
+class Phase(ABC):
+    """A small typed unit: declared inputs and options -> cache key -> output directory in the store."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # one of PHASE_ORDER; several phases may share a kind (convert:qcow2, ...)
+    version: ClassVar[int] = 1
+
+    def __init__(self, ctx: BuildContext, inputs: tuple[Phase, ...] = ()) -> None:
+        self.ctx = ctx
+        self.inputs = inputs
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @abstractmethod
+    def material(self) -> dict[str, Any]:
+        """Everything the output depends on besides the input keys (options, file hashes, tool versions)."""
+
+    def key(self) -> str:
+        doc = {
+            "phase": self.label,
+            "version": self.version,
+            "inputs": [phase.key() for phase in self.inputs],
+            "material": self.material(),
+        }
+        return sha256_bytes(canonical_json(doc))
+
+    def input_entry(self, label: str) -> Entry:
+        return self.ctx.results[label]
+
+    @abstractmethod
+    def execute(self, out: Path) -> dict[str, Any]:
+        """Write the phase's artefacts into `out` and return its metadata."""
+
+    def cacheable(self) -> bool:
+        return not self.ctx.nocache
+
+
+class Action(StrEnum):
+    RUN = "run"
+    CACHED = "cached"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    phase: Phase
+    key: str
+    action: Action
+    reason: str
+
+
+@dataclass
+class PhaseRecord:
+    name: str
+    key: str
+    cached: bool
+    seconds: float
+    reason: str
+
+
+def _reason(ctx: BuildContext, phase: Phase, key: str) -> tuple[Action, str]:
+    if ctx.nocache:
+        return Action.RUN, "cache disabled (--no-cache)"
+    if ctx.store.get(key) is not None:
+        return Action.CACHED, "cached"
+    previous = ctx.store.ref(ctx.spec.name, phase.label)
+    if previous is None:
+        return Action.RUN, "not built before"
+    return Action.RUN, "inputs changed"
+
+
+def make_plan(ctx: BuildContext, phases: list[Phase], selected: set[str] | None = None) -> list[PhaseRun]:
+    """Decide for every phase whether it runs, is reused, or is skipped, before anything runs."""
+    plan: list[PhaseRun] = []
+    needed = _needed_labels(phases, selected)
+    for phase in phases:
+        key = phase.key()
+        if phase.label not in needed:
+            plan.append(PhaseRun(phase, key, Action.SKIP, "not selected"))
+            continue
+        action, reason = _reason(ctx, phase, key)
+        if selected is not None and phase.kind not in selected and phase.label not in selected:
+            reason = "cached" if action is Action.CACHED else f"{reason}; needed by a selected phase"
+        plan.append(PhaseRun(phase, key, action, reason))
+    return plan
+
+
+def _needed_labels(phases: list[Phase], selected: set[str] | None) -> set[str]:
+    if selected is None:
+        return {p.label for p in phases}
+    needed: set[str] = set()
+
+    def add(phase: Phase) -> None:
+        needed.add(phase.label)
+        for dep in phase.inputs:
+            add(dep)
+
+    for phase in phases:
+        if phase.kind in selected or phase.label in selected:
+            add(phase)
+    return needed
+
+
+def execute_plan(ctx: BuildContext, plan: list[PhaseRun]) -> list[PhaseRecord]:
+    records: list[PhaseRecord] = []
+    for step in plan:
+        if step.action is Action.SKIP:
+            continue
+        started = time.monotonic()
+        entry = _run_or_reuse(ctx, step)
+        ctx.results[step.phase.label] = entry
+        ctx.store.set_ref(ctx.spec.name, step.phase.label, step.key)
+        seconds = round(time.monotonic() - started, 2)
+        cached = step.action is Action.CACHED
+        records.append(PhaseRecord(step.phase.label, step.key, cached, seconds, step.reason))
+        verb = "[green]reused[/]" if cached else "[cyan]built[/]"
+        console.print(f"  {verb} {step.phase.label:<16} {step.key[:12]}  {seconds:7.1f}s  ({step.reason})")
+    return records
+
+
+def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> Entry:
+    store = ctx.store
+    if step.action is Action.CACHED:
+        entry = store.get(step.key)
+        if entry is not None:
+            return entry
+    with store.lock(step.key):
+        entry = store.get(step.key)
+        if entry is not None and not ctx.nocache:
+            return entry
+        with console.status(f"[bold]{step.phase.label}[/]: running", spinner="dots"), \
+                store.writer(step.key) as tmp:
+            meta = step.phase.execute(tmp)
+            Store.commit_meta(tmp, {"phase": step.phase.label, "key": step.key, **meta})
+        built = store.get(step.key)
+        assert built is not None
+        return built

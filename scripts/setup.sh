@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Idempotent set-up on Debian 12: apt packages, the venv (with system site packages for python3-guestfs),
+# and a running container engine. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  docker.io mmdebstrap qemu-utils qemu-system-x86 ovmf libguestfs-tools python3-guestfs python3-venv
+  linux-image-amd64 dosfstools mtools gdisk fdisk e2fsprogs skopeo umoci xorriso grub-pc-bin
+  grub-efi-amd64-bin grub-common zstd uidmap openssh-client podman libarchive13 ca-certificates make
+)
+BACKPORTS_PACKAGES=()
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing apt packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ${#BACKPORTS_PACKAGES[@]} -gt 0 ]; then
+  source scripts/backports.sh
+fi
+
+# libguestfs needs a readable kernel in /boot (Debian makes it root-only by default).
+as_root chmod 0644 /boot/vmlinuz-* 2>/dev/null || true
+
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv (system site packages, so python3-guestfs is importable)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+if [ ! -f "$stamp" ]; then
+  log "installing assembler into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+# A container engine: honour DOCKER_HOST; otherwise make sure Debian's dockerd answers.
+if [ -z "${DOCKER_HOST:-}" ] && ! docker version >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then
+    log "started docker (systemctl)"
+  else
+    log "starting dockerd in the background (log: /var/log/assembler-dockerd.log)"
+    as_root sh -c 'nohup dockerd --iptables=false --bridge=none --storage-driver=overlay2 \
+      >/var/log/assembler-dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 1; done
+  docker version >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/assembler-dockerd.log"; exit 1; }
+fi
+log "ready: .venv/bin/assembler"

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assembler.config import list_images, parse_size, resolve_image
+from assembler.errors import ConfigError
+
+
+def test_default_image_is_listed() -> None:
+    assert "debian-12" in list_images()
+
+
+def test_resolve_by_name_reads_image_yaml() -> None:
+    spec = resolve_image("debian-12")
+    assert spec.containerfile.name == "Containerfile"
+    assert spec.config.base == "debian-12"
+
+
+def test_unknown_image_names_the_choices() -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_image("no-such-image")
+    assert "debian-12" in err.value.resolution
+
+
+def test_directory_without_containerfile(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no Containerfile"):
+        resolve_image(str(tmp_path))
+
+
+def test_bad_image_yaml_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "Containerfile").write_text("FROM scratch\n")
+    (tmp_path / "image.yaml").write_text("formats: [raw]\nunknown_key: 1\n")
+    with pytest.raises(ConfigError, match="invalid image config"):
+        resolve_image(str(tmp_path))
+
+
+@pytest.mark.parametrize(("text", "value"), [("4G", 4 << 30), ("512M", 512 << 20), ("1.5G", 3 << 29),
+                                             ("100", 100), ("2GiB", 2 << 30)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_parse_size_rejects_garbage() -> None:
+    with pytest.raises(ConfigError):
+        parse_size("big")
