@@ -1,0 +1,52 @@
+"""One real build of debian-12 (every format, boot-tested) shared by every e2e test."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import cli
+
+ALL_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "gce", "ova", "kubevirt")
+
+
+@dataclass(frozen=True)
+class Built:
+    out: Path
+    cache: Path
+    manifest: dict[str, Any]
+    stderr: str
+    seconds: float
+
+    def output(self, fmt: str) -> Path:
+        for item in self.manifest["outputs"]:
+            if item["format"] == fmt:
+                return self.out / item["path"]
+        raise KeyError(fmt)
+
+
+def build(image: str, out: Path, cache: Path, *extra: str) -> Built:
+    args = ["build", image, "--output", str(out), "--cache-dir", str(cache)]
+    for fmt in ALL_FORMATS:
+        args += ["--format", fmt]
+    started = time.monotonic()
+    proc = cli(*args, *extra)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, f"build failed:\n{proc.stderr[-4000:]}"
+    manifest = json.loads((out / "manifest.json").read_text())
+    return Built(out, cache, manifest, proc.stderr, seconds)
+
+
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def debian12(e2e_root: Path, shared_cache: Path) -> Built:
+    return build("debian-12", e2e_root / "out", shared_cache)

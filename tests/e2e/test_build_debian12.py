@@ -1,0 +1,112 @@
+"""The default image end to end: build, every format, read back, boot in BIOS and UEFI, reuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from assembler.fsutil import sha256_file
+from assembler.guestfs import mount_root, open_disk
+from tests.e2e.conftest import ALL_FORMATS, Built, build
+
+pytestmark = pytest.mark.e2e
+
+
+def qemu_info(path: Path, fmt: str) -> dict:  # type: ignore[type-arg]
+    proc = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, str(path)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_manifest_records_image_layers_rootfs_tools_phases(debian12: Built) -> None:
+    m = debian12.manifest
+    assert m["image"] == "debian-12"
+    assert m["oci"]["digest"].startswith("sha256:")
+    assert m["oci"]["layers"] and all(layer["digest"].startswith("sha256:") for layer in m["oci"]["layers"])
+    assert any("apt-get" in layer["step"] for layer in m["oci"]["layers"])
+    assert len(m["rootfs"]["sha256"]) == 64
+    assert m["tools"]["qemu-img"] != "absent"
+    assert {p["name"] for p in m["phases"]} >= {"rootfs", "disk", "boot"}
+
+
+def test_every_output_exists_with_its_recorded_sha256(debian12: Built) -> None:
+    formats = {o["format"] for o in debian12.manifest["outputs"]}
+    assert set(ALL_FORMATS) - {"kubevirt"} <= formats
+    for item in debian12.manifest["outputs"]:
+        path = debian12.out / item["path"]
+        assert sha256_file(path) == item["sha256"], item
+
+
+def test_rootfs_output_matches_manifest(debian12: Built) -> None:
+    tar = debian12.output("rootfs-tar")
+    with tarfile.open(tar) as archive:
+        names = archive.getnames()
+    assert names == sorted(names)
+    assert "etc/assembler-release" in names
+
+
+def test_disk_formats_are_what_they_claim(debian12: Built) -> None:
+    raw_size = debian12.output("raw").stat().st_size
+    assert raw_size % (1 << 20) == 0
+    assert qemu_info(debian12.output("qcow2"), "qcow2")["virtual-size"] == raw_size
+    vmdk = qemu_info(debian12.output("vmdk"), "vmdk")
+    assert vmdk["format-specific"]["data"]["create-type"] == "streamOptimized"
+    vhd = qemu_info(debian12.output("vhd"), "vpc")
+    assert vhd["virtual-size"] % (1 << 20) == 0
+    assert debian12.output("vhd").stat().st_size == vhd["virtual-size"] + 512
+    subprocess.run(["qemu-img", "check", "-f", "qcow2", str(debian12.output("qcow2"))], check=True)
+
+
+def test_qcow2_size_is_close_to_used_data(debian12: Built) -> None:
+    qcow2 = debian12.output("qcow2").stat().st_size
+    used = debian12.output("raw").stat().st_blocks * 512
+    ratio = qcow2 / used
+    print(f"qcow2 {qcow2 / 2**20:.0f} MiB / allocated raw {used / 2**20:.0f} MiB = {ratio:.3f}")
+    assert ratio < 1.1
+
+
+def test_gce_and_ova_packagings(debian12: Built) -> None:
+    with tarfile.open(debian12.output("gce")) as archive:
+        members = archive.getmembers()
+    assert [m.name for m in members] == ["disk.raw"]
+    assert members[0].size % (1 << 30) == 0
+    with tarfile.open(debian12.output("ova")) as archive:
+        names = archive.getnames()
+    assert names[0].endswith(".ovf") and any(n.endswith(".vmdk") for n in names)
+
+
+def test_disk_holds_the_container_files(debian12: Built) -> None:
+    with open_disk(debian12.output("raw"), fmt="raw") as g:
+        mount_root(g)
+        release = g.cat("/etc/assembler-release")
+        fstab = g.cat("/etc/fstab")
+        kernels = [f for f in g.ls("/boot") if f.startswith("vmlinuz-")]
+        efi = g.is_file("/boot/efi/EFI/BOOT/BOOTX64.EFI")
+    assert release.strip()
+    assert "UUID=" in fstab
+    assert kernels
+    assert efi
+
+
+def test_boot_passed_in_bios_and_uefi(debian12: Built) -> None:
+    boot = debian12.manifest["boot"]
+    runs = {r["firmware"]: r for r in boot["runs"]}
+    assert set(runs) == {"bios", "uefi"}
+    for run in runs.values():
+        assert run["booted"] and run["passed"], run
+        print(f"{run['firmware']}: boot {run['boot_seconds']} s, checks {run['check_seconds']} s "
+              f"({run['accelerator']})")
+    assert (debian12.out / "console-bios.log").stat().st_size > 0
+    assert list(debian12.out.glob("*.xml"))
+
+
+def test_second_build_reuses_every_phase(debian12: Built, e2e_root: Path) -> None:
+    again = build("debian-12", e2e_root / "out-again", debian12.cache)
+    assert all(p["cached"] for p in again.manifest["phases"]), again.manifest["phases"]
+    assert "reused" in again.stderr
+    assert again.manifest["rootfs"]["sha256"] == debian12.manifest["rootfs"]["sha256"]
+    print(f"no-change rebuild: {again.seconds:.1f} s (cold: {debian12.seconds:.1f} s)")

@@ -1,0 +1,19 @@
+"""Shared helpers: run the real CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    """Run `assembler ARGS...` and return the finished process (never raises on exit status)."""
+    return subprocess.run(
+        [sys.executable, "-m", "assembler.cli.main", *args],
+        cwd=cwd or REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )
