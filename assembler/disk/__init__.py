@@ -1,0 +1,17 @@
+"""Raw disk assembly: rootfs tar -> GPT disk with an ext4 root, bootable on BIOS and UEFI."""
+
+from assembler.disk.assemble import DEFAULT_CMDLINE, DiskResult, PartitionResult, assemble_disk, tool_versions
+from assembler.disk.layout import DiskLayout, Partition, RootFsOptions, layout_path, load_layout
+
+__all__ = [
+    "DEFAULT_CMDLINE",
+    "DiskLayout",
+    "DiskResult",
+    "Partition",
+    "PartitionResult",
+    "RootFsOptions",
+    "assemble_disk",
+    "layout_path",
+    "load_layout",
+    "tool_versions",
+]
