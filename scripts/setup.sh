@@ -9,7 +9,9 @@ APT_PACKAGES=(
   linux-image-amd64 dosfstools mtools gdisk fdisk e2fsprogs skopeo umoci xorriso grub-pc-bin
   grub-efi-amd64-bin grub-common zstd uidmap openssh-client podman libarchive13 ca-certificates make
 )
-BACKPORTS_PACKAGES=()
+# mke2fs >= 1.47.1 reads the rootfs tarball directly (`mke2fs -d rootfs.tar`): reproducible ext4 without
+# extracting, so no host ctimes/atimes leak in. bookworm ships 1.47.0; bookworm-backports has 1.47.2.
+BACKPORTS_PACKAGES=(e2fsprogs libext2fs2 libcom-err2 libss2 logsave)
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -24,8 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ${#BACKPORTS_PACKAGES[@]} -gt 0 ]; then
-  source scripts/backports.sh
+if ! mke2fs -V 2>&1 | grep -qE 'mke2fs 1\.(4[7-9]\.[1-9]|4[8-9]|[5-9])'; then
+  log "installing e2fsprogs from bookworm-backports (tarball input for mke2fs -d)"
+  sources=/etc/apt/sources.list.d/bookworm-backports.sources
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+      'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' | as_root tee "$sources" >/dev/null
+  fi
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+    "${BACKPORTS_PACKAGES[@]}" >/dev/null
 fi
 
 # libguestfs needs a readable kernel in /boot (Debian makes it root-only by default).

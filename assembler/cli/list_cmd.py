@@ -13,15 +13,14 @@ from assembler.log import console
 
 def list_images_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON on stdout")) -> None:
     """List the images this checkout can build."""
-    rows = []
-    for name in list_images():
-        spec = resolve_image(name)
-        rows.append({"name": name, "base": spec.config.base, "formats": spec.config.formats,
-                     "description": spec.config.description})
+    specs = [resolve_image(name) for name in list_images()]
     if as_json:
+        rows = [{"name": s.name, "base": s.config.base, "formats": s.config.formats,
+                 "description": s.config.description} for s in specs]
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table("image", "base", "formats", "description")
-    for row in rows:
-        table.add_row(row["name"], row["base"] or "-", ",".join(row["formats"]), row["description"])
+    for spec in specs:
+        cfg = spec.config
+        table.add_row(spec.name, cfg.base or "-", ",".join(cfg.formats), cfg.description)
     console.print(table)

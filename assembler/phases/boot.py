@@ -43,5 +43,5 @@ class BootPhase(Phase):
         boot.print_summary(report)
         if not report.passed:
             raise BootError(f"boot test failed for {self.ctx.spec.name}", details=report.failure_summary(),
-                            resolution=f"see the console logs and JUnit report; rerun `assembler boot` to debug")
+                            resolution="see the console logs and JUnit report; rerun `assembler boot` to debug")
         return {"boot": report.as_dict()}

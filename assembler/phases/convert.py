@@ -28,6 +28,7 @@ class ConvertPhase(Phase):
             "format": self.fmt,
             "image": self.ctx.spec.name,
             "properties": self.ctx.spec.config.properties,
+            "source_date_epoch": self.ctx.spec.config.source_date_epoch,
             "qemu-img": tool_version("qemu-img"),
         }
 
@@ -37,6 +38,7 @@ class ConvertPhase(Phase):
         result = formats.convert(
             disk.file("disk.raw"), self.fmt, out / name,
             image_name=self.ctx.spec.name, properties=self.ctx.spec.config.properties,
+            source_format="raw", source_date_epoch=self.ctx.spec.config.source_date_epoch,
         )
         return {"output": {"format": self.fmt, "file": name, "sha256": result.sha256,
                            "virtual_size": result.virtual_size, "file_size": result.file_size}}

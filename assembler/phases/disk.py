@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from assembler import disk
-from assembler.config import formats_dir, parse_size
+from assembler.config import parse_size
 from assembler.pipeline import Phase
-from assembler.run import tool_version
 
 RAW = "disk.raw"
 
 
 def layout_for(config_layout: str | None, overrides: dict[str, object]) -> disk.DiskLayout:
-    path = None
-    if config_layout:
-        candidate = Path(config_layout)
-        path = candidate if candidate.exists() else formats_dir() / "layouts" / f"{config_layout}.yaml"
+    path = disk.layout_path(config_layout) if config_layout else None
     return disk.load_layout(path, overrides or None)
 
 
@@ -43,7 +38,7 @@ class DiskPhase(Phase):
             "headroom": parse_size(cfg.disk.headroom),
             "cmdline": cfg.disk.cmdline,
             "source_date_epoch": cfg.source_date_epoch,
-            "tools": {"mke2fs": tool_version("mke2fs", ["-V"]), "sgdisk": tool_version("sgdisk", ["-V"])},
+            "tools": disk.tool_versions(),
         }
 
     def execute(self, out: Path) -> dict[str, Any]:
@@ -55,5 +50,4 @@ class DiskPhase(Phase):
             cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
             work_dir=out,
         )
-        info = asdict(result) if is_dataclass(result) else result.model_dump(mode="json")  # type: ignore[union-attr]
-        return {"disk": {"path": RAW, **info}}
+        return {"disk": {**result.model_dump(mode="json"), "path": RAW}}

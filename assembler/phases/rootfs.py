@@ -58,6 +58,7 @@ class RootfsPhase(Phase):
         return {
             "engine": {"name": info.name, "version": info.version},
             "base_image": base_id,
-            "oci": {"digest": built.id, "layers": [step.as_dict() for step in built.steps]},
+            "oci": {"digest": built.id,
+                    "layers": [{"digest": s.diff_id, "step": s.created_by} for s in built.steps]},
             "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
         }
