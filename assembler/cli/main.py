@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from assembler.cli import build_cmd, convert_cmd, list_cmd
+from assembler.cli import boot_cmd, build_cmd, convert_cmd, diff_cmd, inspect_cmd, list_cmd, publish_cmd
 from assembler.errors import AssemblerError
 from assembler.log import console, setup_logging
 
@@ -30,6 +30,10 @@ def _main(debug: bool = typer.Option(False, "--debug", help="log every command; 
 app.command("list")(list_cmd.list_images_cmd)
 app.command("build")(build_cmd.build)
 app.command("convert")(convert_cmd.convert)
+app.command("inspect")(inspect_cmd.inspect)
+app.command("diff")(diff_cmd.diff)
+app.command("publish")(publish_cmd.publish)
+app.command("boot")(boot_cmd.boot)
 
 
 def main() -> None:

@@ -1,0 +1,152 @@
+"""Talking to the booted guest over SSH: wait for it, wait for boot to settle, run all probes in one go."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from assembler.boot.checks import CheckResult, Probe, ProbeOutput
+from assembler.errors import BootError
+from assembler.run import require_tool, run
+
+CONNECT_TIMEOUT = 5
+POLL_INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class Ssh:
+    """How to reach the guest: root on a forwarded localhost port with the run's key."""
+
+    port: int
+    key: Path
+    user: str = "root"
+    host: str = "127.0.0.1"
+
+    def argv(self, remote: str) -> list[str]:
+        # No known_hosts: every run's guest has fresh host keys, and the port is local and ours.
+        return ["ssh", "-i", str(self.key), "-p", str(self.port), "-T",
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6",
+                f"{self.user}@{self.host}", remote]
+
+    def run(self, remote: str, *, timeout: float, stdin: bytes | None = None) -> ProbeOutput:
+        """Run a remote command; a local timeout counts as exit status 124, like timeout(1)."""
+        try:
+            proc = run(self.argv(remote), check=False, timeout=timeout, input_bytes=stdin)
+        except subprocess.TimeoutExpired:
+            return ProbeOutput(124, "", f"timed out after {timeout:.0f}s")
+        return ProbeOutput(proc.returncode, proc.stdout.decode(errors="replace"),
+                           proc.stderr.decode(errors="replace"))
+
+
+def wait_for_ssh(ssh: Ssh, deadline: float, still_running: Callable[[], None]) -> None:
+    """Poll until a command runs in the guest; `still_running` raises when QEMU died meanwhile.
+
+    On timeout, raises TimeoutError carrying ssh's last complaint: "Connection refused/reset" means
+    sshd never listened, "Permission denied" means sshd ran but the seed's key never reached root.
+    """
+    require_tool("ssh", "logs in to the booted guest")
+    last = "no attempt"
+    while True:
+        still_running()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(last)
+        out = ssh.run("true", timeout=min(CONNECT_TIMEOUT + 10, max(remaining, 1)))
+        if out.exit_status == 0:
+            return
+        last = (out.stderr.strip().splitlines() or [f"exit {out.exit_status}"])[-1]
+        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+
+def wait_cloud_init(ssh: Ssh, timeout: float) -> CheckResult:
+    """`cloud-init status --wait` must end in done: the seed was read and every module ran."""
+    out = ssh.run("cloud-init status --wait --long", timeout=timeout)
+    status = next((line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
+                   if line.startswith("status:")), "unknown")
+    passed = out.exit_status == 0 and status == "done"
+    message = f"status {status}" if passed else _last_lines(out, f"status {status}, exit {out.exit_status}")
+    return CheckResult(name="cloud-init finished", kind="boot", passed=passed, message=message)
+
+
+def wait_system_running(ssh: Ssh, timeout: float, allow_degraded: bool) -> CheckResult:
+    """`systemctl is-system-running --wait`: running passes, degraded only when the checks allow it."""
+    out = ssh.run("systemctl is-system-running --wait", timeout=timeout)
+    if out.exit_status == 124:
+        state = f"still {out.stdout.strip() or 'starting'} after {timeout:.0f}s"
+    else:
+        lines = out.stdout.strip().splitlines()
+        state = lines[-1] if lines else f"unknown ({out.stderr.strip()})"
+    passed = state == "running" or (state == "degraded" and allow_degraded)
+    message = state
+    if state != "running":
+        failed = ssh.run("systemctl --failed --no-legend --plain", timeout=30).stdout.split()
+        units = [word for word in failed if "." in word and not word.startswith("loaded")]
+        message = f"{state}; failed units: {', '.join(units) or 'none'}"
+        if state == "degraded" and allow_degraded:
+            message += " (allowed by boot.allow_degraded)"
+    return CheckResult(name="system running", kind="boot", passed=passed, message=message)
+
+
+def _last_lines(out: ProbeOutput, prefix: str) -> str:
+    tail = (out.stdout + out.stderr).strip().splitlines()[-3:]
+    return prefix + (": " + " | ".join(tail) if tail else "")
+
+
+def batch_script(probes: list[Probe]) -> str:
+    """One POSIX sh script running every probe; each result is framed by exact byte counts, so no
+    output (binary, or text that looks like a separator) can confuse the parser."""
+    lines = ["set +e", 'd=$(mktemp -d) || exit 90', "trap 'rm -rf \"$d\"' EXIT"]
+    for index, probe in enumerate(probes):
+        lines += [
+            f"( {probe.script}\n) </dev/null >\"$d/o\" 2>\"$d/e\"; rc=$?",
+            f"printf '@@probe {index} %s %s %s\\n' \"$rc\" \"$(wc -c <\"$d/o\")\" \"$(wc -c <\"$d/e\")\"",
+            'cat "$d/o" "$d/e"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_batch(data: bytes, count: int) -> dict[int, ProbeOutput]:
+    """Inverse of batch_script's framing; missing probes are simply absent from the result."""
+    results: dict[int, ProbeOutput] = {}
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        header = data[pos:end].decode(errors="replace").split()
+        if len(header) != 5 or header[0] != "@@probe":
+            break
+        index, rc, out_len, err_len = (int(field) for field in header[1:])
+        out = data[end + 1:end + 1 + out_len]
+        err = data[end + 1 + out_len:end + 1 + out_len + err_len]
+        if index < count:
+            results[index] = ProbeOutput(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        pos = end + 1 + out_len + err_len
+    return results
+
+
+def run_probes(ssh: Ssh, probes: list[Probe], timeout: float) -> list[CheckResult]:
+    """Run every probe in one SSH session and judge each on the host."""
+    if not probes:
+        return []
+    try:
+        proc = run(ssh.argv("sh -s"), check=False, timeout=timeout, input_bytes=batch_script(probes).encode())
+    except subprocess.TimeoutExpired as exc:
+        raise BootError(f"the guest checks did not finish within {timeout:.0f}s",
+                        resolution="a command check probably hangs; give it a `timeout:`") from exc
+    outputs = parse_batch(proc.stdout, len(probes))
+    results = []
+    for index, probe in enumerate(probes):
+        if index in outputs:
+            results.append(probe.result(outputs[index]))
+        else:
+            stderr = proc.stderr.decode(errors="replace").strip()
+            results.append(CheckResult(name=probe.name, kind=probe.kind, passed=False,
+                                       message=f"no result (ssh exit {proc.returncode}: {stderr[-200:]})"))
+    return results

@@ -1,0 +1,235 @@
+"""QEMU for the boot test: a throw-away overlay, the argv, and a process that is always cleaned up.
+
+This is the one place in assembler/boot that uses subprocess.Popen directly: QEMU runs for minutes
+while we poll it, which run.run() (wait-for-exit) cannot do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from assembler.errors import BootError, ConfigError
+from assembler.log import log
+from assembler.run import output, require_tool, run
+
+Firmware = Literal["bios", "uefi"]
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+SUFFIX_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc"}
+FORMATS = frozenset({"raw", "qcow2", "vmdk", "vpc", "vhdx"})
+STOP_GRACE_SECONDS = 5.0
+
+
+def disk_format(disk: Path, fmt: str | None) -> str:
+    """The qemu format name of a disk: explicit, else by suffix (a fixed VHD probes as raw), else probed."""
+    if not disk.is_file():
+        raise ConfigError(f"disk not found: {disk}",
+                          resolution="pass the path of a disk image assembler built")
+    if fmt is not None:
+        name = "vpc" if fmt == "vhd" else fmt
+        if name not in FORMATS:
+            raise ConfigError(f"unknown disk format {fmt!r}",
+                              resolution=f"use one of {', '.join(sorted(FORMATS))}")
+        return name
+    if disk.suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[disk.suffix]
+    info = json.loads(output(["qemu-img", "info", "--output=json", disk]))
+    return str(info["format"])
+
+
+def make_overlay(disk: Path, fmt: str, dest: Path) -> Path:
+    """A qcow2 overlay whose backing file is the artefact: the guest writes only to the overlay."""
+    require_tool("qemu-img", "creates the copy-on-write overlay the guest boots from")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", disk.resolve(), dest],
+        resolution="check the disk format (pass --format; a VHD is `vpc`)")
+    return dest
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for the SSH forward (the small race with other programs is retried)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _opt(path: Path) -> str:
+    # QEMU option values escape a comma by doubling it.
+    return str(path).replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    overlay: Path
+    seed: Path
+    firmware: Firmware
+    ssh_port: int
+    console_log: Path
+    accelerator: str
+    ovmf_vars: Path | None = None
+    memory_mib: int = 1024
+    cpus: int = 2
+
+
+def qemu_argv(spec: QemuSpec) -> list[str]:
+    """The full qemu-system-x86_64 command line for one boot."""
+    # graphics=off makes SeaBIOS print to the serial port, so a disk that never boots still leaves a log.
+    machine = "pc" if spec.firmware == "bios" else "q35"
+    argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-machine", f"{machine},graphics=off", "-accel", spec.accelerator,
+            "-m", str(spec.memory_mib), "-smp", str(spec.cpus)]
+    if spec.accelerator == "kvm":
+        argv += ["-cpu", "host"]
+    if spec.firmware == "uefi":
+        if spec.ovmf_vars is None:
+            raise ValueError("UEFI needs a per-run copy of the OVMF variable store")
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(OVMF_CODE)}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.ovmf_vars)}"]
+    argv += [
+        "-drive", f"if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,file={_opt(spec.overlay)}",
+        "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
+        "-drive", f"if=none,id=seed,format=raw,readonly=on,file={_opt(spec.seed)}",
+        "-device", "virtio-blk-pci,drive=seed",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",  # no iPXE: never network-boot
+        "-device", "virtio-rng-pci",
+        "-chardev", f"file,id=console,path={_opt(spec.console_log)}",
+        "-serial", "chardev:console",
+    ]
+    return argv
+
+
+def copy_ovmf_vars(workdir: Path) -> Path:
+    """Each UEFI run gets its own writable variable store; the system template stays untouched."""
+    for path in (OVMF_CODE, OVMF_VARS):
+        if not path.is_file():
+            raise ConfigError(f"OVMF firmware not found: {path}", resolution="apt-get install ovmf")
+    dest = workdir / "OVMF_VARS.fd"
+    shutil.copyfile(OVMF_VARS, dest)
+    return dest
+
+
+# Every QEMU we started and have not reaped yet; atexit and signal handlers kill what is left.
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate QEMU's whole process group, escalate to SIGKILL, and reap it."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 30.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+    _LIVE.pop(proc.pid, None)
+
+
+def kill_all() -> None:
+    for proc in list(_LIVE.values()):
+        _kill(proc)
+
+
+atexit.register(kill_all)
+
+
+class QemuProcess:
+    """A running QEMU in its own process group; stderr goes to a file for error messages."""
+
+    def __init__(self, argv: list[str], stderr_log: Path) -> None:
+        require_tool("qemu-system-x86_64", "runs the boot test")
+        self.argv = argv
+        self.stderr_log = stderr_log
+        log.debug("$ %s", " ".join(argv))
+        with stderr_log.open("wb") as err:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        _LIVE[self.proc.pid] = self.proc
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def exited(self) -> int | None:
+        return self.proc.poll()
+
+    def stderr_tail(self, lines: int = 10) -> str:
+        text = self.stderr_log.read_text(errors="replace") if self.stderr_log.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def stop(self) -> None:
+        _kill(self.proc)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM/SIGHUP so `finally` blocks stop QEMU before the process exits."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def running_qemu(argv: list[str], stderr_log: Path) -> Iterator[QemuProcess]:
+    """Start QEMU; stop it however the block ends (error, Ctrl-C, SIGTERM)."""
+    handlers: dict[signal.Signals, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _raise_terminated)
+    qemu = None
+    try:
+        qemu = QemuProcess(argv, stderr_log)
+        yield qemu
+    finally:
+        if qemu is not None:
+            qemu.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def console_tail(console_log: Path, lines: int = 20) -> str:
+    """The last lines of the serial console, with terminal escapes and carriage returns removed."""
+    if not console_log.exists():
+        return "(no console output)"
+    raw = console_log.read_bytes()[-65536:].decode(errors="replace")
+    text = _strip_escapes(raw)
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:]) or "(no console output)"
+
+
+def _strip_escapes(text: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[A-Za-z=>]", "", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or ch >= " ")
+
+
+def check_started(qemu: QemuProcess, firmware: str, console_log: Path) -> None:
+    """Fail with QEMU's own words when it exited (bad option, port taken, guest reset under -no-reboot)."""
+    code = qemu.exited()
+    if code is None:
+        return
+    raise BootError(
+        f"QEMU exited (status {code}) before the guest brought up SSH ({firmware})",
+        details=f"qemu stderr:\n{qemu.stderr_tail() or '(empty)'}\n"
+        f"console tail:\n{console_tail(console_log)}",
+        resolution="read the console tail: a guest that resets or finds no bootable device ends QEMU "
+        "(-no-reboot); check the bootloader for this firmware",
+    )
+
+
+def wait_seconds_left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

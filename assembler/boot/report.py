@@ -1,0 +1,108 @@
+"""Boot test results: the models, a readable summary, and the exit status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from assembler.boot.checks import CheckResult
+from assembler.log import console as default_console
+
+
+class BootResult(BaseModel):
+    """One boot of one firmware: did it come up, how long it took, and every check's outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    firmware: str
+    accelerator: str
+    booted: bool
+    boot_seconds: float | None = None
+    checks_seconds: float | None = None
+    results: list[CheckResult] = []
+    console_log: str = ""
+    error: str | None = None
+    workdir: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.booted and self.error is None and all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+
+class BootReport(BaseModel):
+    """A whole `assembler boot`: hygiene of the artefact once, then one BootResult per firmware."""
+
+    model_config = ConfigDict(frozen=True)
+
+    disk: str
+    format: str
+    hygiene: list[CheckResult] = []
+    hygiene_seconds: float | None = None
+    runs: list[BootResult] = []
+    junit: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.runs) and all(r.passed for r in self.runs) and all(r.passed for r in self.hygiene)
+
+    def failure_summary(self) -> str:
+        """One line per failure, for error details and CI logs."""
+        lines = [f"hygiene {r.name}: {r.message}" for r in self.hygiene if not r.passed]
+        for run in self.runs:
+            if run.error:
+                lines.append(f"{run.firmware}: {run.error}")
+            lines += [f"{run.firmware} {r.name}: {r.message}" for r in run.failures]
+        return "\n".join(lines) or "all checks passed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def exit_status(report: BootReport) -> int:
+    """0 only if every firmware booted and every check (hygiene included) passed."""
+    return 0 if report.passed else 1
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f}s" if value is not None else "-"
+
+
+def summary_table(report: BootReport) -> Table:
+    table = Table(title=f"boot test of {report.disk} ({report.format})", show_lines=False)
+    for column in ("suite", "check", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    for r in report.hygiene:
+        table.add_row("hygiene", r.name, _mark(r.passed), r.message)
+    for run in report.runs:
+        suite = f"{run.firmware} ({run.accelerator})"
+        boot_detail = (f"SSH up after {_seconds(run.boot_seconds)}, checks {_seconds(run.checks_seconds)}"
+                       if run.booted else (run.error or "did not boot").splitlines()[0])
+        table.add_row(suite, "boot", _mark(run.booted), boot_detail)
+        for r in run.results:
+            table.add_row(suite, r.name, _mark(r.passed), r.message)
+    return table
+
+
+def _mark(passed: bool) -> str:
+    return "[green]pass[/]" if passed else "[bold red]FAIL[/]"
+
+
+def print_summary(report: BootReport, console: Console | None = None) -> None:
+    """The rich table, then the verdict and where the console logs and JUnit file are."""
+    out = console or default_console
+    out.print(summary_table(report))
+    for run in report.runs:
+        out.print(f"{run.firmware}: console log {run.console_log}")
+        if run.workdir:
+            out.print(f"{run.firmware}: kept work directory {run.workdir}")
+    if report.junit:
+        out.print(f"JUnit report: {report.junit}")
+    verdict = "[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"
+    out.print(f"boot test {verdict}")

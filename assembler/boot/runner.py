@@ -1,0 +1,159 @@
+"""boot_disk (one firmware) and boot_test (hygiene once, then every firmware): the boot engine."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from assembler.accel import accelerator
+from assembler.boot import guest, qemu, seed
+from assembler.boot.checks import CheckResult, CheckSuite, load_checks
+from assembler.boot.hygiene import check_artifact
+from assembler.boot.junit import write_junit
+from assembler.boot.report import BootReport, BootResult
+from assembler.errors import AssemblerError, BootError
+from assembler.log import console, log
+
+# Seconds the guest may take for `cloud-init status --wait` etc. after SSH is up, beyond the boot timeout.
+SETTLE_SECONDS = 180.0
+PROBES_SECONDS = 300.0
+PORT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class _Run:
+    disk: Path
+    fmt: str
+    firmware: qemu.Firmware
+    checks: CheckSuite
+    timeout: float
+    console_log: Path
+    accelerator: str
+    workdir: Path
+
+
+def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: CheckSuite, timeout: float,
+              keep: bool, console_log: Path) -> BootResult:
+    """Boot a throw-away overlay of `disk` with `firmware`, log in with a fresh key, run the guest checks.
+
+    Raises BootError when the guest never brings up SSH (details: the console tail). QEMU is stopped
+    whatever happens; `keep` leaves the work directory (overlay, seed, key) for debugging.
+    """
+    run = _Run(disk=disk, fmt=qemu.disk_format(disk, fmt), firmware=firmware, checks=checks, timeout=timeout,
+               console_log=console_log, accelerator=accelerator(),
+               workdir=Path(tempfile.mkdtemp(prefix=f"assembler-boot-{firmware}-")))
+    try:
+        return _boot(run, keep)
+    finally:
+        if keep:
+            console.print(f"kept the boot work directory (overlay, seed, SSH key): {run.workdir}")
+        else:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+
+
+def _boot(run: _Run, keep: bool) -> BootResult:
+    overlay = qemu.make_overlay(run.disk, run.fmt, run.workdir / "overlay.qcow2")
+    key = seed.generate_key(run.workdir)
+    seed_iso = seed.write_seed(run.workdir, key.public)
+    ovmf_vars = qemu.copy_ovmf_vars(run.workdir) if run.firmware == "uefi" else None
+    run.console_log.parent.mkdir(parents=True, exist_ok=True)
+    log.info("booting %s with %s (%s), timeout %.0fs", run.disk.name, run.firmware, run.accelerator,
+             run.timeout)
+    for attempt in range(PORT_ATTEMPTS):
+        spec = qemu.QemuSpec(overlay=overlay, seed=seed_iso, firmware=run.firmware, ssh_port=qemu.free_port(),
+                             console_log=run.console_log, accelerator=run.accelerator, ovmf_vars=ovmf_vars)
+        try:
+            result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private))
+        except _PortTaken:
+            log.debug("port %d was taken before QEMU bound it (attempt %d)", spec.ssh_port, attempt + 1)
+            continue
+        return result.model_copy(update={"workdir": str(run.workdir) if keep else None})
+    raise BootError("QEMU could not bind a local port for SSH forwarding",
+                    resolution="retry; another program is racing for free ports")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _boot_once(run: _Run, spec: qemu.QemuSpec, ssh: guest.Ssh) -> BootResult:
+    with qemu.running_qemu(qemu.qemu_argv(spec), run.workdir / "qemu.log") as vm:
+        started = time.monotonic()
+        _wait_for_ssh(run, vm, ssh, started + run.timeout)
+        boot_seconds = time.monotonic() - started
+        log.info("%s: SSH up after %.1fs; running checks", run.firmware, boot_seconds)
+        results = [CheckResult(name="ssh login", kind="boot", passed=True,
+                               message=f"root login with the injected key after {boot_seconds:.1f}s")]
+        results += _guest_checks(run, ssh)
+        checks_seconds = time.monotonic() - started - boot_seconds
+    return BootResult(firmware=run.firmware, accelerator=run.accelerator, booted=True,
+                      boot_seconds=round(boot_seconds, 1), checks_seconds=round(checks_seconds, 1),
+                      results=results, console_log=str(run.console_log))
+
+
+def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: float) -> None:
+    def still_running() -> None:
+        if vm.exited() is not None and "host forwarding" in vm.stderr_tail():
+            raise _PortTaken
+        qemu.check_started(vm, run.firmware, run.console_log)
+
+    try:
+        guest.wait_for_ssh(ssh, deadline, still_running)
+    except TimeoutError as exc:
+        raise BootError(
+            f"the guest did not bring up SSH within {run.timeout:.0f}s ({run.firmware}, {run.accelerator})",
+            details=f"last ssh attempt: {exc}\nlast console lines:\n{qemu.console_tail(run.console_log)}",
+            resolution=f"read {run.console_log}; the image needs a bootloader for {run.firmware}, "
+            "console=ttyS0 on the kernel command line, openssh-server and cloud-init (NoCloud); "
+            "under TCG allow --timeout 300 or more",
+        ) from None
+
+
+def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
+    results = []
+    if run.checks.boot.cloud_init:
+        results.append(guest.wait_cloud_init(ssh, SETTLE_SECONDS))
+    results.append(guest.wait_system_running(ssh, SETTLE_SECONDS, run.checks.boot.allow_degraded))
+    results += guest.run_probes(ssh, run.checks.probes(), PROBES_SECONDS)
+    return results
+
+
+def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_file: Path | None,
+              timeout: float, keep: bool, out_dir: Path, fmt: str | None = None) -> BootReport:
+    """Hygiene of the artefact once, then a boot per firmware (one at a time); writes console logs and
+    junit.xml into out_dir. A firmware that does not boot is recorded, not raised, so both get tried."""
+    checks = load_checks(checks_file)
+    fmt = qemu.disk_format(disk, fmt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hygiene, hygiene_seconds = _hygiene(disk, fmt, checks)
+    runs = [_boot_or_record(disk, fmt, firmware, checks, timeout, keep, out_dir) for firmware in firmwares]
+    report = BootReport(disk=str(disk), format=fmt, hygiene=hygiene,
+                        hygiene_seconds=round(hygiene_seconds, 1), runs=runs)
+    junit = write_junit(report, out_dir / "junit.xml")
+    return report.model_copy(update={"junit": str(junit)})
+
+
+def _hygiene(disk: Path, fmt: str, checks: CheckSuite) -> tuple[list[CheckResult], float]:
+    # A disk libguestfs cannot read is a failed check, not the end of the test: the boots still tell more.
+    try:
+        return check_artifact(disk, fmt, checks.hygiene)
+    except AssemblerError as exc:
+        message = f"{exc.brief}: {exc.details}".strip(": ")
+        return [CheckResult(name="read artifact", kind="hygiene", passed=False, message=message)], 0.0
+
+
+def _boot_or_record(disk: Path, fmt: str, firmware: str, checks: CheckSuite, timeout: float, keep: bool,
+                    out_dir: Path) -> BootResult:
+    if firmware not in ("bios", "uefi"):
+        raise BootError(f"unknown firmware {firmware!r}", resolution="use bios, uefi or both")
+    typed: qemu.Firmware = "bios" if firmware == "bios" else "uefi"
+    console_log = out_dir / f"console-{firmware}.log"
+    try:
+        return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
+                         console_log=console_log)
+    except BootError as exc:
+        return BootResult(firmware=firmware, accelerator=accelerator(), booted=False,
+                          error=f"{exc.brief}\n{exc.details}".strip(), console_log=str(console_log))

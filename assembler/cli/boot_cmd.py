@@ -1,0 +1,40 @@
+"""`assembler boot DISK`: boot a copy of a disk in QEMU and run its checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from assembler.errors import ConfigError
+
+
+def boot(
+    disk: Path = typer.Argument(..., help="disk to boot (raw, qcow2, vmdk, vhd); never modified"),
+    firmware: str = typer.Option("both", "--firmware", help="bios, uefi or both"),
+    checks: Path | None = typer.Option(None, "--checks", help="checks YAML (default: only the built-in hygiene)"),
+    timeout: float = typer.Option(600, "--timeout", help="seconds to wait for the guest to come up"),
+    keep: bool = typer.Option(False, "--keep", help="keep the overlay, seed and key; print their directory"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="where console logs and JUnit go"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
+) -> None:
+    """Boot DISK under BIOS and/or UEFI, run hygiene and guest checks; exit 0 only if all pass."""
+    from assembler import boot as boot_engine
+    from assembler.formats import detect_format
+
+    if not disk.is_file():
+        raise ConfigError(f"no such disk: {disk}", resolution="pass the path of a disk image")
+    if firmware not in ("bios", "uefi", "both"):
+        raise ConfigError(f"unknown firmware: {firmware}", resolution="use bios, uefi or both")
+    if checks is not None and not checks.is_file():
+        raise ConfigError(f"no such checks file: {checks}", resolution="pass an existing YAML file")
+    firmwares: list[Literal["bios", "uefi"]] = ["bios", "uefi"] if firmware == "both" else [firmware]  # type: ignore[list-item]
+    out_dir = output or disk.parent
+    report = boot_engine.boot_test(disk, firmwares=firmwares, checks_file=checks, timeout=timeout, keep=keep,
+                                   out_dir=out_dir, fmt=detect_format(disk))
+    boot_engine.print_summary(report)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    raise typer.Exit(boot_engine.exit_status(report))

@@ -1,0 +1,232 @@
+"""The check language: parsing, validation errors, probe rendering, judging, batch framing, hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from assembler.boot.checks import (
+    CheckSuite,
+    CommandCheck,
+    FileCheck,
+    MountCheck,
+    PackageCheck,
+    ProbeOutput,
+    ServiceCheck,
+    SysctlCheck,
+    load_checks,
+    parse_checks,
+)
+from assembler.boot.guest import batch_script, parse_batch
+from assembler.boot.hygiene import LocalTree, run_hygiene
+from assembler.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+EXAMPLE = """
+boot: {allow_degraded: true}
+hygiene: {max_var_log_mib: 5, skip: [core-dumps]}
+service:
+  ssh: {active: true, enabled: true}
+file:
+  /etc/os-release: {exists: true, mode: "0644", owner: root, contains: ["^ID=debian$"]}
+command:
+  arch: {run: uname -m, stdout: ["^x86_64$"]}
+package:
+  linux-image-amd64: {version: "^6\\\\."}
+kernel_module:
+  virtio_net: {}
+sysctl:
+  kernel.hostname: {value: assembler-boot}
+mount:
+  /: {fstype: ext4, options: [rw]}
+"""
+
+
+def out(stdout: str = "", rc: int = 0, stderr: str = "") -> ProbeOutput:
+    return ProbeOutput(rc, stdout, stderr)
+
+
+def test_parse_full_example() -> None:
+    suite = parse_checks(EXAMPLE, "example.yaml")
+    assert suite.boot.allow_degraded and suite.boot.cloud_init
+    assert suite.hygiene.max_var_log_mib == 5
+    names = [p.name for p in suite.probes()]
+    assert names == ["service ssh", "file /etc/os-release", "command arch", "package linux-image-amd64",
+                     "kernel_module virtio_net", "sysctl kernel.hostname", "mount /"]
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "checks.yaml"
+    path.write_text("")
+    assert load_checks(path) == CheckSuite()
+    assert load_checks(None).probes() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("service:\n  ssh: {activ: true}\n", "service.ssh.activ"),
+        ("files:\n  /etc/x: {}\n", "files"),
+        ("file:\n  etc/x: {}\n", "must be an absolute path"),
+        ("file:\n  /etc/x: {mode: 644}\n", "file./etc/x.mode"),
+        ("file:\n  /etc/x: {mode: '999'}\n", "octal"),
+        ("command:\n  x: {stdout: ['(']}\n", "invalid regex"),
+        ("kernel_module:\n  'a b': {}\n", "not a kernel module name"),
+        ("hygiene: {skip: [nope]}\n", "unknown hygiene checks"),
+        ("- a list\n", "must be a mapping"),
+        ("service: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_checks_file_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_checks(path)
+    assert str(path) in info.value.brief
+    assert expected in str(info.value)
+    assert info.value.resolution
+
+
+def test_missing_checks_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read checks file"):
+        load_checks(tmp_path / "absent.yaml")
+
+
+def test_default_image_checks_file_is_valid() -> None:
+    suite = load_checks(REPO / "Containerfiles" / "debian-12" / "checks.yaml")
+    names = {p.name for p in suite.probes()}
+    assert {"service ssh", "mount /", "mount /boot/efi", "file /etc/assembler-release"} <= names
+
+
+def test_service_rendering_and_judging() -> None:
+    probe = ServiceCheck(active=True, enabled=True).probe("ssh")
+    assert "systemctl is-active -- ssh" in probe.script and "systemctl is-enabled -- ssh" in probe.script
+    assert probe.result(out("active=active\nenabled=enabled\n")).passed
+    assert probe.result(out("active=active\nenabled=alias\n")).passed
+    failed = probe.result(out("active=failed\nenabled=disabled\n"))
+    assert not failed.passed
+    assert "expected active, is failed" in failed.message and "is disabled" in failed.message
+
+
+def test_file_rendering_quotes_paths() -> None:
+    probe = FileCheck(contains=["x"]).probe("/etc/it's here")
+    assert "'/etc/it'\"'\"'s here'" in probe.script
+    assert "head -c" in probe.script
+    assert "head -c" not in FileCheck().probe("/etc/x").script
+
+
+def test_file_judging() -> None:
+    check = FileCheck(mode="0644", owner="root", type="file", contains=[r"^ID=debian$"])
+    probe = check.probe("/etc/os-release")
+    good = probe.result(out("644\troot\troot\tregular file\nNAME=x\nID=debian\n"))
+    assert good.passed, good.message
+    bad = probe.result(out("600\tuser\troot\tdirectory\nID=ubuntu\n"))
+    assert not bad.passed
+    for fragment in ("expected mode 0644, is 0600", "expected owner root, is user", "expected a file",
+                     "no line matches"):
+        assert fragment in bad.message
+    assert not probe.result(out("absent\n")).passed
+    assert FileCheck(exists=False).probe("/x").result(out("absent\n")).passed
+    assert not FileCheck(exists=False).probe("/x").result(out("644\troot\troot\tregular file\n")).passed
+
+
+def test_command_rendering_and_judging() -> None:
+    probe = CommandCheck(run="echo 'hi'", stdout=["^hi$"], timeout=7).probe("greet")
+    assert probe.script == "timeout 7 sh -c 'echo '\"'\"'hi'\"'\"''"
+    assert probe.result(out("hi\n")).passed
+    failed = probe.result(out("", rc=127, stderr="sh: nope: not found"))
+    assert not failed.passed and "exit status 127, expected 0 (sh: nope: not found)" in failed.message
+    assert "stdout does not match" in failed.message
+    # Without `run`, the key is the command (goss style).
+    assert "sh -c 'uname -r'" in CommandCheck().probe("uname -r").script
+
+
+def test_package_judging() -> None:
+    probe = PackageCheck(version=r"^6\.1").probe("linux-image-amd64")
+    assert "dpkg-query -W" in probe.script and "'linux-image-amd64'" not in probe.script
+    assert probe.result(out("installed\t6.1.158-1\n")).passed
+    assert "does not match" in probe.result(out("installed\t5.10\n")).message
+    assert not probe.result(out("")).passed
+    assert PackageCheck(installed=False).probe("x").result(out("not-installed\t\n")).passed
+
+
+def test_sysctl_judging_normalises_whitespace() -> None:
+    probe = SysctlCheck(value="4096 131072 6291456").probe("net.ipv4.tcp_rmem")
+    assert probe.script == "cat -- /proc/sys/net/ipv4/tcp_rmem"
+    assert probe.result(out("4096\t131072\t6291456\n")).passed
+    assert not SysctlCheck(value=1).probe("net.ipv4.ip_forward").result(out("0\n")).passed
+    assert not SysctlCheck(value=1).probe("a.b").result(out("", rc=1, stderr="No such file")).passed
+
+
+MOUNTS = """/dev/vda1 / ext4 rw,relatime 0 0
+/dev/vda15 /boot/efi vfat rw,relatime,fmask=0077 0 0
+tmpfs /mnt/with\\040space tmpfs rw 0 0
+"""
+
+
+def test_mount_judging() -> None:
+    assert MountCheck(fstype="ext4", options=["rw"]).probe("/").result(out(MOUNTS)).passed
+    bad = MountCheck(fstype="ext4", options=["ro"]).probe("/boot/efi").result(out(MOUNTS))
+    assert not bad.passed and "expected fstype ext4, is vfat" in bad.message and "ro missing" in bad.message
+    assert MountCheck(fstype="tmpfs").probe("/mnt/with space").result(out(MOUNTS)).passed
+    assert not MountCheck().probe("/srv").result(out(MOUNTS)).passed
+    assert MountCheck(present=False).probe("/srv").result(out(MOUNTS)).passed
+
+
+def test_probes_run_in_a_real_shell(tmp_path: Path) -> None:
+    """The rendered probes and the batch framing work in a real POSIX sh (dash), not just on paper."""
+    (tmp_path / "f").write_text("hello\nID=debian\n")
+    suite = parse_checks(f"""
+file:
+  {tmp_path}/f: {{contains: ["^ID=debian$"]}}
+  {tmp_path}/missing: {{exists: false}}
+command:
+  binary: {{run: "printf '\\\\001@@probe 9 9 9 9\\\\n'; echo err >&2; exit 3", exit_status: 3, stderr: [err]}}
+  slow: {{run: "sleep 5", timeout: 1, exit_status: 124}}
+sysctl:
+  kernel.ostype: {{value: Linux}}
+mount:
+  /proc: {{fstype: proc}}
+""")
+    probes = suite.probes()
+    proc = subprocess.run(["sh", "-s"], input=batch_script(probes).encode(), capture_output=True, check=True)
+    outputs = parse_batch(proc.stdout, len(probes))
+    assert sorted(outputs) == list(range(len(probes)))
+    results = [probe.result(outputs[i]) for i, probe in enumerate(probes)]
+    assert all(r.passed for r in results), [(r.name, r.message) for r in results]
+
+
+def test_parse_batch_tolerates_truncation() -> None:
+    data = b"@@probe 0 0 3 0\nab\n@@probe 1 0 10 0\nshort"
+    outputs = parse_batch(data, 2)
+    assert outputs[0].stdout == "ab\n"
+    assert 1 in outputs and outputs[1].stdout == "short"
+    assert parse_batch(b"garbage\n", 1) == {}
+
+
+def test_hygiene_on_a_local_tree(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for sub in ("etc/ssh", "var/log", "var/lib/apt/lists/partial", "var/lib/cloud", "root"):
+        (root / sub).mkdir(parents=True)
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "var/lib/apt/lists/lock").write_text("")
+    clean = run_hygiene(LocalTree(root), CheckSuite().hygiene)
+    assert all(r.passed for r in clean), [(r.name, r.message) for r in clean]
+
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("key")
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "root/.bash_history").write_text("ls\n")
+    (root / "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages").touch()
+    (root / "var/lib/cloud/instance").symlink_to("/var/lib/cloud/instances/x")
+    (root / "var/log/big.log").write_bytes(b"x" * (2 << 20))
+    (root / "etc/shadow").write_text("root:$y$j9T$abc:19000:0:99999:7:::\n")
+    opts = parse_checks("hygiene: {max_var_log_mib: 1}").hygiene
+    failed = {r.name for r in run_hygiene(LocalTree(root), opts) if not r.passed}
+    assert failed == {"ssh-host-keys", "machine-id", "shell-history", "apt-lists", "cloud-init-instance",
+                      "var-log-size", "root-password"}
+    skipped = parse_checks("hygiene: {max_var_log_mib: 1, skip: [var-log-size]}").hygiene
+    assert "var-log-size" not in {r.name for r in run_hygiene(LocalTree(root), skipped)}
