@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Literal
@@ -32,8 +33,10 @@ MIRROR_ENV = "ASSEMBLER_DEBIAN_MIRROR"
 SECURITY_MIRROR_ENV = "ASSEMBLER_DEBIAN_SECURITY_MIRROR"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
-# Bump when the archive layout or the bootstrap command changes, so old cache entries are not reused.
+# Bump when the archive layout changes (the mmdebstrap argv is part of the key already).
 BOOTSTRAP_VERSION = 1
+ETC_HOSTS = r"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n" \
+            r"ff02::2\t\tip6-allrouters\n"
 
 Variant = Literal["extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important",
                   "standard"]
@@ -68,16 +71,20 @@ class BaseRecipe(BaseModel):
 
 
 def load_recipe(path_or_name: Path | str) -> BaseRecipe:
-    """Read a recipe file, or rootfs/NAME/recipe.yaml when given a bare name."""
+    """Read a recipe: a file, a directory holding recipe.yaml, or a bare NAME (rootfs/NAME/recipe.yaml)."""
     path = Path(path_or_name)
-    if not path.suffix:
+    if path.is_dir():
+        path = path / "recipe.yaml"
+    elif not path.suffix and not path.exists():
         path = ROOTFS_DIR / str(path_or_name) / "recipe.yaml"
     if not path.is_file():
-        raise ConfigError(f"base recipe not found: {path}", resolution=f"create it, or pick one of {_known()}")
+        raise ConfigError(f"base recipe not found: {path}",
+                          resolution=f"create it, or pick one of {_known()}")
     try:
         return BaseRecipe.model_validate(yaml.safe_load(path.read_text()))
     except (ValidationError, yaml.YAMLError) as exc:
-        raise ConfigError(f"invalid base recipe {path}", details=str(exc), resolution="fix the fields named above")
+        raise ConfigError(f"invalid base recipe {path}", details=str(exc),
+                          resolution="fix the fields named above") from exc
 
 
 def _known() -> list[str]:
@@ -99,6 +106,7 @@ def recipe_key(recipe: BaseRecipe) -> str:
     data = {
         "recipe": effective(recipe).model_dump(mode="json"),
         "mmdebstrap": tool_version("mmdebstrap"),
+        "argv": mmdebstrap_command(effective(recipe), Path("OUTPUT")),
         "bootstrap_version": BOOTSTRAP_VERSION,
     }
     return sha256_bytes(canonical_json(data))
@@ -112,11 +120,12 @@ def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
         f"--architectures={recipe.architecture}",
         f"--components={','.join(recipe.components)}",
         "--format=tar",
-        # Device nodes do not belong in an image layer: the engine and the booted kernel provide /dev.
-        "--skip=output/dev",
         # mmdebstrap copies the host's resolv.conf and hostname; either would make the tar host-dependent.
         '--customize-hook=rm -f "$1/etc/resolv.conf"',
-        '--customize-hook=echo localhost > "$1/etc/hostname"',
+        '--customize-hook=echo localhost > "$1/etc/hostname" && chmod 0644 "$1/etc/hostname"',
+        # Debian's installer writes /etc/hosts, mmdebstrap does not; without it `localhost` does not resolve
+        # on the booted machine. Containerfile RUN steps cannot write it (the engine bind-mounts it).
+        f"--customize-hook=printf '{ETC_HOSTS}' > \"$1/etc/hosts\"",
     ]
     if recipe.packages:
         cmd.append(f"--include={','.join(recipe.packages)}")
@@ -207,7 +216,8 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
 
 
 def _build_entry(recipe: BaseRecipe, entry: Path) -> None:
-    log.info("bootstrapping base %s (%s %s from %s)", recipe.name, recipe.suite, recipe.variant, recipe.mirror)
+    log.info("bootstrapping base %s (%s %s from %s)", recipe.name, recipe.suite, recipe.variant,
+             recipe.mirror)
     with atomic_dir(entry) as tmp:
         rootfs = bootstrap(recipe, tmp / "rootfs.tar")
         created_by = f"mmdebstrap --variant={recipe.variant} {recipe.suite} # assembler base {recipe.name}"
@@ -216,3 +226,39 @@ def _build_entry(recipe: BaseRecipe, entry: Path) -> None:
         rootfs.unlink()  # the archive holds the same bytes as its only layer
         (tmp / "image-id").write_text(image_id + "\n")
         (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- package pins
+
+_INST_RE = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ")
+
+
+def resolve_pins(client: docker.DockerClient, base_ref: str, packages: list[str]) -> list[str]:
+    """The full dependency closure `apt-get install --no-install-recommends packages` would add to the
+    base image, as sorted `name=version` lines (resolved in a throw-away container of the base)."""
+    script = (
+        "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null && "
+        'apt-get install -s -y --no-install-recommends "$@"'
+    )
+    out = engine.run_in_container(client, base_ref, ["sh", "-c", script, "resolve-pins", *packages])
+    pins = sorted({f"{m.group(1)}={m.group(2)}" for line in out.splitlines() if (m := _INST_RE.match(line))})
+    if not pins:
+        raise ConfigError("apt resolved no packages to install", details=out[-2000:],
+                          resolution="check the package names")
+    return pins
+
+
+def read_package_list(path: Path) -> list[str]:
+    """Names from a packages.txt / packages.lock file: one per line, '#' comments ignored."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def write_lock(path: Path, pins: list[str], *, base_ref: str, base_id: str) -> None:
+    header = [
+        "# Generated by scripts/refresh-pins: the full closure apt installs on top of the base image.",
+        f"# base: {base_ref} {base_id}",
+        "# Installed with `apt-get install --no-install-recommends` and verified after the install.",
+    ]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join([*header, *pins]) + "\n")

@@ -1,0 +1,319 @@
+"""The only module that talks to the container engine (Docker or Podman, through the Docker API).
+
+Builds use the engine's classic builder via the low-level API with host networking (no bridge here),
+stream their output, and turn a failing step into an EngineError naming the step and its last lines.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from assembler.errors import ConfigError, EngineError
+from assembler.fsutil import atomic_path
+from assembler.log import log
+from assembler.run import require_tool
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+PODMAN_ROOT_SOCKET = Path("/run/podman/podman.sock")
+DOCKERD_ARGS = ["--iptables=false", "--bridge=none", "--storage-driver=overlay2"]
+DOCKERD_LOG = Path("/var/log/assembler-dockerd.log")
+START_TIMEOUT = 60.0
+API_TIMEOUT = 600
+TAIL_LINES = 20
+
+HOW_TO_START = (
+    "start an engine: `systemctl start docker`, or `dockerd " + " ".join(DOCKERD_ARGS) + " &`, "
+    "or `podman system service --time=0 unix:///run/podman/podman.sock &` "
+    "(and point DOCKER_HOST at the socket you use)"
+)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str  # "docker" or "podman"
+    version: str
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """One layer of a built image and the Containerfile instruction that made it."""
+
+    diff_id: str
+    created_by: str
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    id: str  # config digest, sha256:...
+    tag: str
+    steps: list[LayerStep] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- connect
+
+
+def connect(*, start: bool = True) -> docker.DockerClient:
+    """A client for a live engine: DOCKER_HOST if set, else the usual Docker/Podman sockets.
+
+    With nothing configured and nothing answering, start dockerd in the background when `start` is true.
+    A DOCKER_HOST that does not answer is an error: silently using another engine would surprise.
+    """
+    host = os.environ.get("DOCKER_HOST")
+    if host:
+        client = _try_client(host)
+        if client is None:
+            raise EngineError(f"the container engine at DOCKER_HOST={host} does not answer",
+                              resolution=f"{HOW_TO_START}; or unset DOCKER_HOST")
+        return client
+    for socket in _candidate_sockets():
+        if socket.exists() and (client := _try_client(f"unix://{socket}")) is not None:
+            return client
+    if not start:
+        raise EngineError("no container engine is running", details=_tried(), resolution=HOW_TO_START)
+    return _start_dockerd()
+
+
+def _candidate_sockets() -> list[Path]:
+    sockets = [DOCKER_SOCKET, PODMAN_ROOT_SOCKET]
+    if runtime_dir := os.environ.get("XDG_RUNTIME_DIR"):
+        sockets.append(Path(runtime_dir) / "podman" / "podman.sock")
+    return sockets
+
+
+def _tried() -> str:
+    return "tried: " + ", ".join(str(s) for s in _candidate_sockets())
+
+
+def _try_client(base_url: str) -> docker.DockerClient | None:
+    try:
+        # For DOCKER_HOST, from_env also honours DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+        client = (docker.from_env(timeout=API_TIMEOUT) if base_url == os.environ.get("DOCKER_HOST")
+                  else docker.DockerClient(base_url=base_url, timeout=API_TIMEOUT))
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        log.debug("engine at %s does not answer: %s", base_url, exc)
+        return None
+    return client
+
+
+def _start_dockerd() -> docker.DockerClient:
+    """Start dockerd in the background (the one Popen of this module) and wait until it answers."""
+    dockerd = require_tool("dockerd", hint="no container engine is running and dockerd is not installed")
+    log.info("no container engine answers; starting %s (log: %s)", " ".join(["dockerd", *DOCKERD_ARGS]),
+             DOCKERD_LOG)
+    with DOCKERD_LOG.open("ab") as logfile:
+        subprocess.Popen([dockerd, *DOCKERD_ARGS], stdout=logfile, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if DOCKER_SOCKET.exists() and (client := _try_client(f"unix://{DOCKER_SOCKET}")) is not None:
+            return client
+        time.sleep(0.5)
+    raise EngineError(f"dockerd did not answer within {START_TIMEOUT:.0f} s", details=_log_tail(DOCKERD_LOG),
+                      resolution=f"read {DOCKERD_LOG}; {HOW_TO_START}")
+
+
+def _log_tail(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def engine_info(client: docker.DockerClient) -> EngineInfo:
+    version = client.version()
+    names = " ".join(str(c.get("Name", "")) for c in version.get("Components", []))
+    name = "podman" if "podman" in names.lower() else "docker"
+    return EngineInfo(name=name, version=str(version.get("Version", "unknown")))
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # the engine colours RUN stderr
+_STEP_RE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+(?:/\d+)?\s*:\s*(.*)$", re.IGNORECASE)
+
+
+def build_image(
+    client: docker.DockerClient,
+    context: Path,
+    *,
+    containerfile: str = "Containerfile",
+    tag: str,
+    buildargs: Mapping[str, str],
+    nocache: bool = False,
+    on_output: Callable[[str], None] | None = None,
+) -> BuiltImage:
+    """Build context/containerfile, stream its output to on_output, return the image and its layers."""
+    if not (context / containerfile).is_file():
+        raise ConfigError(f"Containerfile not found: {context / containerfile}",
+                          resolution="create it, or pass the directory that holds it")
+    stream = _build_stream(client, context, containerfile, tag, dict(buildargs), nocache)
+    reported = _consume(stream, on_output or (lambda _line: None))
+    full_id = image_id(client, reported)  # the stream may only give a short ID
+    if full_id is None:
+        raise EngineError(f"the build reported image {reported}, which the engine does not have",
+                          resolution="rerun the build; check the engine's log")
+    return BuiltImage(id=full_id, tag=tag, steps=image_steps(client, full_id))
+
+
+def _build_stream(client: docker.DockerClient, context: Path, containerfile: str, tag: str,
+                  buildargs: dict[str, str], nocache: bool) -> Iterator[dict[str, Any]]:
+    try:
+        stream: Iterator[dict[str, Any]] = client.api.build(
+            path=str(context), dockerfile=containerfile, tag=tag, buildargs=buildargs, nocache=nocache,
+            network_mode="host", decode=True, rm=True, forcerm=True, pull=False,
+        )
+        yield from stream
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"the engine refused the build of {context / containerfile}", details=str(exc),
+                          resolution="check the Containerfile syntax and that the engine is healthy") from exc
+
+
+def _consume(stream: Iterator[dict[str, Any]], on_output: Callable[[str], None]) -> str:
+    """Follow the build's JSON stream; return the image ID or raise with the failing step."""
+    step, tail, found = "", deque[str](maxlen=TAIL_LINES), ""
+    for chunk in stream:
+        if "error" in chunk:
+            raise EngineError(f"build failed at step: {step or '(before the first step)'}",
+                              details="\n".join([*tail, str(chunk["error"]).strip()]),
+                              resolution="fix the failing instruction in the Containerfile (output above)")
+        if aux := chunk.get("aux"):
+            found = str(aux.get("ID", found))
+        for line in _ANSI_RE.sub("", str(chunk.get("stream", ""))).splitlines():
+            on_output(line)
+            tail.append(line)
+            if match := _STEP_RE.match(line.strip()):
+                step = match.group(1)
+            elif match := re.match(r"^Successfully built ([0-9a-f]{12,64})$", line.strip()):
+                found = found or match.group(1)
+    if not found:
+        raise EngineError("the build finished without reporting an image ID", details="\n".join(tail),
+                          resolution="rerun with --debug; check the engine's log")
+    return found
+
+
+def image_steps(client: docker.DockerClient, image: str) -> list[LayerStep]:
+    """Pair each layer (diff_id) with the history entry that created it.
+
+    The history API does not say which entries are empty layers; metadata-only instructions are recorded
+    as `#(nop)` by both Docker and Buildah, except COPY/ADD which do make layers.
+    """
+    diff_ids = list(client.api.inspect_image(image)["RootFS"].get("Layers") or [])
+    history = list(reversed(client.api.history(image)))  # the API lists newest first
+    creators = [str(h.get("CreatedBy", "")) for h in history if _makes_layer(h)]
+    if len(creators) != len(diff_ids):
+        log.debug("history has %d layer entries for %d layers; aligning from the top", len(creators),
+                  len(diff_ids))
+        creators = ([""] * len(diff_ids) + creators)[-len(diff_ids):] if diff_ids else []
+    return [LayerStep(diff_id=d, created_by=c) for d, c in zip(diff_ids, creators, strict=True)]
+
+
+def _makes_layer(entry: Mapping[str, Any]) -> bool:
+    created_by = str(entry.get("CreatedBy", ""))
+    if int(entry.get("Size", 0) or 0) > 0:
+        return True
+    if "#(nop)" not in created_by:
+        return True
+    return bool(re.search(r"#\(nop\)\s+(COPY|ADD)\b", created_by))
+
+
+# ----------------------------------------------------------------------------------- images and archives
+
+
+def image_id(client: docker.DockerClient, ref: str) -> str | None:
+    """The image ID a reference resolves to, or None when the engine does not have it."""
+    try:
+        return str(client.api.inspect_image(ref)["Id"])
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404:
+            return None
+        raise EngineError(f"cannot inspect image {ref}", details=str(exc)) from exc
+
+
+def image_exists(client: docker.DockerClient, ref: str) -> bool:
+    return image_id(client, ref) is not None
+
+
+def remove_image(client: docker.DockerClient, ref: str, *, force: bool = False) -> None:
+    """Remove an image (no error when it is already gone)."""
+    try:
+        client.api.remove_image(ref, force=force, noprune=False)
+    except docker.errors.ImageNotFound:
+        return
+    except docker.errors.APIError as exc:
+        if exc.status_code == 404:
+            return
+        raise EngineError(f"cannot remove image {ref}", details=str(exc),
+                          resolution="remove the containers that use it, or pass force") from exc
+
+
+def save_image(client: docker.DockerClient, image: str, dest: Path) -> Path:
+    """Stream `docker save` of one image into dest (docker-archive tar), written atomically."""
+    try:
+        with atomic_path(dest) as tmp, tmp.open("wb") as out:
+            for chunk in client.api.get_image(image, chunk_size=1 << 20):
+                out.write(chunk)
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"cannot save image {image}", details=str(exc),
+                          resolution="check that the image exists (`docker images`)") from exc
+    return dest
+
+
+def load_archive(client: docker.DockerClient, archive: Path) -> str:
+    """Load a docker-archive into the engine; return the loaded image's ID."""
+    try:
+        with archive.open("rb") as data:
+            messages = list(client.api.load_image(data))
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"the engine could not load {archive}", details=str(exc),
+                          resolution="check that the file is a docker-archive (`tar tf` shows manifest.json)"
+                          ) from exc
+    return _loaded_id(client, messages, archive)
+
+
+def _loaded_id(client: docker.DockerClient, messages: list[dict[str, Any]], archive: Path) -> str:
+    loaded: list[str] = []
+    for message in messages:
+        if "error" in message:
+            raise EngineError(f"the engine could not load {archive}", details=str(message["error"]))
+        for line in str(message.get("stream", "")).splitlines():
+            if match := re.match(r"^Loaded image(?: ID)?: (\S+)", line.strip()):
+                loaded.append(match.group(1))
+    for ref in reversed(loaded):
+        if ref_id := image_id(client, ref):
+            return ref_id
+    raise EngineError(f"the engine loaded {archive} but did not report the image", details=str(messages),
+                      resolution="load it by hand (`docker load -i FILE`) to see the engine's message")
+
+
+def run_in_container(client: docker.DockerClient, image: str, command: list[str]) -> str:
+    """Run a command in a throw-away container (host network) and return its output.
+
+    For tooling around builds (e.g. resolving package pins in the base image), not for building images.
+    """
+    try:
+        output = client.containers.run(image, command, network_mode="host", remove=True, stdout=True,
+                                       stderr=True)
+    except docker.errors.ContainerError as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
+        raise EngineError(f"command failed in a container of {image} (exit {exc.exit_status})",
+                          details="\n".join(stderr.splitlines()[-TAIL_LINES:]),
+                          resolution="read the output above") from exc
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"cannot run a container of {image}", details=str(exc),
+                          resolution="check that the image exists and the engine is healthy") from exc
+    return output.decode(errors="replace") if isinstance(output, bytes) else str(output)

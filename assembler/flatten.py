@@ -1,0 +1,303 @@
+"""Flatten a saved image (docker-archive or OCI layout tar) into one deterministic rootfs tar.
+
+Layers are applied as overlayfs would (OCI image spec, "Applying changesets"): whiteouts `.wh.NAME` delete
+NAME from lower layers, `.wh..wh..opq` hides all lower content of its directory, a non-directory replaces a
+whole lower subtree. Only metadata is kept in memory; file data is copied straight from the layer tars.
+
+The output is a function of the final tree only: entries sorted by path, mtimes clamped to
+SOURCE_DATE_EPOCH, numeric owners, no atime/ctime, PAX with xattrs (sorted), hard links re-pointed at the
+first surviving path of their group, so it is bit-identical whenever the container's view is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import posixpath
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from assembler.errors import ConfigError
+from assembler.fsutil import atomic_path
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    index: int
+    path: str  # member name inside the archive
+    diff_id: str
+    created_by: str
+    entries: int
+    whiteouts: int
+
+
+@dataclass(frozen=True)
+class FlattenResult:
+    path: Path
+    sha256: str
+    size: int
+    entries: int
+    image_id: str
+    layers: list[LayerInfo] = field(default_factory=list)
+
+
+@dataclass
+class _Node:
+    """A path in the merged tree; `source` is the member that holds its data and inode metadata."""
+
+    layer: int
+    source: tarfile.TarInfo
+
+
+@dataclass
+class _Tree:
+    nodes: dict[str, _Node] = field(default_factory=dict)
+    children: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, path: str, node: _Node) -> None:
+        old = self.nodes.get(path)
+        if old is not None and old.source.isdir() and not node.source.isdir():
+            self.remove_children(path)
+        self.nodes[path] = node
+        self.children.setdefault(posixpath.dirname(path), set()).add(path)
+
+    def remove(self, path: str) -> None:
+        self.remove_children(path)
+        self.nodes.pop(path, None)
+        self.children.get(posixpath.dirname(path), set()).discard(path)
+
+    def remove_children(self, path: str) -> None:
+        for child in self.children.pop(path, set()):
+            self.remove_children(child)
+            self.nodes.pop(child, None)
+
+
+# ------------------------------------------------------------------------------------------- the archive
+
+
+@dataclass(frozen=True)
+class _Image:
+    image_id: str
+    layers: list[str]  # member names inside the archive, bottom first
+    diff_ids: list[str]
+    created_by: list[str]
+
+
+def _read_json(archive: tarfile.TarFile, name: str) -> Any:
+    try:
+        handle = archive.extractfile(name)
+    except KeyError:
+        return None
+    if handle is None:
+        return None
+    return json.load(handle)
+
+
+def _read_image(archive: tarfile.TarFile) -> _Image:
+    """Find the config and layer list: docker-archive manifest.json first, else an OCI index.json."""
+    manifest = _read_json(archive, "manifest.json")
+    if manifest:
+        if len(manifest) != 1:
+            raise ConfigError(f"the archive holds {len(manifest)} images; flatten needs exactly one",
+                              resolution="save a single image (`docker save IMAGE_ID`)")
+        config_name, layers = manifest[0]["Config"], list(manifest[0]["Layers"])
+    else:
+        config_name, layers = _oci_manifest(archive)
+    config = _read_json(archive, config_name)
+    if config is None:
+        raise ConfigError(f"image config {config_name} is missing from the archive")
+    handle = archive.extractfile(config_name)
+    assert handle is not None
+    image_id = "sha256:" + hashlib.sha256(handle.read()).hexdigest()
+    history = [h for h in config.get("history", []) if not h.get("empty_layer")]
+    creators = [str(h.get("created_by", "")) for h in history]
+    if len(creators) != len(layers):
+        creators = [""] * len(layers)
+    diff_ids = list(config.get("rootfs", {}).get("diff_ids", [])) or [""] * len(layers)
+    return _Image(image_id, layers, diff_ids, creators)
+
+
+def _blob(digest: str) -> str:
+    algo, _, hexdigest = digest.partition(":")
+    return f"blobs/{algo}/{hexdigest}"
+
+
+def _oci_manifest(archive: tarfile.TarFile) -> tuple[str, list[str]]:
+    index = _read_json(archive, "index.json")
+    if not index or not index.get("manifests"):
+        raise ConfigError("not an image archive: neither manifest.json nor index.json found",
+                          resolution="pass the output of `docker save` / `podman save` or an OCI layout tar")
+    descriptor = index["manifests"][0]
+    manifest = _read_json(archive, _blob(descriptor["digest"]))
+    while manifest and "manifests" in manifest:  # a nested index (e.g. docker >= 25 saves one)
+        manifest = _read_json(archive, _blob(manifest["manifests"][0]["digest"]))
+    if not manifest:
+        raise ConfigError("the OCI index points at a manifest that is missing from the archive")
+    return _blob(manifest["config"]["digest"]), [_blob(layer["digest"]) for layer in manifest["layers"]]
+
+
+@contextmanager
+def _open_layer(archive: tarfile.TarFile, name: str, scratch: Path) -> Iterator[tarfile.TarFile]:
+    """A seekable TarFile for a layer; compressed layers are decompressed to a scratch file first."""
+    handle = archive.extractfile(name)
+    if handle is None:
+        raise ConfigError(f"layer {name} is missing from the archive")
+    magic = handle.read(4)
+    handle.seek(0)
+    if magic.startswith(ZSTD_MAGIC):
+        raise ConfigError(f"layer {name} is zstd-compressed, which flatten does not read",
+                          resolution="save the image with `docker save` (uncompressed layers)")
+    if magic.startswith(GZIP_MAGIC):
+        with tempfile.NamedTemporaryFile(dir=scratch, suffix=".tar") as plain:
+            with gzip.GzipFile(fileobj=handle) as unzipped:
+                shutil.copyfileobj(unzipped, plain, 1 << 20)
+            plain.flush()
+            plain.seek(0)
+            with tarfile.open(fileobj=plain, mode="r:") as layer:
+                yield layer
+        return
+    with tarfile.open(fileobj=handle, mode="r:") as layer:
+        yield layer
+
+
+# ------------------------------------------------------------------------------------ applying the layers
+
+
+def _norm(name: str) -> str:
+    """Canonical relative path: no leading ./ or /, no trailing /, '' for the root."""
+    path = posixpath.normpath("/" + name).lstrip("/")
+    return "" if path == "." else path
+
+
+def _apply_layer(tree: _Tree, index: int, layer: tarfile.TarFile) -> tuple[int, int]:
+    """Apply one layer: its whiteouts against the lower layers first, then its entries."""
+    members = layer.getmembers()
+    whiteouts = 0
+    for member in members:
+        path = _norm(member.name)
+        base = posixpath.basename(path)
+        if base == OPAQUE:
+            tree.remove_children(posixpath.dirname(path))
+            whiteouts += 1
+        elif base.startswith(WHITEOUT):
+            if not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh.* are AUFS metadata
+                tree.remove(posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):]))
+            whiteouts += 1
+    in_layer: dict[str, _Node] = {}
+    entries = 0
+    for member in members:
+        path = _norm(member.name)
+        if not path or posixpath.basename(path).startswith(WHITEOUT):
+            continue
+        node = _link_node(tree, in_layer, member) if member.islnk() else _Node(index, member)
+        in_layer[path] = node
+        tree.add(path, node)
+        entries += 1
+    return entries, whiteouts
+
+
+def _link_node(tree: _Tree, in_layer: dict[str, _Node], member: tarfile.TarInfo) -> _Node:
+    """A hard link shares its target's data: the target in this layer, else (rarely) the merged one."""
+    target = _norm(member.linkname)
+    if target in in_layer:
+        return in_layer[target]
+    if target in tree.nodes and tree.nodes[target].source.isreg():
+        return tree.nodes[target]
+    raise ConfigError(f"hard link {member.name} points at {member.linkname}, which the image does not have",
+                      resolution="the archive is damaged; save the image again")
+
+
+# ------------------------------------------------------------------------------------------ writing output
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.digest, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _output_info(path: str, source: tarfile.TarInfo, sde: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(path)
+    # Old-style and contiguous regular files become plain regular files; type bits leave the mode (Go's
+    # archive/tar writes them, GNU tar does not), so equal trees give equal bytes whichever engine saved them.
+    info.type = tarfile.REGTYPE if source.type in (tarfile.AREGTYPE, tarfile.CONTTYPE) else source.type
+    info.mode, info.uid, info.gid = source.mode & 0o7777, source.uid, source.gid
+    info.uname = info.gname = ""
+    info.mtime = min(int(source.mtime), sde)
+    info.size = source.size if info.type == tarfile.REGTYPE else 0
+    info.linkname = source.linkname if source.issym() else ""
+    info.devmajor, info.devminor = source.devmajor, source.devminor
+    info.pax_headers = {k: v for k, v in sorted(source.pax_headers.items()) if k.startswith(XATTR_PREFIXES)}
+    return info
+
+
+def _write_tree(tree: _Tree, layers: list[tarfile.TarFile], out: tarfile.TarFile, sde: int) -> int:
+    """Write every surviving path in sorted order; the first path of a link group carries the data."""
+    first_of: dict[int, str] = {}
+    count = 0
+    for path in sorted(tree.nodes, key=lambda p: p.encode("utf-8", "surrogateescape")):
+        node = tree.nodes[path]
+        info = _output_info(path, node.source, sde)
+        if node.source.isreg() or node.source.islnk():
+            group = id(node.source)
+            if group in first_of:
+                info.type, info.size, info.linkname = tarfile.LNKTYPE, 0, first_of[group]
+                out.addfile(info)
+            else:
+                first_of[group] = path
+                out.addfile(info, layers[node.layer].extractfile(node.source))
+        else:
+            out.addfile(info)
+        count += 1
+    return count
+
+
+def _open_archive(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, mode="r:")
+    except tarfile.TarError as exc:
+        raise ConfigError(f"not a tar archive: {archive}", details=str(exc)) from exc
+
+
+def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int) -> FlattenResult:
+    """Flatten the single image in `archive` into a deterministic rootfs tar at dest_tar (atomically)."""
+    if not archive.is_file():
+        raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
+    with _open_archive(archive) as outer, ExitStack() as stack, atomic_path(dest_tar) as tmp:
+        image = _read_image(outer)
+        tree, infos, layers = _Tree(), [], []
+        for index, name in enumerate(image.layers):
+            layer = stack.enter_context(_open_layer(outer, name, dest_tar.parent))
+            layers.append(layer)
+            entries, whiteouts = _apply_layer(tree, index, layer)
+            infos.append(LayerInfo(index, name, image.diff_ids[index], image.created_by[index], entries,
+                                   whiteouts))
+        with tmp.open("wb") as raw:
+            writer = _HashingWriter(raw)
+            with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                              encoding="utf-8", errors="surrogateescape") as out:
+                count = _write_tree(tree, layers, out, source_date_epoch)
+    return FlattenResult(path=dest_tar, sha256=writer.digest.hexdigest(), size=writer.size, entries=count,
+                         image_id=image.image_id, layers=infos)

@@ -1,0 +1,112 @@
+"""The engine adapter against the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import socket
+import tarfile
+from pathlib import Path
+
+import docker
+import pytest
+
+from assembler import engine
+from assembler.errors import ConfigError, EngineError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SDE = 1_747_699_200  # the SOURCE_DATE_EPOCH of the session fixtures (conftest.py)
+pytestmark = pytest.mark.integration
+
+
+def dead_socket(tmp_path: Path) -> str:
+    """A unix socket path that exists but where nobody listens."""
+    path = tmp_path / "dead.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+    return f"unix://{path}"
+
+
+def test_docker_host_not_answering_is_an_error_never_a_fallback(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", dead_socket(tmp_path))
+    for start in (True, False):
+        with pytest.raises(EngineError, match="does not answer") as info:
+            engine.connect(start=start)
+        assert "dockerd" in info.value.resolution and "podman system service" in info.value.resolution
+
+
+def test_nothing_running_and_no_start_names_how_to_start_one(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(engine, "DOCKER_SOCKET", Path(dead_socket(tmp_path).removeprefix("unix://")))
+    monkeypatch.setattr(engine, "PODMAN_ROOT_SOCKET", tmp_path / "absent.sock")
+    with pytest.raises(EngineError, match="no container engine is running") as info:
+        engine.connect(start=False)
+    assert "systemctl start docker" in info.value.resolution
+    assert str(tmp_path / "podman" / "podman.sock") in info.value.details
+
+
+def test_connect_finds_the_running_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    client = engine.connect(start=False)
+    info = engine.engine_info(client)
+    assert info.name == "docker" and info.version
+
+
+def test_missing_containerfile_is_a_config_error(engine_client: docker.DockerClient, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Containerfile not found"):
+        engine.build_image(engine_client, tmp_path, tag="assembler-test/none:latest", buildargs={})
+
+
+def test_failing_step_names_the_step_and_its_output(engine_client: docker.DockerClient,
+                                                    debian_base: str) -> None:
+    lines: list[str] = []
+    with pytest.raises(EngineError) as info:
+        engine.build_image(engine_client, FIXTURES / "failing", tag="assembler-test/failing:latest",
+                           buildargs={}, on_output=lines.append)
+    assert "about-to-fail" in info.value.brief  # the failing instruction
+    assert "marker-line-before-failure" in info.value.details
+    assert "returned a non-zero code: 3" in info.value.details
+    assert any("first-step-ok" in line for line in lines)
+
+
+def test_build_reports_layers_with_their_instructions(engine_client: docker.DockerClient,
+                                                      layers_image: engine.BuiltImage) -> None:
+    inspect = engine_client.api.inspect_image(layers_image.id)
+    assert [s.diff_id for s in layers_image.steps] == inspect["RootFS"]["Layers"]
+    creators = [s.created_by for s in layers_image.steps]
+    assert creators[0].startswith("mmdebstrap")  # the base layer
+    assert "rm /opt/t/doomed" in creators[2]
+    assert "/etc/fixture-release" in creators[-1]
+    assert engine.image_id(engine_client, "assembler-test/layers:latest") == layers_image.id
+
+
+def test_buildargs_copy_and_env_steps(engine_client: docker.DockerClient, debian_base: str) -> None:
+    built = engine.build_image(engine_client, FIXTURES / "small", tag="assembler-test/small:latest",
+                               buildargs={"SOURCE_DATE_EPOCH": str(SDE)}, nocache=True)
+    creators = [s.created_by for s in built.steps]
+    assert len(creators) == 3  # base, RUN, COPY; ENV/ARG make no layer
+    assert "COPY" in creators[2]
+    engine.remove_image(engine_client, built.tag)
+    assert not engine.image_exists(engine_client, built.tag)
+    engine.remove_image(engine_client, built.tag)  # already gone: no error
+
+
+def test_save_and_load_roundtrip(engine_client: docker.DockerClient, layers_image: engine.BuiltImage,
+                                 layers_archive: Path) -> None:
+    with tarfile.open(layers_archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert len(manifest[0]["Layers"]) == len(layers_image.steps)
+    engine_client.api.tag(layers_image.id, "assembler-test/roundtrip", "latest")
+    engine.remove_image(engine_client, "assembler-test/roundtrip:latest")
+    assert engine.load_archive(engine_client, layers_archive) == layers_image.id
+    assert engine.image_exists(engine_client, layers_image.id)
+
+
+def test_load_of_garbage_is_an_engine_error(engine_client: docker.DockerClient, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(EngineError, match="could not load"):
+        engine.load_archive(engine_client, junk)

@@ -1,0 +1,120 @@
+"""Base recipes, the mmdebstrap command, the reproducible docker-archive and the pin parsing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from assembler import bootstrap
+from assembler.bootstrap import (
+    BaseRecipe,
+    base_archive,
+    effective,
+    load_recipe,
+    mmdebstrap_command,
+    recipe_key,
+)
+from assembler.errors import ConfigError
+
+EPOCH = 1_747_699_200
+
+
+def make_rootfs(path: Path) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("./etc/os-release")
+        info.size, info.mtime = 5, EPOCH
+        tar.addfile(info, io.BytesIO(b"hello"))
+    return path
+
+
+def test_shipped_recipe_loads() -> None:
+    recipe = load_recipe("debian-12")
+    assert load_recipe(bootstrap.ROOTFS_DIR / "debian-12") == recipe
+    assert (recipe.suite, recipe.variant) == ("bookworm", "minbase")
+    assert recipe.tag == "localhost/assembler/base:debian-12"
+    assert recipe.mirror == "http://deb.debian.org/debian"
+
+
+def test_recipe_rejects_unknown_fields(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\nsource_date_epoch: 1\nsuit: bookworm\n")
+    with pytest.raises(ConfigError, match="invalid base recipe"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe("no-such-base")
+
+
+def test_mirror_env_override_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = BaseRecipe(name="t", source_date_epoch=EPOCH)
+    before = recipe_key(recipe)
+    snapshot = "http://snapshot.debian.org/archive/debian/20250520T000000Z"
+    monkeypatch.setenv(bootstrap.MIRROR_ENV, snapshot)
+    assert effective(recipe).mirror == snapshot
+    assert recipe_key(recipe) != before
+    argv = mmdebstrap_command(effective(recipe), Path("o.tar"))
+    assert '--aptopt=Acquire::Check-Valid-Until "false"' in argv
+
+
+def test_mmdebstrap_command_golden() -> None:
+    recipe = BaseRecipe(name="t", source_date_epoch=EPOCH, packages=("vim", "less"))
+    assert mmdebstrap_command(recipe, Path("/o/r.tar")) == [
+        "mmdebstrap", "--variant=minbase", "--architectures=amd64", "--components=main", "--format=tar",
+        '--customize-hook=rm -f "$1/etc/resolv.conf"',
+        '--customize-hook=echo localhost > "$1/etc/hostname" && chmod 0644 "$1/etc/hostname"',
+        "--customize-hook=printf '127.0.0.1\\tlocalhost\\n::1\\t\\tlocalhost ip6-localhost ip6-loopback\\n"
+        "ff02::1\\t\\tip6-allnodes\\nff02::2\\t\\tip6-allrouters\\n' > \"$1/etc/hosts\"",
+        "--include=vim,less", "bookworm", "/o/r.tar",
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",
+    ]
+
+
+def test_base_archive_is_reproducible_and_well_formed(tmp_path: Path) -> None:
+    rootfs = make_rootfs(tmp_path / "rootfs.tar")
+    first = base_archive(rootfs, "localhost/assembler/base:t", EPOCH, tmp_path / "a.tar")
+    second = base_archive(rootfs, "localhost/assembler/base:t", EPOCH, tmp_path / "b.tar")
+    assert first == second
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        (manifest,) = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config_bytes = tar.extractfile(manifest["Config"]).read()  # type: ignore[union-attr]
+        layer = tar.extractfile(manifest["Layers"][0]).read()  # type: ignore[union-attr]
+        assert all(m.mtime == EPOCH and m.uid == 0 and m.uname == "" for m in tar.getmembers())
+    assert first == "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    assert layer == rootfs.read_bytes()
+    assert manifest["RepoTags"] == ["localhost/assembler/base:t"]
+    config = json.loads(config_bytes)
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+    assert config["created"] == "2025-05-20T00:00:00Z"
+    other = base_archive(rootfs, "localhost/assembler/base:t", EPOCH + 1, tmp_path / "c.tar")
+    assert other != first
+
+
+def test_pin_lines_parse_installs_and_upgrades() -> None:
+    out = "\n".join([
+        "NOTE: This is only a simulation!",
+        "Inst libc6 [2.36-9+deb12u9] (2.36-9+deb12u10 Debian-Security:12/stable-security [amd64])",
+        "Inst sudo (1.9.13p3-1+deb12u1 Debian:12.11/stable [amd64])",
+        "Conf sudo (1.9.13p3-1+deb12u1 Debian:12.11/stable [amd64])",
+    ])
+    matches = [bootstrap._INST_RE.match(line) for line in out.splitlines()]
+    pins = sorted(f"{m.group(1)}={m.group(2)}" for m in matches if m)
+    assert pins == ["libc6=2.36-9+deb12u10", "sudo=1.9.13p3-1+deb12u1"]
+
+
+def test_lock_roundtrip(tmp_path: Path) -> None:
+    lock = tmp_path / "packages.lock"
+    bootstrap.write_lock(lock, ["a=1", "b=2"], base_ref="base:x", base_id="sha256:00")
+    assert bootstrap.read_package_list(lock) == ["a=1", "b=2"]
+    shipped = Path(__file__).resolve().parents[2] / "Containerfiles" / "debian-12"
+    pins = bootstrap.read_package_list(shipped / "packages.lock")
+    names = {p.split("=", 1)[0] for p in pins}
+    assert all("=" in p for p in pins)
+    assert {"linux-image-amd64", "cloud-init", "openssh-server", "systemd-sysv", "grub-pc-bin"} <= names
+    assert not {"grub-pc", "grub-efi-amd64"} & names  # their postinst would run grub-install
