@@ -8,6 +8,7 @@ APT_PACKAGES=(
   docker.io mmdebstrap qemu-utils qemu-system-x86 ovmf libguestfs-tools python3-guestfs python3-venv
   linux-image-amd64 dosfstools mtools gdisk fdisk e2fsprogs skopeo umoci xorriso grub-pc-bin
   grub-efi-amd64-bin grub-common zstd uidmap openssh-client podman libarchive13 ca-certificates make
+  docker-registry
 )
 # mke2fs >= 1.47.1 reads the rootfs tarball directly (`mke2fs -d rootfs.tar`): reproducible ext4 without
 # extracting, so no host ctimes/atimes leak in. bookworm ships 1.47.0; bookworm-backports has 1.47.2.
@@ -51,6 +52,13 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# Azurite (the Azure Storage emulator) for the publish tests, from the npm registry, into .tools/.
+if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
+  command -v npm >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+  log "installing azurite into .tools/ (npm)"
+  npm install --prefix .tools --no-audit --no-fund --silent azurite >/dev/null
 fi
 
 # A container engine: honour DOCKER_HOST; otherwise make sure Debian's dockerd answers.

@@ -1,0 +1,390 @@
+"""Publish providers without servers: registry, options, receipts, and the exact cloud requests (fakes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+import assembler.providers as providers
+from assembler.errors import ConfigError
+from assembler.providers import ProviderName, builtin_providers, load_providers, resolve
+from assembler.providers.aws import AwsOptions, AwsProvider, boot_mode, register_request
+from assembler.providers.azure import AzureOptions, AzureProvider, gallery_version_request, image_request
+from assembler.providers.base import Artifact, BuildOutputs, PublishContext, Receipt, write_receipt
+from assembler.providers.gcp import GcpProvider, gce_name, image_body
+from assembler.providers.openstack import OpenStackProvider
+from assembler.providers.vsphere import VsphereProvider
+from tests.helpers import cli
+
+MIB = 1 << 20
+
+
+def fake_outputs(root: Path, image: str = "demo", firmware: tuple[str, ...] = ("bios", "uefi")) -> Path:
+    """out/IMAGE/ with small stand-in files (no qemu-img): the providers only read bytes and digests."""
+    out = root / image
+    out.mkdir(parents=True)
+    files = {"raw": f"{image}.raw", "qcow2": f"{image}.qcow2", "vhd": f"{image}.vhd", "gce": f"{image}-gce.tar.gz",
+             "ova": f"{image}.ova", "vmdk": f"{image}.vmdk"}
+    outputs = []
+    for fmt, name in files.items():
+        data = (fmt.encode() * 1000)[: 2 * MIB + 512 if fmt == "vhd" else 4096]
+        (out / name).write_bytes(data)
+        outputs.append({"format": fmt, "path": name, "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {"image": image, "outputs": outputs, "oci": {"digest": "sha256:" + "ab" * 32},
+                "rootfs": {"sha256": "cd" * 32}, "disk": {"firmware": list(firmware)}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def ctx_for(out: Path) -> PublishContext:
+    return PublishContext(outputs=BuildOutputs.load(out))
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def test_builtin_registry_is_keyed_by_enum_and_fresh() -> None:
+    first, second = builtin_providers(), builtin_providers()
+    assert list(first) == list(ProviderName)
+    assert all(first[k] is not second[k] for k in first)
+    assert all(first[k].name == k.value for k in first)
+
+
+class ThirdParty(VsphereProvider):
+    name = "thirdparty"
+
+
+def test_entry_point_plugins_load_and_cannot_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = [EntryPoint("thirdparty", f"{__name__}:ThirdParty", "assembler.providers"),
+              EntryPoint("oci", f"{__name__}:ThirdParty", "assembler.providers")]
+    monkeypatch.setattr(providers, "entry_points", lambda group: points if group == "assembler.providers" else [])
+    loaded = load_providers()
+    assert isinstance(loaded["thirdparty"], ThirdParty)
+    assert type(loaded["oci"]).__name__ == "OciProvider"
+
+
+def test_broken_plugin_and_unknown_provider_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(providers, "entry_points",
+                        lambda group: [EntryPoint("bad", "json:dumps", "assembler.providers")])
+    with pytest.raises(ConfigError, match="is not a Provider"):
+        load_providers()
+    monkeypatch.setattr(providers, "entry_points", lambda group: [])
+    with pytest.raises(ConfigError, match="unknown provider: nope") as err:
+        resolve("nope")
+    assert "oci, aws, azure" in err.value.resolution
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="invalid options for provider oci") as err:
+        resolve("oci", {"registry": "http://x"})
+    assert "--registry (required)" in err.value.resolution
+    with pytest.raises(ConfigError):
+        resolve("aws", {"bucket": "b", "registry": "r"})  # another provider's option
+    oci = resolve("oci", {"registry": "127.0.0.1:5000/team", "artifacts": "qcow2, ova"})
+    assert oci.options.model_dump()["artifacts"] == ["qcow2", "ova"]
+
+
+# ----------------------------------------------------------------------------------------------- receipt
+
+
+def test_receipt_is_atomic_and_redacts_secret_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    monkeypatch.setenv("GOVC_PASSWORD", "hunter2-pw")
+    receipt = Receipt(provider="x", image="demo", target={"note": "very-secret-value"},
+                      items=[providers.base.PublishedItem(kind="k", id="hunter2-pw", reused=True)])
+    path = write_receipt(tmp_path, receipt)
+    text = path.read_text()
+    assert path.name == "publish-x.json" and json.loads(text)["noop"] is True
+    assert "very-secret-value" not in text and "hunter2-pw" not in text and "***" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["publish-x.json"]
+
+
+def test_missing_build_outputs_say_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"manifest\.json is missing") as err:
+        BuildOutputs.load(tmp_path / "nothing")
+    assert "assembler build nothing" in err.value.resolution
+
+
+def test_labels_carry_versions_and_digests(tmp_path: Path) -> None:
+    outputs = BuildOutputs.load(fake_outputs(tmp_path))
+    art = outputs.artifact("qcow2")
+    labels = outputs.labels(art)
+    assert labels["disk-sha256"] == art.sha256 and labels["oci-digest"] == "sha256:" + "ab" * 32
+    assert labels["rootfs-sha256"] == "cd" * 32 and labels["assembler-version"]
+
+
+# ---------------------------------------------------------------------------------------------------- aws
+
+
+def test_boot_mode_follows_firmware() -> None:
+    assert boot_mode(("bios", "uefi")) == "uefi-preferred"
+    assert boot_mode(("uefi",)) == "uefi"
+    assert boot_mode(("bios",)) == "legacy-bios"
+
+
+def stubbed(service: str) -> tuple[Any, Stubber]:
+    client = boto3.client(service, region_name="eu-west-1", aws_access_key_id="AKIAX", aws_secret_access_key="s")
+    return client, Stubber(client)
+
+
+def test_import_snapshot_and_register_send_the_documented_requests(tmp_path: Path) -> None:
+    out = fake_outputs(tmp_path, firmware=("uefi",))
+    ctx = ctx_for(out)
+    provider = resolve("aws", {"bucket": "bkt", "poll_interval": 0})
+    assert isinstance(provider, AwsProvider)
+    art = ctx.outputs.artifact("vmdk")
+    ec2, stub = stubbed("ec2")
+    tags = [{"Key": "Name", "Value": "demo"}]
+    stub.add_response("import_snapshot", {"ImportTaskId": "import-snap-1"}, {
+        "Description": "assembler demo.vmdk", "RoleName": "vmimport", "ClientToken": art.sha256,
+        "DiskContainer": {"Description": "demo.vmdk", "Format": "VMDK",
+                          "UserBucket": {"S3Bucket": "bkt", "S3Key": "k/demo.vmdk"}},
+        "TagSpecifications": [{"ResourceType": "import-snapshot-task", "Tags": tags}]})
+    stub.add_response("describe_import_snapshot_tasks", {"ImportSnapshotTasks": [
+        {"ImportTaskId": "import-snap-1", "SnapshotTaskDetail": {"Status": "active"}}]},
+        {"ImportTaskIds": ["import-snap-1"]})
+    stub.add_response("describe_import_snapshot_tasks", {"ImportSnapshotTasks": [
+        {"ImportTaskId": "import-snap-1", "SnapshotTaskDetail": {"Status": "completed", "SnapshotId": "snap-1"}}]},
+        {"ImportTaskIds": ["import-snap-1"]})
+    body = register_request("demo-x", "snap-1", ("uefi",), AwsOptions())
+    stub.add_response("register_image", {"ImageId": "ami-1"}, body)
+    with stub:
+        item = provider.import_snapshot(ec2, art, "k/demo.vmdk", tags)
+        assert item.id == "snap-1"
+        assert provider.register(ec2, ctx, "demo-x", "snap-1") == "ami-1"
+    assert body["BootMode"] == "uefi" and body["EnaSupport"] is True
+    assert body["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == "snap-1"
+
+
+def test_failed_import_task_is_a_publish_error(tmp_path: Path) -> None:
+    ctx = ctx_for(fake_outputs(tmp_path))
+    provider = resolve("aws", {"bucket": "bkt", "poll_interval": 0})
+    assert isinstance(provider, AwsProvider)
+    ec2, stub = stubbed("ec2")
+    stub.add_response("import_snapshot", {"ImportTaskId": "t"})
+    stub.add_response("describe_import_snapshot_tasks", {"ImportSnapshotTasks": [
+        {"SnapshotTaskDetail": {"Status": "deleted", "StatusMessage": "ClientError: role vmimport missing"}}]})
+    with stub, pytest.raises(providers.PublishError, match="role vmimport missing") as err:
+        provider.import_snapshot(ec2, ctx.outputs.artifact("vmdk"), "k", [])
+    assert "vmimport role" in err.value.resolution
+
+
+def test_aws_import_needs_a_bucket(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs --bucket"):
+        providers.publish(fake_outputs(tmp_path), "aws", {})
+
+
+# -------------------------------------------------------------------------------------------------- azure
+
+
+class FakePoller:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+class FakeCompute:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.images = SimpleNamespace(get=self._missing, begin_create_or_update=self._create("images"))
+        self.gallery_image_versions = SimpleNamespace(get=self._missing,
+                                                      begin_create_or_update=self._create("versions"))
+
+    def _missing(self, *args: Any) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        raise ResourceNotFoundError("not found")
+
+    def _create(self, kind: str) -> Any:
+        def create(*args: Any) -> FakePoller:
+            self.calls.append((kind, args))
+            return FakePoller(SimpleNamespace(id=f"/subscriptions/s/{kind}/{args[-2]}"))
+        return create
+
+
+def test_azure_image_and_gallery_requests(tmp_path: Path) -> None:
+    ctx = ctx_for(fake_outputs(tmp_path, firmware=("bios", "uefi")))
+    opts = {"resource_group": "rg", "location": "westeurope", "gallery": "gal", "gallery_image": "deb",
+            "gallery_version": "1.2.3", "storage_account_id": "/subscriptions/s/sa"}
+    provider = resolve("azure", opts)
+    assert isinstance(provider, AzureProvider)
+    fake = FakeCompute()
+    provider.compute_client = lambda: fake  # type: ignore[method-assign]
+    art = ctx.outputs.artifact("vhd")
+    items = provider.create_images(ctx, art, "https://sa.blob/x.vhd", {"assembler-image": "demo"})
+    assert [i.kind for i in items] == ["image", "gallery-image-version"]
+    (kind, args), (kind2, args2) = fake.calls
+    assert (kind, kind2) == ("images", "versions")
+    assert args[:2] == ("rg", f"demo-{art.short}")
+    assert args[2] == image_request(AzureOptions(**opts), "https://sa.blob/x.vhd", ("bios", "uefi"),
+                                    {"assembler-image": "demo"})
+    assert args[2]["hyper_v_generation"] == "V2"
+    assert args[2]["storage_profile"]["os_disk"] == {"os_type": "Linux", "os_state": "Generalized",
+                                                     "blob_uri": "https://sa.blob/x.vhd", "caching": "ReadWrite"}
+    assert args2[:4] == ("rg", "gal", "deb", "1.2.3")
+    body = gallery_version_request(AzureOptions(**opts), "https://sa.blob/x.vhd", {"assembler-image": "demo"})
+    assert args2[4] == body
+    assert body["storage_profile"]["os_disk_image"]["source"]["uri"] == "https://sa.blob/x.vhd"
+
+
+def test_azure_rejects_unaligned_vhd_and_incomplete_gallery(tmp_path: Path) -> None:
+    out = fake_outputs(tmp_path)
+    (out / "demo.vhd").write_bytes(b"x" * 1000)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["outputs"]:
+        if entry["format"] == "vhd":
+            entry["sha256"] = hashlib.sha256(b"x" * 1000).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="not a fixed VHD"):
+        providers.publish(out, "azure", {})
+    provider = resolve("azure", {"gallery": "g", "location": "x"})
+    assert isinstance(provider, AzureProvider)
+    (tmp_path / "ok.vhd").write_bytes(bytes(MIB + 512))
+    with pytest.raises(ConfigError, match="gallery image version needs"):
+        provider.validate(Artifact("vhd", tmp_path / "ok.vhd", "0" * 64))
+
+
+# ---------------------------------------------------------------------------------------------------- gcp
+
+
+class FakeBlob:
+    def __init__(self, store: dict[str, Any], name: str, chunk_size: int | None = None) -> None:
+        self.store, self.name, self.metadata = store, name, None
+        self.chunk_size = chunk_size
+
+    def exists(self) -> bool:
+        return self.name in self.store
+
+    def reload(self) -> None:
+        self.metadata = self.store[self.name]["metadata"]
+
+    def upload_from_file(self, handle: Any, size: int, content_type: str) -> None:
+        data = handle.read()
+        assert len(data) == size and handle.tell() == size
+        self.store[self.name] = {"data": data, "metadata": self.metadata, "content_type": content_type}
+
+
+class FakeImages:
+    def __init__(self) -> None:
+        self.inserted: list[dict[str, Any]] = []
+
+    def get(self, project: str, image: str) -> Any:
+        if any(body["name"] == image for body in self.inserted):
+            return SimpleNamespace(name=image)
+        from google.api_core.exceptions import NotFound
+
+        raise NotFound("no image")
+
+
+def test_gcp_uploads_then_inserts_and_rerun_is_noop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = fake_outputs(tmp_path, image="Demo_Img", firmware=("bios", "uefi"))
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
+    store: dict[str, Any] = {}
+    images = FakeImages()
+    bucket = SimpleNamespace(blob=lambda name, chunk_size=None: FakeBlob(store, name, chunk_size))
+    monkeypatch.setattr(GcpProvider, "storage_client", lambda self, project: SimpleNamespace(bucket=lambda n: bucket))
+    monkeypatch.setattr(GcpProvider, "images_client", lambda self: images)
+    monkeypatch.setattr(GcpProvider, "insert_image", lambda self, cl, project, body: cl.inserted.append(body))
+    receipt, _ = providers.publish(out, "gcp", {"bucket": "bkt", "family": "debian-12"})
+    art = BuildOutputs.load(out).artifact("gce")
+    name = f"demo-img-{art.short}"
+    assert (out / "Demo_Img-gce.tar.gz").read_bytes() == store[f"assembler/{name}.tar.gz"]["data"]
+    body = images.inserted[0]
+    assert body["name"] == name and body["family"] == "debian-12"
+    assert body["raw_disk"] == {"source": f"https://storage.googleapis.com/bkt/assembler/{name}.tar.gz"}
+    assert body["guest_os_features"] == [{"type_": "UEFI_COMPATIBLE"}]
+    assert body["labels"]["disk-sha256"] == art.sha256[:63] and art.sha256 in body["description"]
+    assert not receipt.noop
+    again, _ = providers.publish(out, "gcp", {"bucket": "bkt"})
+    assert again.noop and len(images.inserted) == 1
+
+
+def test_gce_names_and_bodies_follow_the_rules() -> None:
+    assert gce_name("Debian_12.x-") == "debian-12-x"
+    assert gce_name("9lives") == "img-9lives"
+    assert len(gce_name("a" * 100)) == 63
+    assert image_body("n", "u", ("bios",), {}, None)["guest_os_features"] == []
+
+
+# ---------------------------------------------------------------------------------------------- openstack
+
+
+class FakeGlance:
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[Any] = []
+        self.existing: list[Any] = []
+
+    def images(self, name: str) -> list[Any]:
+        return [i for i in self.existing if i.name == name]
+
+    def create_image(self, **kwargs: Any) -> Any:
+        self.created.append(kwargs)
+        image = SimpleNamespace(id="img-1", name=kwargs["name"], status="active",
+                                properties={"assembler_disk_sha256": kwargs["assembler_disk_sha256"]})
+        self.existing.append(image)
+        return image
+
+    def delete_image(self, image: Any, ignore_missing: bool) -> None:
+        self.deleted.append(image)
+        self.existing.remove(image)
+
+
+def test_openstack_creates_glance_image_with_properties_once(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = fake_outputs(tmp_path, firmware=("uefi",))
+    glance = FakeGlance()
+    glance.existing.append(SimpleNamespace(id="old", name="", status="queued", properties={}))
+    monkeypatch.setattr(OpenStackProvider, "connect", lambda self: SimpleNamespace(image=glance))
+    art = BuildOutputs.load(out).artifact("qcow2")
+    glance.existing[0].name = f"demo-{art.short}"
+    receipt, _ = providers.publish(out, "openstack", {"os_distro": "debian"})
+    call = glance.created[0]
+    assert call["disk_format"] == "qcow2" and call["container_format"] == "bare"
+    assert call["filename"] == str(out / "demo.qcow2") and call["visibility"] == "private"
+    assert call["hw_firmware_type"] == "uefi" and call["os_distro"] == "debian"
+    assert call["assembler_disk_sha256"] == art.sha256
+    assert [i.id for i in glance.deleted] == ["old"]  # a queued leftover is replaced
+    assert receipt.items[0].id == "img-1"
+    again, _ = providers.publish(out, "openstack", {})
+    assert again.noop and len(glance.created) == 1
+
+
+# ------------------------------------------------------------------------------------------------ vsphere
+
+
+def test_vsphere_plan_is_govc_commands(tmp_path: Path) -> None:
+    out = fake_outputs(tmp_path)
+    art = BuildOutputs.load(out).artifact("ova")
+    steps = providers.plan(out, "vsphere", {"library": "images", "datastore": "ds1"})
+    assert steps == [f"govc library.info /images/demo-{art.short}",
+                     "govc library.create -ds=ds1 images",
+                     f"govc library.import -n demo-{art.short} images {out / 'demo.ova'}"]
+    inventory = providers.plan(out, "vsphere", {"folder": "/dc/vm/templates"})
+    assert inventory[1] == f"govc import.ova -name=demo-{art.short} -folder=/dc/vm/templates {out / 'demo.ova'}"
+    assert inventory[2] == f"govc vm.markastemplate demo-{art.short}"
+
+
+# ---------------------------------------------------------------------------------------------------- cli
+
+
+def test_cli_dry_run_and_errors(tmp_path: Path) -> None:
+    fake_outputs(tmp_path)
+    ok = cli("publish", "demo", "--provider", "vsphere", "--library", "lib", "--out", str(tmp_path), "--dry-run",
+             timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "govc library.import" in ok.stderr
+    bad = cli("publish", "demo", "--provider", "nope", "--out", str(tmp_path), timeout=60)
+    assert bad.returncode == 1 and "unknown provider: nope" in bad.stderr
+    wrong = cli("publish", "demo", "--provider", "aws", "--registry", "x:1", "--out", str(tmp_path), timeout=60)
+    assert wrong.returncode == 1 and "invalid options for provider aws" in wrong.stderr
