@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,15 +132,27 @@ def fstab(layout: DiskLayout, ids: _Ids) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _overlay(index: ext4.TarIndex, layout: DiskLayout, ids: _Ids, kernel: str, cmdline: str) -> list[
-        ext4.OverlayEntry]:
+def _overlay(index: ext4.TarIndex, layout: DiskLayout, ids: _Ids, kernel: str, cmdline: str,
+             extra_files: Mapping[str, bytes] | None = None) -> list[ext4.OverlayEntry]:
     names = index.names
     entries = [ext4.OverlayEntry(d, None, 0o755) for d in ("etc", "boot", "boot/grub", "boot/efi")
                if d not in names and (d != "boot/efi" or layout.partition("esp") is not None)]
     entries.append(ext4.OverlayEntry("etc/fstab", fstab(layout, ids).encode()))
     cfg = grub.grub_cfg(root_uuid=ids.root_uuid, kernel_version=kernel, cmdline=cmdline)
     entries.append(ext4.OverlayEntry("boot/grub/grub.cfg", cfg.encode()))
-    return entries
+    return entries + _extra_entries(names | {e.name for e in entries}, extra_files or {})
+
+
+def _extra_entries(names: set[str], extra_files: Mapping[str, bytes]) -> list[ext4.OverlayEntry]:
+    """Caller-supplied files (e.g. the embedded BOM), with the parent directories the rootfs lacks."""
+    files = {ext4.norm(path): data for path, data in extra_files.items()}
+    if "" in files or any(".." in path.split("/") for path in files):
+        raise DiskError(f"invalid extra file path among {sorted(extra_files)}",
+                        resolution="pass paths relative to / without '..'")
+    parents = sorted({"/".join(path.split("/")[:i]) for path in files for i in range(1, path.count("/") + 1)}
+                     - names, key=lambda d: (d.count("/"), d))
+    return ([ext4.OverlayEntry(d, None, 0o755) for d in parents]
+            + [ext4.OverlayEntry(path, files[path]) for path in sorted(files)])
 
 
 def tool_versions() -> dict[str, str]:
@@ -164,8 +176,12 @@ def _timed(timings: dict[str, float], name: str, start: float) -> None:
 
 def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str, source_date_epoch: int,
                   cmdline: str = DEFAULT_CMDLINE, size: int | None = None, headroom: int = 512 * 1024**2,
-                  work_dir: Path | None = None) -> DiskResult:
-    """Build `dest` (a sparse raw disk) from `rootfs_tar`; ids derive from `seed` (the content digest)."""
+                  work_dir: Path | None = None, extra_files: Mapping[str, bytes] | None = None) -> DiskResult:
+    """Build `dest` (a sparse raw disk) from `rootfs_tar`; ids derive from `seed` (the content digest).
+
+    `extra_files` (path relative to / -> bytes) are added to the root filesystem like fstab and grub.cfg
+    (root-owned, mode 0644, stamped with the epoch; missing parent directories are created 0755).
+    """
     if not seed:
         raise DiskError("assemble_disk needs a seed", resolution="pass the image's content digest as seed")
     if not rootfs_tar.is_file():
@@ -184,7 +200,7 @@ def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str
         undo.push(f"remove {work}", lambda: shutil.rmtree(work, ignore_errors=True))
         with atomic_path(dest) as tmp:
             built = _build(tmp, work, index, layout, ids, planned, disk_size, kernel, cmdline,
-                           source_date_epoch, timings)
+                           source_date_epoch, timings, extra_files or {})
             umask = os.umask(0)
             os.umask(umask)
             tmp.chmod(0o666 & ~umask)  # mkstemp made it 0600
@@ -201,13 +217,14 @@ class _Built:
 
 def _build(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
            planned: list[PlannedPartition], disk_size: int, kernel: str, cmdline: str, epoch: int,
-           timings: dict[str, float]) -> _Built:
+           timings: dict[str, float], extra_files: Mapping[str, bytes]) -> _Built:
     with disk.open("r+b") as handle:
         handle.truncate(disk_size)  # sparse: only what the filesystems write takes space
     gpt.write_gpt(disk, ids.disk_guid, [(p, ids.partuuids[p.role], _label(layout, p.role)) for p in planned])
     places: dict[str, PlannedPartition] = {p.role: p for p in planned}
     t = time.monotonic()
-    source, nondet = _root_fs(disk, work, index, layout, ids, places["root"], kernel, cmdline, epoch)
+    source, nondet = _root_fs(disk, work, index, layout, ids, places["root"], kernel, cmdline, epoch,
+                              extra_files)
     _timed(timings, "ext4", t)
     t = time.monotonic()
     _bootloaders(disk, work, index, layout, ids, places, epoch)
@@ -223,9 +240,10 @@ def _label(layout: DiskLayout, role: str) -> str:
 
 
 def _root_fs(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
-             place: PlannedPartition, kernel: str, cmdline: str, epoch: int) -> tuple[str, list[str]]:
+             place: PlannedPartition, kernel: str, cmdline: str, epoch: int,
+             extra_files: Mapping[str, bytes]) -> tuple[str, list[str]]:
     source_tar = work / "rootfs.tar"
-    ext4.write_source_tar(index, _overlay(index, layout, ids, kernel, cmdline), source_tar, epoch)
+    ext4.write_source_tar(index, _overlay(index, layout, ids, kernel, cmdline, extra_files), source_tar, epoch)
     inodes = max(place.size // layout.root.inode_ratio, index.inode_count() + ext4.INODE_SLACK)
     spec = ext4.Ext4Spec(uuid=ids.root_uuid, hash_seed=ids.hash_seed, size=place.size, inodes=inodes)
     conf = ext4.mke2fs_config(layout.root, work / "mke2fs.conf")

@@ -1,0 +1,544 @@
+"""Bill of materials: an SPDX 2.3 JSON document computed from the rootfs, its layers and the build's pins.
+
+What goes in: the image (rootfs digest), the OCI image and its base, every layer (diff_id and the
+Containerfile step), every installed Debian package (dpkg status: name, version, architecture, source),
+every downloaded artefact ({url, sha256}) and the tools that built the disk. The document is a function
+of its inputs: `created` is SOURCE_DATE_EPOCH, the namespace derives from the rootfs digest, all lists are
+sorted, so two builds of the same tree give byte-identical BOMs. It is written beside the outputs and
+embedded in the disk (/usr/share/assembler/bom.spdx.json plus a short key=value release file).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import tarfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from assembler import __version__
+from assembler.errors import ConfigError
+from assembler.fsutil import atomic_path, sha256_bytes
+from assembler.layers import LayerIndex, Placed, merge, norm, step_label
+
+BOM_PATH = "usr/share/assembler/bom.spdx.json"
+RELEASE_PATH = "usr/share/assembler/release"
+STATUS = "var/lib/dpkg/status"
+INFO_DIR = "var/lib/dpkg/info/"
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+NAMESPACE = "https://spdx.org/spdxdocs/assembler"
+NOASSERTION = "NOASSERTION"
+# Bump when the document changes shape: the disk phase puts it in its cache key (the BOM is in the disk).
+BOM_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------------------- dpkg
+
+
+@dataclass(frozen=True)
+class DebPackage:
+    name: str
+    version: str
+    architecture: str
+    source: str  # source package name (the binary's name when dpkg records none)
+    source_version: str
+    status: str  # the dpkg state word: installed, config-files, half-configured, ...
+    maintainer: str = ""
+    homepage: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass
+class DpkgDb:
+    """What dpkg knows about a tree: packages by name and the paths each package owns."""
+
+    packages: dict[str, DebPackage] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=dict)  # package name -> paths (relative)
+
+    def owner_map(self) -> dict[str, list[str]]:
+        owners: dict[str, list[str]] = {}
+        for name, paths in self.files.items():
+            for path in paths:
+                owners.setdefault(path, []).append(name)
+        return owners
+
+
+def wants_dpkg(path: str) -> bool:
+    """The members a BOM needs from a tree: dpkg's status, its file lists and os-release."""
+    return path == STATUS or path in OS_RELEASE or (path.startswith(INFO_DIR) and path.endswith(".list"))
+
+
+def _stanzas(text: str) -> list[dict[str, str]]:
+    stanzas: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = ""
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                stanzas.append(current)
+            current, last = {}, ""
+        elif line[0] in " \t":
+            if last:
+                current[last] += "\n" + line
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            current[key], last = value.strip(), key
+    if current:
+        stanzas.append(current)
+    return stanzas
+
+
+def parse_status(text: str) -> list[DebPackage]:
+    """Packages dpkg-query -W lists: every stanza of the status file not in the not-installed state."""
+    packages: list[DebPackage] = []
+    for stanza in _stanzas(text):
+        state = stanza.get("Status", "").split()
+        if not stanza.get("Package") or not state or state[-1] == "not-installed":
+            continue
+        version = stanza.get("Version", "")
+        source, source_version = stanza.get("Package", ""), version
+        if match := re.match(r"^(\S+)(?:\s+\((\S+)\))?$", stanza.get("Source", "")):
+            source, source_version = match.group(1), match.group(2) or version
+        packages.append(DebPackage(
+            name=stanza["Package"], version=version, architecture=stanza.get("Architecture", ""),
+            source=source, source_version=source_version, status=state[-1],
+            maintainer=stanza.get("Maintainer", ""), homepage=stanza.get("Homepage", ""),
+        ))
+    return sorted(packages, key=lambda p: (p.name, p.architecture))
+
+
+def dpkg_db(files: Mapping[str, bytes]) -> DpkgDb:
+    """Build the dpkg view from captured members (status, info/*.list), keyed by relative path."""
+    status = files.get(STATUS)
+    db = DpkgDb()
+    if status is None:
+        return db
+    for package in parse_status(status.decode("utf-8", "replace")):
+        db.packages[package.name] = package
+    for path, data in files.items():
+        if path.startswith(INFO_DIR) and path.endswith(".list"):
+            name = path[len(INFO_DIR):-len(".list")].split(":", 1)[0]
+            if name in db.packages:
+                listed = [norm(line) for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+                db.files.setdefault(name, []).extend(p for p in listed if p)
+    for paths in db.files.values():
+        paths.sort()
+    return db
+
+
+def read_tar_members(tar_path: Path, want: Any = wants_dpkg) -> dict[str, bytes]:
+    """The wanted regular members of a tar (headers are skipped over, only wanted data is read).
+
+    Symlinks among the wanted paths (/etc/os-release) are resolved within the same tar.
+    """
+    found: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    try:
+        with tarfile.open(tar_path, mode="r:") as tf:
+            for member in tf:
+                path = norm(member.name)
+                if not want(path):
+                    continue
+                if member.isreg():
+                    handle = tf.extractfile(member)
+                    found[path] = handle.read() if handle else b""
+                elif member.issym():
+                    links[path] = norm(str(Path(path).parent / member.linkname))
+    except (OSError, tarfile.TarError) as exc:
+        raise ConfigError(f"cannot read the rootfs tar {tar_path}", details=str(exc),
+                          resolution="pass an uncompressed tar (the rootfs phase output)") from exc
+    for path, target in links.items():
+        if target in found:
+            found[path] = found[target]
+    return found
+
+
+def os_release(files: Mapping[str, bytes]) -> dict[str, str]:
+    data = next((files[p] for p in OS_RELEASE if p in files), b"")
+    result: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            result[key.strip()] = value.strip().strip('"')
+    return result
+
+
+# ---------------------------------------------------------------------------------- debian versions
+
+
+def _order(char: str) -> int:
+    if char == "~":
+        return -1
+    if char.isdigit():
+        return 0
+    if char.isalpha():
+        return ord(char)
+    return ord(char) + 256
+
+
+def _verrevcmp(a: str, b: str) -> int:
+    """dpkg's verrevcmp: alternate non-digit runs (~ sorts first) and numeric runs."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        first_diff = 0
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = _order(a[i]) if i < len(a) else 0
+            bc = _order(b[j]) if j < len(b) else 0
+            if ac != bc:
+                return ac - bc
+            i, j = i + 1, j + 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i, j = i + 1, j + 1
+        if i < len(a) and a[i].isdigit():
+            return 1
+        if j < len(b) and b[j].isdigit():
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
+def _split_version(version: str) -> tuple[int, str, str]:
+    epoch, sep, rest = version.partition(":")
+    if not sep or not epoch.isdigit():
+        epoch, rest = "0", version
+    upstream, sep, revision = rest.rpartition("-")
+    if not sep:
+        upstream, revision = rest, ""
+    return int(epoch), upstream, revision
+
+
+def compare_versions(a: str, b: str) -> int:
+    """<0, 0, >0 as Debian orders versions (epoch, upstream, revision); works for plain semver too."""
+    ea, ua, ra = _split_version(a)
+    eb, ub, rb = _split_version(b)
+    if ea != eb:
+        return ea - eb
+    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
+
+
+# -------------------------------------------------------------------------------------- downloads
+
+
+@dataclass(frozen=True)
+class Download:
+    """An artefact fetched over the network during the build, pinned by checksum."""
+
+    url: str
+    sha256: str
+    name: str = ""
+    version: str = ""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Download:
+        if not data.get("url") or not data.get("sha256"):
+            raise ConfigError(f"a download pin needs url and sha256: {dict(data)}",
+                              resolution="list downloads as {url, sha256[, name, version]}")
+        url = str(data["url"])
+        return cls(url=url, sha256=str(data["sha256"]).removeprefix("sha256:"),
+                   name=str(data.get("name") or url.rstrip("/").rsplit("/", 1)[-1]),
+                   version=str(data.get("version", "")))
+
+
+# ------------------------------------------------------------------------------------------ SPDX
+
+
+def _spdx_time(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spdx_id(kind: str, *parts: str) -> str:
+    return "SPDXRef-" + "-".join([kind, *(re.sub(r"[^A-Za-z0-9.]+", "-", p).strip("-") for p in parts)])
+
+
+def _supplier(maintainer: str) -> str:
+    match = re.match(r"^\s*(.*?)\s*<([^>]*)>\s*$", maintainer)
+    if not match:
+        return f"Organization: {maintainer}" if maintainer.strip() else NOASSERTION
+    name, email = match.group(1).replace("(", "[").replace(")", "]"), match.group(2)
+    return f"Organization: {name} ({email})" if name else NOASSERTION
+
+
+def purl(package: DebPackage, distro: str) -> str:
+    quals = [f"arch={package.architecture}"]
+    if distro:
+        quals.append(f"distro={distro}")
+    if package.source != package.name or package.source_version != package.version:
+        quals.append("upstream=" + quote(f"{package.source}@{package.source_version}", safe=""))
+    return f"pkg:deb/debian/{quote(package.name, safe='')}@{quote(package.version, safe='')}?{'&'.join(quals)}"
+
+
+def _package(spdx_id: str, name: str, version: str, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"SPDXID": spdx_id, "name": name, "versionInfo": version,
+                           "downloadLocation": NOASSERTION, "filesAnalyzed": False,
+                           "licenseConcluded": NOASSERTION, "licenseDeclared": NOASSERTION,
+                           "copyrightText": NOASSERTION}
+    doc.update({k: v for k, v in extra.items() if v not in (None, "", [])})
+    return doc
+
+
+def _sha256(value: str) -> list[dict[str, str]]:
+    hexdigest = value.removeprefix("sha256:")
+    return [{"algorithm": "SHA256", "checksumValue": hexdigest}] if re.fullmatch(r"[0-9a-f]{64}", hexdigest) else []
+
+
+@dataclass(frozen=True)
+class BomInput:
+    """Everything the BOM states, gathered by the caller (the build, `inspect` or a test)."""
+
+    image: str
+    rootfs_sha256: str
+    source_date_epoch: int
+    dpkg: DpkgDb
+    os_release: dict[str, str] = field(default_factory=dict)
+    oci_digest: str | None = None
+    base_image: str | None = None
+    layers: tuple[tuple[str, str], ...] = ()  # (diff_id, step) bottom first
+    package_layers: dict[str, int] = field(default_factory=dict)  # package -> layer that installed it
+    downloads: tuple[Download, ...] = ()
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+def package_layers(index: LayerIndex, dpkg: DpkgDb, tree: Mapping[str, Placed] | None = None) -> dict[str, int]:
+    """The layer that last wrote each package's file list: the step that installed (or upgraded) it."""
+    placed = tree if tree is not None else merge(index)
+    found: dict[str, int] = {}
+    for name, package in dpkg.packages.items():
+        for path in (f"{INFO_DIR}{name}.list", f"{INFO_DIR}{name}:{package.architecture}.list"):
+            if path in placed:
+                found[name] = placed[path].layer
+                break
+    return found
+
+
+def spdx_document(bom: BomInput) -> dict[str, Any]:
+    """The SPDX 2.3 document (a JSON-ready dict, deterministic for equal inputs)."""
+    distro = "-".join(x for x in (bom.os_release.get("ID", ""), bom.os_release.get("VERSION_ID", "")) if x)
+    image_id = "SPDXRef-Image"
+    packages: list[dict[str, Any]] = [_package(
+        image_id, bom.image, f"sha256:{bom.rootfs_sha256}", checksums=_sha256(bom.rootfs_sha256),
+        primaryPackagePurpose="OPERATING-SYSTEM", supplier=NOASSERTION,
+        description=bom.os_release.get("PRETTY_NAME", ""),
+        comment="the flattened root filesystem (rootfs.tar) of the image; checksum: the tar's sha256",
+    )]
+    relationships = [_rel("SPDXRef-DOCUMENT", "DESCRIBES", image_id)]
+    if bom.oci_digest:
+        packages.append(_package("SPDXRef-OCI-Image", f"{bom.image} (OCI image)", bom.oci_digest,
+                                 checksums=_sha256(bom.oci_digest), primaryPackagePurpose="CONTAINER",
+                                 comment="image config digest as built by the container engine"))
+        relationships.append(_rel(image_id, "GENERATED_FROM", "SPDXRef-OCI-Image"))
+        if bom.base_image:
+            packages.append(_package("SPDXRef-Base-Image", "base image", bom.base_image,
+                                     checksums=_sha256(bom.base_image), primaryPackagePurpose="CONTAINER"))
+            relationships.append(_rel("SPDXRef-OCI-Image", "DESCENDANT_OF", "SPDXRef-Base-Image"))
+        for i, (diff_id, step) in enumerate(bom.layers):
+            packages.append(_package(f"SPDXRef-Layer-{i}", f"layer {i}: {step_label(step)[:80]}", diff_id,
+                                     checksums=_sha256(diff_id), primaryPackagePurpose="ARCHIVE",
+                                     comment=f"step: {step}"))
+            relationships.append(_rel("SPDXRef-OCI-Image", "CONTAINS", f"SPDXRef-Layer-{i}"))
+    used: set[str] = set()
+    for name in sorted(bom.dpkg.packages):
+        package = bom.dpkg.packages[name]
+        spdx_id = _unique(_spdx_id("deb", package.name, package.architecture), used)
+        packages.append(_package(
+            spdx_id, package.name, package.version, supplier=_supplier(package.maintainer),
+            homepage=package.homepage if package.homepage.startswith(("http://", "https://")) else None,
+            sourceInfo=f"built from Debian source package {package.source} {package.source_version}",
+            summary=f"dpkg status: {package.status}; architecture: {package.architecture}",
+            externalRefs=[{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                           "referenceLocator": purl(package, distro)}],
+        ))
+        relationships.append(_rel(image_id, "CONTAINS", spdx_id))
+        if bom.oci_digest and name in bom.package_layers:
+            relationships.append(_rel(f"SPDXRef-Layer-{bom.package_layers[name]}", "CONTAINS", spdx_id))
+    for download in sorted(bom.downloads, key=lambda d: (d.name, d.url)):
+        spdx_id = _unique(_spdx_id("Download", download.name), used)
+        packages.append(_package(spdx_id, download.name, download.version or NOASSERTION,
+                                 checksums=_sha256(download.sha256), primaryPackagePurpose="FILE")
+                        | {"downloadLocation": download.url})
+        relationships.append(_rel(image_id, "CONTAINS", spdx_id))
+    for tool in sorted(bom.tools):
+        spdx_id = _unique(_spdx_id("Tool", tool), used)
+        packages.append(_package(spdx_id, tool, bom.tools[tool] or NOASSERTION, primaryPackagePurpose="APPLICATION"))
+        relationships.append(_rel(spdx_id, "BUILD_TOOL_OF", image_id))
+    return {
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": f"{bom.image}-sbom",
+        "documentNamespace": f"{NAMESPACE}/{bom.image}-{bom.rootfs_sha256}",
+        "creationInfo": {"created": _spdx_time(bom.source_date_epoch),
+                         "creators": [f"Tool: assembler-{__version__}"]},
+        "comment": "assembler: " + json.dumps(_summary(bom), sort_keys=True),
+        "documentDescribes": [image_id],
+        "packages": packages,
+        "relationships": relationships,
+    }
+
+
+def _summary(bom: BomInput) -> dict[str, Any]:
+    """Machine-readable facts about the build that SPDX has no field for (read back by inspect/diff)."""
+    return {"image": bom.image, "rootfs_sha256": bom.rootfs_sha256, "source_date_epoch": bom.source_date_epoch,
+            "oci_digest": bom.oci_digest, "base_image": bom.base_image,
+            "layers": [{"digest": d, "step": s} for d, s in bom.layers],
+            "downloads": [{"url": d.url, "sha256": d.sha256, "name": d.name, "version": d.version}
+                          for d in sorted(bom.downloads, key=lambda d: (d.name, d.url))]}
+
+
+def _unique(spdx_id: str, used: set[str]) -> str:
+    candidate, n = spdx_id, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{spdx_id}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _rel(a: str, kind: str, b: str) -> dict[str, str]:
+    return {"spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b}
+
+
+# ---------------------------------------------------------------------------------- gathering
+
+
+def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_epoch: int,
+              oci: Mapping[str, Any] | None = None, base_image: str | None = None,
+              layers_index: LayerIndex | None = None, downloads: Sequence[Mapping[str, Any]] = (),
+              tools: Mapping[str, str] | None = None) -> BomInput:
+    """Gather the BOM's facts: dpkg and os-release from the rootfs tar, layers from the rootfs metadata."""
+    files = read_tar_members(rootfs_tar)
+    dpkg = dpkg_db(files)
+    layers = tuple((str(x["digest"]), str(x["step"])) for x in (oci or {}).get("layers", []))
+    return BomInput(
+        image=image, rootfs_sha256=rootfs_sha256, source_date_epoch=source_date_epoch, dpkg=dpkg,
+        os_release=os_release(files), oci_digest=(oci or {}).get("digest"), base_image=base_image,
+        layers=layers, package_layers=package_layers(layers_index, dpkg) if layers_index else {},
+        downloads=tuple(Download.from_mapping(d) for d in downloads), tools=dict(tools or {}),
+    )
+
+
+def build_spdx(rootfs_tar: Path, **kwargs: Any) -> dict[str, Any]:
+    """bom_input() + spdx_document(): the SPDX document for a built rootfs (see bom_input for kwargs)."""
+    return spdx_document(bom_input(rootfs_tar, **kwargs))
+
+
+def spdx_bytes(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def write_spdx(doc: Mapping[str, Any], dest: Path) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(spdx_bytes(doc))
+    dest.chmod(0o644)
+    return dest
+
+
+def release_text(doc: Mapping[str, Any]) -> str:
+    """A short key=value file (shell-sourceable, like os-release) naming the build and its BOM."""
+    facts = summary(doc)
+    deb = [p for p in doc.get("packages", []) if str(p.get("SPDXID", "")).startswith("SPDXRef-deb-")]
+    lines = {
+        "ASSEMBLER_IMAGE": facts.get("image", ""),
+        "ASSEMBLER_VERSION": __version__,
+        "SOURCE_DATE_EPOCH": facts.get("source_date_epoch", ""),
+        "ROOTFS_SHA256": facts.get("rootfs_sha256", ""),
+        "OCI_DIGEST": facts.get("oci_digest") or "",
+        "BASE_IMAGE": facts.get("base_image") or "",
+        "LAYERS": len(facts.get("layers", [])),
+        "PACKAGES": len(deb),
+        "BOM": "/" + BOM_PATH,
+        "BOM_SHA256": sha256_bytes(spdx_bytes(doc)),
+    }
+    return "".join(f'{k}="{v}"\n' for k, v in lines.items())
+
+
+def embedded_files(doc: Mapping[str, Any]) -> dict[str, bytes]:
+    """The files to add to the disk's root filesystem (paths relative to /)."""
+    return {BOM_PATH: spdx_bytes(doc), RELEASE_PATH: release_text(doc).encode()}
+
+
+def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The assembler facts stored in the document's comment (empty for foreign SPDX documents)."""
+    comment = str(doc.get("comment", ""))
+    if not comment.startswith("assembler: "):
+        return {}
+    try:
+        data = json.loads(comment[len("assembler: "):])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def parse_release(text: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            result[key.strip()] = value.strip().strip('"')
+    return result
+
+
+# ------------------------------------------------------------------------------------ reading back
+
+
+def deb_packages(doc: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """name -> {version, architecture, source} of the Debian packages an SPDX document lists."""
+    result: dict[str, dict[str, str]] = {}
+    for package in doc.get("packages", []):
+        if not str(package.get("SPDXID", "")).startswith("SPDXRef-deb-"):
+            continue
+        ref = next((r["referenceLocator"] for r in package.get("externalRefs", [])
+                    if r.get("referenceType") == "purl"), "")
+        arch = re.search(r"[?&]arch=([^&]+)", ref)
+        source = re.match(r"built from Debian source package (\S+) (\S+)", package.get("sourceInfo", ""))
+        result[package["name"]] = {
+            "version": package.get("versionInfo", ""), "architecture": arch.group(1) if arch else "",
+            "source": source.group(1) if source else package["name"],
+            "source_version": source.group(2) if source else package.get("versionInfo", ""),
+        }
+    return result
+
+
+def tools(doc: Mapping[str, Any]) -> dict[str, str]:
+    return {p["name"]: p.get("versionInfo", "") for p in doc.get("packages", [])
+            if str(p.get("SPDXID", "")).startswith("SPDXRef-Tool-")}
+
+
+def load_spdx(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the SPDX document {path}", details=str(exc),
+                          resolution="pass an SPDX 2.3 JSON file (out/IMAGE/IMAGE.spdx.json)") from exc
+    if not isinstance(data, dict) or data.get("spdxVersion", "").startswith("SPDX-") is False:
+        raise ConfigError(f"{path} is not an SPDX JSON document", resolution="pass IMAGE.spdx.json")
+    return data
+
+
+def validate_spdx(doc: Mapping[str, Any]) -> list[str]:
+    """Messages of spdx-tools' full validation (empty: the document is valid SPDX 2.3)."""
+    try:
+        from spdx_tools.spdx.parser.error import SPDXParsingError
+        from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
+        from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+    except ImportError as exc:
+        raise ConfigError("spdx-tools is not installed", details=str(exc),
+                          resolution="run `make setup` (pip install spdx-tools)") from exc
+    try:
+        document = JsonLikeDictParser().parse(json.loads(json.dumps(doc)))  # type: ignore[no-untyped-call]
+    except SPDXParsingError as exc:
+        return [f"parse: {m}" for m in exc.get_messages()]  # type: ignore[no-untyped-call]
+    return [m.validation_message for m in validate_full_spdx_document(document)]

@@ -1,0 +1,340 @@
+"""Per-layer file index of a saved image: what each Containerfile step added, changed and deleted.
+
+`index_archive()` reads a docker-archive (or an OCI layout tar) once, sequentially, and records for every
+layer its diff_id, the instruction that made it, and each member (path, type, mode, owner, size, sha256 of
+the content, link target) plus its whiteouts. Times are left out on purpose: layer mtimes are wall-clock
+build times, and two builds of the same tree must give the same index. `merge()` applies the layers as
+overlayfs would (the same rules as assembler/flatten.py) and remembers which layer wrote each surviving
+path, which is how `assembler diff` attributes a change to a step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from assembler.errors import ConfigError
+from assembler.fsutil import atomic_path
+
+INDEX_VERSION = 1
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+CHUNK = 1 << 20
+Capture = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One path as a layer (or a flattened tree) holds it."""
+
+    path: str  # relative, no leading '/' or './'
+    type: str  # file, dir, symlink, hardlink, char, block, fifo
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    sha256: str | None = None  # regular files (hard links: their target's content)
+    link: str | None = None  # symlink target, or hard link target path
+
+    def same_content(self, other: FileEntry) -> bool:
+        """Equal as the image sees it (a hard link and the file it points at compare by content)."""
+        kinds = {self.type, other.type}
+        if kinds <= {"file", "hardlink"}:
+            return (self.sha256, self.mode, self.uid, self.gid) == (other.sha256, other.mode, other.uid, other.gid)
+        return (self.type, self.mode, self.uid, self.gid, self.size, self.sha256, self.link) == (
+            other.type, other.mode, other.uid, other.gid, other.size, other.sha256, other.link)
+
+
+@dataclass(frozen=True)
+class Layer:
+    index: int
+    diff_id: str
+    step: str  # the history's created_by, e.g. "/bin/sh -c apt-get install ..."
+    entries: tuple[FileEntry, ...]
+    whiteouts: tuple[str, ...] = ()  # paths this layer deletes from the layers below
+    opaque: tuple[str, ...] = ()  # directories whose lower content this layer hides
+
+    @property
+    def instruction(self) -> str:
+        return step_label(self.step)
+
+
+@dataclass(frozen=True)
+class LayerIndex:
+    image_id: str
+    layers: tuple[Layer, ...]
+    captured: dict[str, bytes] = field(default_factory=dict, compare=False)  # merged view, not serialised
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": INDEX_VERSION,
+            "image_id": self.image_id,
+            "layers": [
+                {"index": layer.index, "diff_id": layer.diff_id, "step": layer.step,
+                 "whiteouts": list(layer.whiteouts), "opaque": list(layer.opaque),
+                 "entries": [_entry_json(e) for e in layer.entries]}
+                for layer in self.layers
+            ],
+        }
+
+
+def _entry_json(entry: FileEntry) -> dict[str, Any]:
+    return {k: v for k, v in asdict(entry).items() if v is not None}
+
+
+def step_label(created_by: str) -> str:
+    """A history entry as the Containerfile line it came from: 'RUN apt-get ...', 'COPY file:... in /x'."""
+    text = " ".join(created_by.split())
+    text = re.sub(r"^\|\d+(?: \S+=\S*)* ", "", text)  # build args the classic builder prefixes to RUN
+    if match := re.match(r"^/bin/sh -c #\(nop\)\s*(.*)$", text):
+        return match.group(1)
+    if match := re.match(r"^/bin/sh -c (.*)$", text):
+        return "RUN " + match.group(1)
+    return text or "(unknown step)"
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _ImageRef:
+    image_id: str
+    layers: list[str]
+    diff_ids: list[str]
+    steps: list[str]
+
+
+def _read_json(outer: tarfile.TarFile, name: str) -> Any:
+    try:
+        handle = outer.extractfile(name)
+    except KeyError:
+        return None
+    return json.load(handle) if handle is not None else None
+
+
+def _blob(digest: str) -> str:
+    algo, _, hexdigest = digest.partition(":")
+    return f"blobs/{algo}/{hexdigest}"
+
+
+def _image_ref(outer: tarfile.TarFile) -> _ImageRef:
+    manifest = _read_json(outer, "manifest.json")
+    if manifest:
+        if len(manifest) != 1:
+            raise ConfigError(f"the archive holds {len(manifest)} images; the layer index needs one",
+                              resolution="save a single image (`docker save IMAGE_ID`)")
+        config_name, layers = manifest[0]["Config"], list(manifest[0]["Layers"])
+    else:
+        index = _read_json(outer, "index.json")
+        if not index or not index.get("manifests"):
+            raise ConfigError("not an image archive: neither manifest.json nor index.json found",
+                              resolution="pass the output of `docker save` or an OCI layout tar")
+        oci = _read_json(outer, _blob(index["manifests"][0]["digest"]))
+        while oci and "manifests" in oci:
+            oci = _read_json(outer, _blob(oci["manifests"][0]["digest"]))
+        if not oci:
+            raise ConfigError("the OCI index points at a manifest that is missing from the archive")
+        config_name, layers = _blob(oci["config"]["digest"]), [_blob(x["digest"]) for x in oci["layers"]]
+    handle = outer.extractfile(config_name)
+    if handle is None:
+        raise ConfigError(f"image config {config_name} is missing from the archive")
+    raw = handle.read()
+    config = json.loads(raw)
+    steps = [str(h.get("created_by", "")) for h in config.get("history", []) if not h.get("empty_layer")]
+    if len(steps) != len(layers):
+        steps = ([""] * len(layers) + steps)[-len(layers):]
+    diff_ids = list(config.get("rootfs", {}).get("diff_ids", [])) or [""] * len(layers)
+    return _ImageRef("sha256:" + hashlib.sha256(raw).hexdigest(), layers, diff_ids, steps)
+
+
+def norm(name: str) -> str:
+    path = posixpath.normpath("/" + name).lstrip("/")
+    return "" if path == "." else path
+
+
+_TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file", tarfile.DIRTYPE: "dir",
+          tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
+          tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
+
+
+def _hash(handle: IO[bytes] | None) -> str:
+    digest = hashlib.sha256()
+    if handle is not None:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo, path: str,
+                 capture: Capture | None, captured: dict[str, bytes]) -> str:
+    """sha256 of a regular member's content; keeps the bytes too when `capture` wants the path."""
+    handle = tf.extractfile(member)
+    if capture is not None and capture(path) and handle is not None:
+        data = handle.read()
+        captured[path] = data
+        return hashlib.sha256(data).hexdigest()
+    return _hash(handle)
+
+
+def index_layer_tar(tf: tarfile.TarFile, index: int = 0, diff_id: str = "", step: str = "",
+                    capture: Capture | None = None) -> tuple[Layer, dict[str, bytes]]:
+    """Index one layer (or a flattened rootfs) read sequentially; returns it and the captured files."""
+    entries: list[FileEntry] = []
+    whiteouts: list[str] = []
+    opaque: list[str] = []
+    digests: dict[str, str] = {}
+    captured: dict[str, bytes] = {}
+    for member in tf:
+        path = norm(member.name)
+        base = posixpath.basename(path)
+        if base == OPAQUE:
+            opaque.append(posixpath.dirname(path))
+            continue
+        if base.startswith(WHITEOUT):
+            if not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh.* are AUFS bookkeeping
+                whiteouts.append(posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):]))
+            continue
+        if not path:
+            continue
+        kind = _TYPES.get(member.type, "other")
+        sha, link = None, None
+        if kind == "file":
+            sha = digests[path] = _read_member(tf, member, path, capture, captured)
+        elif kind == "hardlink":
+            link = norm(member.linkname)
+            sha = digests.get(link)  # None when the target lives in a lower layer; merge() fills it
+        elif kind == "symlink":
+            link = member.linkname
+        size = member.size if kind == "file" else 0
+        entries.append(FileEntry(path, kind, member.mode & 0o7777, member.uid, member.gid, size, sha, link))
+    return Layer(index, diff_id, step, tuple(entries), tuple(whiteouts), tuple(opaque)), captured
+
+
+@contextmanager
+def _layer_tar(outer: tarfile.TarFile, name: str) -> Iterator[tarfile.TarFile]:
+    handle = outer.extractfile(name)
+    if handle is None:
+        raise ConfigError(f"layer {name} is missing from the archive", resolution="save the image again")
+    # Stream mode: sequential reads, and gzip/bzip2/xz layers are decompressed on the fly.
+    with tarfile.open(fileobj=handle, mode="r|*") as tf:
+        yield tf
+
+
+@contextmanager
+def _open_outer(archive: Path) -> Iterator[tarfile.TarFile]:
+    if not tarfile.is_tarfile(archive):
+        raise ConfigError(f"not a tar archive: {archive}",
+                          resolution="pass the output of `docker save` or an OCI layout tar")
+    with tarfile.open(archive, mode="r:") as outer:
+        yield outer
+
+
+def read_archive(archive: Path, capture: Capture | None = None) -> LayerIndex:
+    """Index every layer of the single image in `archive` (docker-archive or OCI layout tar)."""
+    if not archive.is_file():
+        raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
+    layers: list[Layer] = []
+    per_layer: list[dict[str, bytes]] = []
+    with _open_outer(archive) as outer:
+        ref = _image_ref(outer)
+        for i, name in enumerate(ref.layers):
+            with _layer_tar(outer, name) as tf:
+                layer, captured = index_layer_tar(tf, i, ref.diff_ids[i], ref.steps[i], capture)
+            layers.append(layer)
+            per_layer.append(captured)
+    index = LayerIndex(ref.image_id, tuple(layers))
+    tree = merge(index)
+    captured_view = {p: per_layer[tree[p].layer][p] for p in tree if p in per_layer[tree[p].layer]}
+    return LayerIndex(ref.image_id, index.layers, captured_view)
+
+
+def index_archive(archive: Path, dest: Path) -> LayerIndex:
+    """Index the image in `archive` and write the index to `dest` (compact, deterministic JSON)."""
+    index = read_archive(archive)
+    write_index(index, dest)
+    return index
+
+
+def write_index(index: LayerIndex, dest: Path) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(index.to_json(), sort_keys=True, separators=(",", ":")) + "\n")
+    dest.chmod(0o644)
+
+
+def load_index(path: Path) -> LayerIndex:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the layer index {path}", details=str(exc),
+                          resolution="rebuild the image (the rootfs phase writes layers.json)") from exc
+    if data.get("version") != INDEX_VERSION:
+        raise ConfigError(f"layer index {path} has version {data.get('version')}, expected {INDEX_VERSION}",
+                          resolution="rebuild the image with this assembler")
+    layers = tuple(
+        Layer(int(layer["index"]), str(layer["diff_id"]), str(layer["step"]),
+              tuple(FileEntry(**entry) for entry in layer["entries"]),
+              tuple(layer.get("whiteouts", ())), tuple(layer.get("opaque", ())))
+        for layer in data["layers"]
+    )
+    return LayerIndex(str(data["image_id"]), layers)
+
+
+# ------------------------------------------------------------------------------------------- merging
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A surviving path of the merged tree and the layer that last wrote it."""
+
+    entry: FileEntry
+    layer: int
+
+
+def merge(index: LayerIndex) -> dict[str, Placed]:
+    """The container's view: layers applied bottom-up with whiteouts (the flatten rules)."""
+    tree: dict[str, Placed] = {}
+    children: dict[str, set[str]] = {}
+
+    def drop_children(path: str) -> None:
+        for child in children.pop(path, set()):
+            drop_children(child)
+            tree.pop(child, None)
+
+    def drop(path: str) -> None:
+        drop_children(path)
+        tree.pop(path, None)
+        children.get(posixpath.dirname(path), set()).discard(path)
+
+    for layer in index.layers:
+        for directory in layer.opaque:
+            drop_children(directory)
+        for path in layer.whiteouts:
+            drop(path)
+        for entry in layer.entries:
+            old = tree.get(entry.path)
+            if old is not None and old.entry.type == "dir" and entry.type != "dir":
+                drop_children(entry.path)
+            if entry.type == "hardlink" and entry.sha256 is None and entry.link in tree:
+                target = tree[entry.link].entry
+                entry = FileEntry(**{**asdict(entry), "sha256": target.sha256, "size": 0})
+            tree[entry.path] = Placed(entry, layer.index)
+            children.setdefault(posixpath.dirname(entry.path), set()).add(entry.path)
+    return tree
+
+
+def index_rootfs_tar(rootfs_tar: Path, capture: Capture | None = None, step: str = "rootfs") -> LayerIndex:
+    """A flattened rootfs tar as a one-layer index (no step attribution beyond the tar itself)."""
+    try:
+        with tarfile.open(rootfs_tar, mode="r|*") as tf:
+            layer, captured = index_layer_tar(tf, 0, "", step, capture)
+    except (OSError, tarfile.TarError) as exc:
+        raise ConfigError(f"cannot read the tar {rootfs_tar}", details=str(exc)) from exc
+    return LayerIndex("", (layer,), captured)
