@@ -16,8 +16,8 @@ from assembler.fsutil import atomic_path, sha256_file, write_json
 from assembler.log import console
 from assembler.phases.boot import BootPhase
 from assembler.phases.convert import ConvertPhase
-from assembler.phases.disk import RAW, DiskPhase
-from assembler.phases.rootfs import ROOTFS_TAR, RootfsPhase
+from assembler.phases.disk import BOM, RAW, DiskPhase
+from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR, RootfsPhase
 from assembler.pipeline import Action, BuildContext, Phase, PhaseRecord, PhaseRun, execute_plan, make_plan
 from assembler.run import run, tool_version
 
@@ -75,6 +75,12 @@ def publish_outputs(ctx: BuildContext) -> list[dict[str, Any]]:
         dest = ctx.output_dir / f"{name}-rootfs.tar"
         _copy_out(rootfs.file(ROOTFS_TAR), dest)
         outputs.append({"format": "rootfs-tar", "path": dest.name, "sha256": rootfs.meta["rootfs"]["sha256"]})
+    if "rootfs" in results:
+        _copy_out(results["rootfs"].file(LAYERS_INDEX), ctx.output_dir / f"{name}-layers.json")
+    if "disk" in results:
+        dest = ctx.output_dir / f"{name}.spdx.json"
+        _copy_out(results["disk"].file(BOM), dest)
+        outputs.append({"format": "spdx", "path": dest.name, "sha256": sha256_file(dest)})
     if "disk" in results and "raw" in ctx.formats:
         dest = ctx.output_dir / f"{name}.raw"
         _copy_out(results["disk"].file(RAW), dest)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from assembler import disk
+from assembler import __version__, bom, disk, layers
 from assembler.config import parse_size
+from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Phase
+from assembler.store import Entry
 
 RAW = "disk.raw"
+BOM = "bom.spdx.json"
 
 
 def layout_for(config_layout: str | None, overrides: dict[str, object]) -> disk.DiskLayout:
@@ -39,15 +42,32 @@ class DiskPhase(Phase):
             "cmdline": cfg.disk.cmdline,
             "source_date_epoch": cfg.source_date_epoch,
             "tools": disk.tool_versions(),
+            "bom": bom.BOM_FORMAT,
         }
 
     def execute(self, out: Path) -> dict[str, Any]:
         rootfs = self.input_entry("rootfs")
         cfg = self.ctx.spec.config
+        doc = self._bom(rootfs)
+        bom.write_spdx(doc, out / BOM)
         result = disk.assemble_disk(
-            rootfs.file("rootfs.tar"), out / RAW, self._layout(),
+            rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
             cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
-            work_dir=out,
+            work_dir=out, extra_files=bom.embedded_files(doc),
         )
-        return {"disk": {**result.model_dump(mode="json"), "path": RAW}}
+        return {"disk": {**result.model_dump(mode="json"), "path": RAW}, "bom": BOM}
+
+    def _bom(self, rootfs: Entry) -> dict[str, Any]:
+        """The SPDX bill of materials: written beside the outputs and embedded in the image."""
+        meta = rootfs.meta
+        index = rootfs.file(LAYERS_INDEX)
+        return bom.build_spdx(
+            rootfs.file(ROOTFS_TAR), image=self.ctx.spec.name, rootfs_sha256=meta["rootfs"]["sha256"],
+            source_date_epoch=self.ctx.spec.config.source_date_epoch, oci=meta["oci"],
+            base_image=meta.get("base_image"),
+            layers_index=layers.load_index(index) if index.is_file() else None,
+            downloads=meta.get("downloads", []),
+            tools={**disk.tool_versions(), "assembler": __version__,
+                   "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
+        )

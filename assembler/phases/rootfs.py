@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from assembler import bootstrap, engine, flatten
+from rich.markup import escape
+
+from assembler import bootstrap, engine, flatten, layers
 from assembler.config import cache_dir, rootfs_dir
 from assembler.fsutil import sha256_tree
+from assembler.log import console, log
 from assembler.pipeline import Phase
 
 ROOTFS_TAR = "rootfs.tar"
+LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attributes changes with
 # Files of the build context that do not reach the engine's build and so must not bust the cache.
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
 
@@ -18,6 +22,14 @@ NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
 def context_hash(context: Path) -> str:
     """Hash of the build context minus the files that only configure later phases."""
     return sha256_tree(context, exclude=NOT_BUILD_INPUTS)
+
+
+def _show_step(line: str) -> None:
+    # The engine streams every line of every RUN; the step headers are enough to follow progress.
+    if line.startswith("Step "):
+        console.print(f"    [dim]{escape(line.strip()[:150])}[/]", highlight=False)
+    else:
+        log.debug("%s", line.rstrip())
 
 
 class RootfsPhase(Phase):
@@ -49,11 +61,12 @@ class RootfsPhase(Phase):
             client, spec.context, containerfile=spec.containerfile.name,
             tag=f"localhost/assembler/{spec.name}:latest",
             buildargs={"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **cfg.build_args},
-            nocache=self.ctx.nocache,
+            nocache=self.ctx.nocache, on_output=_show_step,
         )
         archive = out / "image.tar"
         engine.save_image(client, built.id, archive)
         result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=cfg.source_date_epoch)
+        layers.index_archive(archive, out / LAYERS_INDEX)
         archive.unlink()
         return {
             "engine": {"name": info.name, "version": info.version},
