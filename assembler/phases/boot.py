@@ -44,4 +44,15 @@ class BootPhase(Phase):
         if not report.passed:
             raise BootError(f"boot test failed for {self.ctx.spec.name}", details=report.failure_summary(),
                             resolution="see the console logs and JUnit report; rerun `assembler boot` to debug")
-        return {"boot": report.as_dict()}
+        return {"boot": _relative_paths(report.as_dict())}
+
+
+def _relative_paths(report: dict[str, Any]) -> dict[str, Any]:
+    """The report names files in the store's temporary directory; out/ holds them under the same names."""
+    for run in report.get("runs", []):
+        if run.get("console_log"):
+            run["console_log"] = Path(run["console_log"]).name
+    if report.get("junit"):
+        report["junit"] = Path(report["junit"]).name
+    report.pop("disk", None)
+    return report
