@@ -128,7 +128,7 @@ def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[d
     if "rootfs" in results:
         meta = results["rootfs"].meta
         manifest |= {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
-                     "base_image": meta.get("base_image")}
+                     "base_image": meta.get("base_image"), "downloads": meta.get("downloads", [])}
     if "disk" in results:
         disk = results["disk"].meta["disk"]
         manifest["disk"] = disk

@@ -67,7 +67,7 @@ class DiskPhase(Phase):
             source_date_epoch=self.ctx.spec.config.source_date_epoch, oci=meta["oci"],
             base_image=meta.get("base_image"),
             layers_index=layers.load_index(index) if index.is_file() else None,
-            downloads=meta.get("downloads", []),
+            downloads=[d for d in meta.get("downloads", []) if d.get("status") != "skipped"],
             tools={**disk.tool_versions(), "assembler": __version__,
                    "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
         )

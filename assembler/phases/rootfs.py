@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
 from assembler import bootstrap, engine, flatten, layers
+from assembler import context as build_context
 from assembler.config import cache_dir, rootfs_dir
 from assembler.fsutil import sha256_tree
 from assembler.log import console, log
@@ -49,20 +51,24 @@ class RootfsPhase(Phase):
             "build_args": cfg.build_args,
             "source_date_epoch": cfg.source_date_epoch,
             "base": bootstrap.recipe_key(recipe) if recipe else None,
+            "downloads": build_context.context_material(self.ctx.spec, cache_dir(self.ctx.store.root)),
         }
 
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
+        # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
+        prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work")
         client = engine.connect()
         info = engine.engine_info(client)
         recipe = self._recipe()
         base_id = bootstrap.ensure_base(client, recipe, cache_dir(self.ctx.store.root)) if recipe else None
         built = engine.build_image(
-            client, spec.context, containerfile=spec.containerfile.name,
+            client, prepared.path, containerfile=spec.containerfile.name,
             tag=f"localhost/assembler/{spec.name}:latest",
-            buildargs={"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **cfg.build_args},
+            buildargs={"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **prepared.build_args, **cfg.build_args},
             nocache=self.ctx.nocache, on_output=_show_step,
         )
+        shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
         archive = out / "image.tar"
         engine.save_image(client, built.id, archive)
         result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=cfg.source_date_epoch)
@@ -73,5 +79,6 @@ class RootfsPhase(Phase):
             "base_image": base_id,
             "oci": {"digest": built.id,
                     "layers": [{"digest": s.diff_id, "step": s.created_by} for s in built.steps]},
+            "downloads": prepared.downloads,
             "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
         }

@@ -1,9 +1,9 @@
-"""Same pinned inputs, cleared caches (ours and the engine's) -> the same rootfs bits."""
+"""Same pinned inputs, cleared caches (ours and the engine's), another time and working directory ->
+the same bits for the rootfs tar, the raw disk and the qcow2."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,10 +13,28 @@ from tests.helpers import cli
 pytestmark = pytest.mark.e2e
 
 
-def test_rootfs_tar_is_bit_identical_after_clearing_every_cache(debian12: Built, tmp_path: Path) -> None:
-    out = tmp_path / "again"
-    proc = cli("build", "debian-12", "--phases", "rootfs", "--no-cache",
-               "--cache-dir", str(tmp_path / "fresh-cache"), "--output", str(out))
+@pytest.fixture(scope="module")
+def rebuilt(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+    workdir = tmp_path_factory.mktemp("elsewhere")
+    proc = cli("build", "debian-12", "--phases", "rootfs,disk,convert", "--no-cache", "--no-boot-test",
+               "--format", "raw", "--format", "qcow2",
+               "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"), cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rootfs"]["sha256"] == debian12.manifest["rootfs"]["sha256"]
+    return json.loads((workdir / "out" / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def _sha(manifest: dict, fmt: str) -> str:  # type: ignore[type-arg]
+    return next(o["sha256"] for o in manifest["outputs"] if o["format"] == fmt)
+
+
+def test_rootfs_tar_is_bit_identical(debian12: Built, rebuilt: dict) -> None:  # type: ignore[type-arg]
+    assert rebuilt["rootfs"]["sha256"] == debian12.manifest["rootfs"]["sha256"]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "spdx"])
+def test_disk_outputs_are_bit_identical(debian12: Built, rebuilt: dict, fmt: str) -> None:  # type: ignore[type-arg]
+    assert _sha(rebuilt, fmt) == _sha(debian12.manifest, fmt)
+
+
+def test_nothing_is_listed_as_nondeterministic(rebuilt: dict) -> None:  # type: ignore[type-arg]
+    assert rebuilt["nondeterministic"] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,21 @@ def test_failing_run_step(tmp_path: Path, shared_cache: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
     assert [p for p in objects(shared_cache) if p not in before] == []
+
+
+def test_ubuntu_k8s_offline_fails_fast_naming_what_and_how(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    mirrors = tmp_path / "mirrors.yaml"
+    mirrors.write_text(f"urls:\n  https://dl.k8s.io/: http://{dead}/k8s/\n  https://github.com/: http://{dead}/gh/\n"
+                       f"  http://snapshot.ubuntu.com/ubuntu: http://{dead}/ubuntu\n"
+                       f"registries:\n  docker.io/: {dead}/hub/\n")
+    started = time.monotonic()
+    proc = cli("build", "ubuntu-k8s-1.30", "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+               env={"ASSEMBLER_MIRRORS": str(mirrors)})
+    assert proc.returncode == 1
+    assert time.monotonic() - started < 30
+    assert "cannot reach" in proc.stderr and "/k8s/release/v1.30.14" in proc.stderr
+    assert "ASSEMBLER_MIRRORS" in proc.stderr
+    assert not (tmp_path / "out").exists()
