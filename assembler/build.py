@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,14 +11,15 @@ from typing import Any
 from rich.table import Table
 
 from assembler import __version__
-from assembler.fsutil import atomic_path, sha256_file, write_json
+from assembler import outputs as outputs_mod
+from assembler.fsutil import write_json
 from assembler.log import console
 from assembler.phases.boot import BootPhase
 from assembler.phases.convert import ConvertPhase
-from assembler.phases.disk import BOM, RAW, DiskPhase
-from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR, RootfsPhase
+from assembler.phases.disk import DiskPhase
+from assembler.phases.rootfs import RootfsPhase
 from assembler.pipeline import Action, BuildContext, Phase, PhaseRecord, PhaseRun, execute_plan, make_plan
-from assembler.run import run, tool_version
+from assembler.run import tool_version
 
 
 def phases_for(ctx: BuildContext) -> list[Phase]:
@@ -43,7 +43,7 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
     plan = plan_build(ctx, selected)
     print_plan(plan)
     records = execute_plan(ctx, plan)
-    outputs = publish_outputs(ctx)
+    outputs = outputs_mod.publish(ctx)
     manifest = make_manifest(ctx, records, outputs, round(time.monotonic() - started, 2))
     write_json(ctx.output_dir / "manifest.json", manifest)
     console.print(f"[bold green]done[/] {ctx.spec.name} -> {ctx.output_dir} ({manifest['seconds']} s)")
@@ -57,46 +57,6 @@ def print_plan(plan: list[PhaseRun]) -> None:
         colour = colours[step.action]
         table.add_row(step.phase.label, step.key[:12], f"[{colour}]{step.action.value}[/]", step.reason)
     console.print(table)
-
-
-def _copy_out(source: Path, dest: Path) -> None:
-    """Copy a store artefact into out/ (sparse, atomic), so editing outputs never touches the cache."""
-    with atomic_path(dest) as tmp:
-        run(["cp", "--sparse=always", "--reflink=auto", source, tmp])
-    dest.chmod(0o644)
-
-
-def publish_outputs(ctx: BuildContext) -> list[dict[str, Any]]:
-    outputs: list[dict[str, Any]] = []
-    name = ctx.spec.name
-    results = ctx.results
-    if "rootfs" in results:
-        rootfs = results["rootfs"]
-        dest = ctx.output_dir / f"{name}-rootfs.tar"
-        _copy_out(rootfs.file(ROOTFS_TAR), dest)
-        outputs.append({"format": "rootfs-tar", "path": dest.name, "sha256": rootfs.meta["rootfs"]["sha256"]})
-    if "rootfs" in results:
-        _copy_out(results["rootfs"].file(LAYERS_INDEX), ctx.output_dir / f"{name}-layers.json")
-    if "disk" in results:
-        dest = ctx.output_dir / f"{name}.spdx.json"
-        _copy_out(results["disk"].file(BOM), dest)
-        outputs.append({"format": "spdx", "path": dest.name, "sha256": sha256_file(dest)})
-    if "disk" in results and "raw" in ctx.formats:
-        dest = ctx.output_dir / f"{name}.raw"
-        _copy_out(results["disk"].file(RAW), dest)
-        outputs.append({"format": "raw", "path": dest.name, "sha256": sha256_file(dest)})
-    for label, entry in results.items():
-        if label.startswith("convert:"):
-            out = entry.meta["output"]
-            dest = ctx.output_dir / out["file"]
-            _copy_out(entry.file(out["file"]), dest)
-            outputs.append({"format": out["format"], "path": dest.name, "sha256": out["sha256"]})
-    if "boot" in results:
-        boot_dir = results["boot"].path
-        for report in sorted(boot_dir.glob("*")):
-            if report.name != "meta.json":
-                _copy_out(report, ctx.output_dir / report.name)
-    return outputs
 
 
 def tool_versions() -> dict[str, str]:
@@ -136,8 +96,3 @@ def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[d
     if "boot" in results:
         manifest["boot"] = results["boot"].meta["boot"]
     return manifest
-
-
-def clean_output_dir(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)

@@ -7,6 +7,7 @@ from typing import Any
 
 from assembler import __version__, bom, disk, layers
 from assembler.config import parse_size
+from assembler.fsutil import sha256_file
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Phase
 from assembler.store import Entry
@@ -56,7 +57,8 @@ class DiskPhase(Phase):
             cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
             work_dir=out, extra_files=bom.embedded_files(doc),
         )
-        return {"disk": {**result.model_dump(mode="json"), "path": RAW}, "bom": BOM}
+        return {"disk": {**result.model_dump(mode="json"), "path": RAW, "sha256": sha256_file(out / RAW)},
+                "bom": BOM}
 
     def _bom(self, rootfs: Entry) -> dict[str, Any]:
         """The SPDX bill of materials: written beside the outputs and embedded in the image."""

@@ -1,0 +1,91 @@
+"""Publishing store artefacts into out/IMAGE/: sparse, atomic copies, skipped when already in place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assembler.fsutil import atomic_path, sha256_file, write_json
+from assembler.phases.disk import BOM, RAW
+from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
+from assembler.pipeline import BuildContext
+from assembler.run import run
+
+STATE = ".assembler-outputs.json"  # what was copied from which store key, to skip unchanged copies
+
+
+@dataclass(frozen=True)
+class Artefact:
+    source: Path
+    name: str  # file name in out/IMAGE/
+    key: str  # store key of the entry it comes from
+    fmt: str | None = None  # listed in manifest.json outputs when set
+    sha256: str | None = None  # known from the phase's metadata; computed otherwise
+
+
+def collect(ctx: BuildContext) -> list[Artefact]:
+    """Every file the finished phases produced, under its output name."""
+    name, results = ctx.spec.name, ctx.results
+    found: list[Artefact] = []
+    if "rootfs" in results:
+        rootfs = results["rootfs"]
+        found += [Artefact(rootfs.file(ROOTFS_TAR), f"{name}-rootfs.tar", rootfs.key, "rootfs-tar",
+                           rootfs.meta["rootfs"]["sha256"]),
+                  Artefact(rootfs.file(LAYERS_INDEX), f"{name}-layers.json", rootfs.key)]
+    if "disk" in results:
+        disk = results["disk"]
+        found.append(Artefact(disk.file(BOM), f"{name}.spdx.json", disk.key, "spdx"))
+        if "raw" in ctx.formats:
+            found.append(Artefact(disk.file(RAW), f"{name}.raw", disk.key, "raw", disk.meta["disk"].get("sha256")))
+    for label, entry in results.items():
+        if label.startswith("convert:"):
+            out = entry.meta["output"]
+            found.append(Artefact(entry.file(out["file"]), out["file"], entry.key, out["format"], out["sha256"]))
+    if "boot" in results:
+        boot = results["boot"]
+        found += [Artefact(path, path.name, boot.key) for path in sorted(boot.path.glob("*"))
+                  if path.name != "meta.json"]
+    return found
+
+
+def publish(ctx: BuildContext) -> list[dict[str, Any]]:
+    """Copy every artefact into the output directory and return the manifest's `outputs` list."""
+    out_dir = ctx.output_dir
+    state = _load_state(out_dir)
+    outputs: list[dict[str, Any]] = []
+    for artefact in collect(ctx):
+        dest = out_dir / artefact.name
+        if not _unchanged(dest, artefact, state.get(artefact.name)):
+            _copy(artefact.source, dest)
+        stat = dest.stat()
+        state[artefact.name] = {"key": artefact.key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if artefact.fmt:
+            digest = artefact.sha256 or sha256_file(dest)
+            outputs.append({"format": artefact.fmt, "path": artefact.name, "sha256": digest})
+    write_json(out_dir / STATE, state)
+    return outputs
+
+
+def _unchanged(dest: Path, artefact: Artefact, recorded: dict[str, Any] | None) -> bool:
+    """True when dest is the copy we made from the same store entry and nobody touched it since."""
+    if recorded is None or recorded.get("key") != artefact.key or not dest.is_file():
+        return False
+    stat = dest.stat()
+    return bool(stat.st_size == recorded.get("size") and stat.st_mtime_ns == recorded.get("mtime_ns"))
+
+
+def _load_state(out_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out_dir / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _copy(source: Path, dest: Path) -> None:
+    """A sparse copy, never a hard link: editing an output must never change the cache."""
+    with atomic_path(dest) as tmp:
+        run(["cp", "--sparse=always", "--reflink=auto", source, tmp])
+    dest.chmod(0o644)

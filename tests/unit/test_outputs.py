@@ -1,0 +1,64 @@
+"""out/IMAGE/ publishing: copies land atomically, unchanged copies are skipped, touched ones are redone."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from assembler import outputs
+from assembler.config import ImageConfig, ImageSpec
+from assembler.fsutil import sha256_file
+from assembler.pipeline import BuildContext
+from assembler.store import Entry, Store
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> BuildContext:
+    spec = ImageSpec(name="img", context=tmp_path, containerfile=tmp_path / "Containerfile", config=ImageConfig())
+    ctx = BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out",
+                       formats=["raw", "qcow2"])
+    disk_dir = tmp_path / "cache" / "disk"
+    disk_dir.mkdir(parents=True)
+    (disk_dir / "disk.raw").write_bytes(b"\0" * 4096 + b"boot")
+    (disk_dir / "bom.spdx.json").write_text("{}")
+    conv_dir = tmp_path / "cache" / "conv"
+    conv_dir.mkdir()
+    (conv_dir / "img.qcow2").write_bytes(b"QFI\xfb")
+    ctx.results["disk"] = Entry("k-disk", disk_dir, {"disk": {}})
+    ctx.results["convert:qcow2"] = Entry("k-conv", conv_dir, {"output": {
+        "format": "qcow2", "file": "img.qcow2", "sha256": sha256_file(conv_dir / "img.qcow2")}})
+    return ctx
+
+
+def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
+    listed = outputs.publish(ctx)
+    assert {o["format"] for o in listed} == {"raw", "qcow2", "spdx"}
+    for item in listed:
+        assert sha256_file(ctx.output_dir / item["path"]) == item["sha256"]
+    assert not list(ctx.output_dir.glob(".*.part"))
+
+
+def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext) -> None:
+    outputs.publish(ctx)
+    raw = ctx.output_dir / "img.raw"
+    first = raw.stat().st_ino
+    outputs.publish(ctx)
+    assert raw.stat().st_ino == first  # not copied again
+    raw.write_bytes(b"user edit")
+    outputs.publish(ctx)
+    assert raw.read_bytes().endswith(b"boot")  # the artefact is restored from the store
+    state = json.loads((ctx.output_dir / outputs.STATE).read_text())
+    assert state["img.raw"]["key"] == "k-disk"
+
+
+def test_new_store_entry_replaces_the_copy(ctx: BuildContext) -> None:
+    outputs.publish(ctx)
+    entry = ctx.results["disk"]
+    (entry.path / "disk.raw").write_bytes(b"new disk")
+    ctx.results["disk"] = Entry("k-disk-2", entry.path, entry.meta)
+    os.utime(ctx.output_dir / "img.raw", ns=(0, (ctx.output_dir / "img.raw").stat().st_mtime_ns))
+    outputs.publish(ctx)
+    assert (ctx.output_dir / "img.raw").read_bytes() == b"new disk"
