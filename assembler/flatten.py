@@ -89,7 +89,9 @@ class _Tree:
 
 
 @dataclass(frozen=True)
-class _Image:
+class ArchiveImage:
+    """The single image of a docker-archive or OCI layout tar: its ID, layer members and their steps."""
+
     image_id: str
     layers: list[str]  # member names inside the archive, bottom first
     diff_ids: list[str]
@@ -106,7 +108,7 @@ def _read_json(archive: tarfile.TarFile, name: str) -> Any:
     return json.load(handle)
 
 
-def _read_image(archive: tarfile.TarFile) -> _Image:
+def read_image(archive: tarfile.TarFile) -> ArchiveImage:
     """Find the config and layer list: docker-archive manifest.json first, else an OCI index.json."""
     manifest = _read_json(archive, "manifest.json")
     if manifest:
@@ -124,10 +126,10 @@ def _read_image(archive: tarfile.TarFile) -> _Image:
     image_id = "sha256:" + hashlib.sha256(handle.read()).hexdigest()
     history = [h for h in config.get("history", []) if not h.get("empty_layer")]
     creators = [str(h.get("created_by", "")) for h in history]
-    if len(creators) != len(layers):
-        creators = [""] * len(layers)
+    if len(creators) != len(layers):  # a base imported without history: align the known steps from the top
+        creators = ([""] * len(layers) + creators)[-len(layers):]
     diff_ids = list(config.get("rootfs", {}).get("diff_ids", [])) or [""] * len(layers)
-    return _Image(image_id, layers, diff_ids, creators)
+    return ArchiveImage(image_id, layers, diff_ids, creators)
 
 
 def _blob(digest: str) -> str:
@@ -286,7 +288,7 @@ def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int) -> Flatten
     if not archive.is_file():
         raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
     with _open_archive(archive) as outer, ExitStack() as stack, atomic_path(dest_tar) as tmp:
-        image = _read_image(outer)
+        image = read_image(outer)
         tree, infos, layers = _Tree(), [], []
         for index, name in enumerate(image.layers):
             layer = stack.enter_context(_open_layer(outer, name, dest_tar.parent))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from assembler.errors import ConfigError
+from assembler.flatten import read_image
 from assembler.fsutil import atomic_path
 
 INDEX_VERSION = 1
@@ -102,57 +103,6 @@ def step_label(created_by: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class _ImageRef:
-    image_id: str
-    layers: list[str]
-    diff_ids: list[str]
-    steps: list[str]
-
-
-def _read_json(outer: tarfile.TarFile, name: str) -> Any:
-    try:
-        handle = outer.extractfile(name)
-    except KeyError:
-        return None
-    return json.load(handle) if handle is not None else None
-
-
-def _blob(digest: str) -> str:
-    algo, _, hexdigest = digest.partition(":")
-    return f"blobs/{algo}/{hexdigest}"
-
-
-def _image_ref(outer: tarfile.TarFile) -> _ImageRef:
-    manifest = _read_json(outer, "manifest.json")
-    if manifest:
-        if len(manifest) != 1:
-            raise ConfigError(f"the archive holds {len(manifest)} images; the layer index needs one",
-                              resolution="save a single image (`docker save IMAGE_ID`)")
-        config_name, layers = manifest[0]["Config"], list(manifest[0]["Layers"])
-    else:
-        index = _read_json(outer, "index.json")
-        if not index or not index.get("manifests"):
-            raise ConfigError("not an image archive: neither manifest.json nor index.json found",
-                              resolution="pass the output of `docker save` or an OCI layout tar")
-        oci = _read_json(outer, _blob(index["manifests"][0]["digest"]))
-        while oci and "manifests" in oci:
-            oci = _read_json(outer, _blob(oci["manifests"][0]["digest"]))
-        if not oci:
-            raise ConfigError("the OCI index points at a manifest that is missing from the archive")
-        config_name, layers = _blob(oci["config"]["digest"]), [_blob(x["digest"]) for x in oci["layers"]]
-    handle = outer.extractfile(config_name)
-    if handle is None:
-        raise ConfigError(f"image config {config_name} is missing from the archive")
-    raw = handle.read()
-    config = json.loads(raw)
-    steps = [str(h.get("created_by", "")) for h in config.get("history", []) if not h.get("empty_layer")]
-    if len(steps) != len(layers):
-        steps = ([""] * len(layers) + steps)[-len(layers):]
-    diff_ids = list(config.get("rootfs", {}).get("diff_ids", [])) or [""] * len(layers)
-    return _ImageRef("sha256:" + hashlib.sha256(raw).hexdigest(), layers, diff_ids, steps)
 
 
 def norm(name: str) -> str:
@@ -244,10 +194,10 @@ def read_archive(archive: Path, capture: Capture | None = None) -> LayerIndex:
     layers: list[Layer] = []
     per_layer: list[dict[str, bytes]] = []
     with _open_outer(archive) as outer:
-        ref = _image_ref(outer)
+        ref = read_image(outer)
         for i, name in enumerate(ref.layers):
             with _layer_tar(outer, name) as tf:
-                layer, captured = index_layer_tar(tf, i, ref.diff_ids[i], ref.steps[i], capture)
+                layer, captured = index_layer_tar(tf, i, ref.diff_ids[i], ref.created_by[i], capture)
             layers.append(layer)
             per_layer.append(captured)
     index = LayerIndex(ref.image_id, tuple(layers))
