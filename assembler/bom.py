@@ -33,7 +33,9 @@ OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 NAMESPACE = "https://spdx.org/spdxdocs/assembler"
 NOASSERTION = "NOASSERTION"
 # Bump when the document changes shape: the disk phase puts it in its cache key (the BOM is in the disk).
-BOM_FORMAT = 1
+BOM_FORMAT = 2
+# The document annotation that carries the build inputs (`assembler rebuild` reads it back).
+INPUTS_PREFIX = "assembler-build-inputs: "
 
 
 # --------------------------------------------------------------------------------------------- dpkg
@@ -310,6 +312,7 @@ class BomInput:
     package_layers: dict[str, int] = field(default_factory=dict)  # package -> layer that installed it
     downloads: tuple[Download, ...] = ()
     tools: dict[str, str] = field(default_factory=dict)
+    build_inputs: Mapping[str, Any] | None = None  # what recreates the image (assembler.inputs)
 
 
 def package_layers(index: LayerIndex, dpkg: DpkgDb, tree: Mapping[str, Placed] | None = None) -> dict[str, int]:
@@ -374,7 +377,7 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
         spdx_id = _unique(_spdx_id("Tool", tool), used)
         packages.append(_package(spdx_id, tool, bom.tools[tool] or NOASSERTION, primaryPackagePurpose="APPLICATION"))
         relationships.append(_rel(spdx_id, "BUILD_TOOL_OF", image_id))
-    return {
+    doc: dict[str, Any] = {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
@@ -387,6 +390,31 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
         "packages": packages,
         "relationships": relationships,
     }
+    if bom.build_inputs is not None:
+        doc["annotations"] = [_inputs_annotation(bom.build_inputs, bom.source_date_epoch)]
+    return doc
+
+
+def _inputs_annotation(inputs: Mapping[str, Any], epoch: int) -> dict[str, str]:
+    # SPDX 2.3 has no field for a build recipe; a document-level annotation is valid SPDX and keeps the
+    # inputs next to what they produced. Dated by SOURCE_DATE_EPOCH so the document stays reproducible.
+    return {"annotationDate": _spdx_time(epoch), "annotationType": "OTHER",
+            "annotator": f"Tool: assembler-{__version__}",
+            "comment": INPUTS_PREFIX + json.dumps(inputs, sort_keys=True, ensure_ascii=False)}
+
+
+def build_inputs_of(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The build inputs embedded by build_spdx(build_inputs=...), or None when the document has none."""
+    for annotation in doc.get("annotations", []):
+        comment = str(annotation.get("comment", ""))
+        if comment.startswith(INPUTS_PREFIX):
+            try:
+                data = json.loads(comment[len(INPUTS_PREFIX):])
+            except ValueError as exc:
+                raise ConfigError("the BOM's build-inputs annotation is not valid JSON", details=str(exc),
+                                  resolution="regenerate the BOM with `assembler build`") from exc
+            return data if isinstance(data, dict) else None
+    return None
 
 
 def _summary(bom: BomInput) -> dict[str, Any]:
@@ -417,7 +445,8 @@ def _rel(a: str, kind: str, b: str) -> dict[str, str]:
 def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_epoch: int,
               oci: Mapping[str, Any] | None = None, base_image: str | None = None,
               layers_index: LayerIndex | None = None, downloads: Sequence[Mapping[str, Any]] = (),
-              tools: Mapping[str, str] | None = None) -> BomInput:
+              tools: Mapping[str, str] | None = None,
+              build_inputs: Mapping[str, Any] | None = None) -> BomInput:
     """Gather the BOM's facts: dpkg and os-release from the rootfs tar, layers from the rootfs metadata."""
     files = read_tar_members(rootfs_tar)
     dpkg = dpkg_db(files)
@@ -427,6 +456,7 @@ def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_e
         os_release=os_release(files), oci_digest=(oci or {}).get("digest"), base_image=base_image,
         layers=layers, package_layers=package_layers(layers_index, dpkg) if layers_index else {},
         downloads=tuple(Download.from_mapping(d) for d in downloads), tools=dict(tools or {}),
+        build_inputs=build_inputs,
     )
 
 

@@ -6,7 +6,16 @@ import sys
 
 import typer
 
-from assembler.cli import boot_cmd, build_cmd, convert_cmd, diff_cmd, inspect_cmd, list_cmd, publish_cmd
+from assembler.cli import (
+    boot_cmd,
+    build_cmd,
+    convert_cmd,
+    diff_cmd,
+    inspect_cmd,
+    list_cmd,
+    publish_cmd,
+    rebuild_cmd,
+)
 from assembler.errors import AssemblerError
 from assembler.log import console, setup_logging
 
@@ -34,6 +43,7 @@ app.command("inspect")(inspect_cmd.inspect)
 app.command("diff")(diff_cmd.diff)
 app.command("publish")(publish_cmd.publish)
 app.command("boot")(boot_cmd.boot)
+app.command("rebuild")(rebuild_cmd.rebuild)
 
 
 def main() -> None:

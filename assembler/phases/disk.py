@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from assembler import __version__, bom, disk, layers
+from assembler import __version__, bom, disk, inputs, layers
 from assembler.config import parse_size
 from assembler.fsutil import sha256_file
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
@@ -14,6 +14,11 @@ from assembler.store import Entry
 
 RAW = "disk.raw"
 BOM = "bom.spdx.json"
+ENGINE_DIGESTS_NOTE = (
+    "oci: the engine's image ID and layer digests differ between engine builds (the classic builder stamps "
+    "layer files and history with the build time); they are in IMAGE.spdx.json beside the outputs but not "
+    "in the disk, whose content depends only on the flattened rootfs"
+)
 
 
 def layout_for(config_layout: str | None, overrides: dict[str, object]) -> disk.DiskLayout:
@@ -49,27 +54,36 @@ class DiskPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         rootfs = self.input_entry("rootfs")
         cfg = self.ctx.spec.config
-        doc = self._bom(rootfs)
-        bom.write_spdx(doc, out / BOM)
+        bom.write_spdx(self._bom(rootfs, with_engine_digests=True), out / BOM)
+        embedded = self._bom(rootfs, with_engine_digests=False)
         result = disk.assemble_disk(
             rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
             cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
-            work_dir=out, extra_files=bom.embedded_files(doc),
+            work_dir=out, extra_files=bom.embedded_files(embedded),
         )
-        return {"disk": {**result.model_dump(mode="json"), "path": RAW, "sha256": sha256_file(out / RAW)},
-                "bom": BOM}
+        info = result.model_dump(mode="json")
+        info["nondeterministic"] = [*info.get("nondeterministic", []), ENGINE_DIGESTS_NOTE]
+        return {"disk": {**info, "path": RAW, "sha256": sha256_file(out / RAW)}, "bom": BOM}
 
-    def _bom(self, rootfs: Entry) -> dict[str, Any]:
-        """The SPDX bill of materials: written beside the outputs and embedded in the image."""
+    def _bom(self, rootfs: Entry, *, with_engine_digests: bool) -> dict[str, Any]:
+        """The SPDX bill of materials, written beside the outputs (with_engine_digests) and embedded.
+
+        The engine's image ID and layer digests change with every engine build (the classic builder stamps
+        layer files and history with the build time) although the flattened rootfs does not; the embedded
+        copy leaves them out so the disk stays bit-for-bit reproducible. The rootfs digest identifies it.
+        """
         meta = rootfs.meta
         index = rootfs.file(LAYERS_INDEX)
+        engine_facts = with_engine_digests and index.is_file()
         return bom.build_spdx(
             rootfs.file(ROOTFS_TAR), image=self.ctx.spec.name, rootfs_sha256=meta["rootfs"]["sha256"],
-            source_date_epoch=self.ctx.spec.config.source_date_epoch, oci=meta["oci"],
+            source_date_epoch=self.ctx.spec.config.source_date_epoch,
+            oci=meta["oci"] if with_engine_digests else None,
             base_image=meta.get("base_image"),
-            layers_index=layers.load_index(index) if index.is_file() else None,
+            layers_index=layers.load_index(index) if engine_facts else None,
             downloads=[d for d in meta.get("downloads", []) if d.get("status") != "skipped"],
             tools={**disk.tool_versions(), "assembler": __version__,
                    "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
+            build_inputs=inputs.build_inputs(self.ctx.spec),
         )

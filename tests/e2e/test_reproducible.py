@@ -31,10 +31,10 @@ def test_rootfs_tar_is_bit_identical(debian12: Built, rebuilt: dict) -> None:  #
     assert rebuilt["rootfs"]["sha256"] == debian12.manifest["rootfs"]["sha256"]
 
 
-@pytest.mark.parametrize("fmt", ["raw", "qcow2", "spdx"])
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_disk_outputs_are_bit_identical(debian12: Built, rebuilt: dict, fmt: str) -> None:  # type: ignore[type-arg]
     assert _sha(rebuilt, fmt) == _sha(debian12.manifest, fmt)
 
 
-def test_nothing_is_listed_as_nondeterministic(rebuilt: dict) -> None:  # type: ignore[type-arg]
-    assert rebuilt["nondeterministic"] == []
+def test_only_the_engine_digests_are_listed_as_nondeterministic(rebuilt: dict) -> None:  # type: ignore[type-arg]
+    assert [note.split(":")[0] for note in rebuilt["nondeterministic"]] == ["oci"]

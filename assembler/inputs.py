@@ -1,0 +1,158 @@
+"""Build inputs: everything besides the network that recreates an image, small enough to ride in its BOM.
+
+`build_inputs(spec)` collects the build context (every file of the image directory: Containerfile,
+image.yaml, checks.yaml, packages.lock, downloads.yaml, files/, ... with modes), the base recipe, the
+build args, SOURCE_DATE_EPOCH and the download pins, as a JSON-ready dict with sorted lists and no
+timestamps. `restore_context()` writes the context back byte for byte; `restore_recipe()` writes the
+recipe into a rootfs directory (what ASSEMBLER_ROOTFS_DIR points at). Downloads are pinned by sha256 and
+fetched (or taken from the cache) again; the recorded context never carries them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from assembler import bootstrap
+from assembler.config import ImageSpec, rootfs_dir
+from assembler.context import base_reference
+from assembler.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, load_downloads
+from assembler.errors import ConfigError
+
+INPUTS_FORMAT = 1
+# The BOM is embedded in the disk and read by people: a context is source files, not payloads.
+MAX_CONTEXT_BYTES = 1 << 20
+
+
+def _entry(root: Path, path: Path) -> dict[str, Any]:
+    rel = path.relative_to(root).as_posix()
+    if path.is_symlink():
+        return {"path": rel, "type": "symlink", "target": os.readlink(path)}
+    mode = f"{path.stat().st_mode & 0o7777:04o}"
+    if path.is_dir():
+        return {"path": rel, "type": "dir", "mode": mode}
+    data = path.read_bytes()
+    try:
+        return {"path": rel, "type": "file", "mode": mode, "text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"path": rel, "type": "file", "mode": mode, "base64": base64.b64encode(data).decode()}
+
+
+def context_files(context: Path, *, limit: int = MAX_CONTEXT_BYTES) -> list[dict[str, Any]]:
+    """Every entry of the build context, sorted by path (downloads/ is left out when downloads.yaml pins it)."""
+    pinned = (context / DOWNLOADS_FILE).is_file()
+    entries: list[dict[str, Any]] = []
+    total = 0
+    for path in sorted(context.rglob("*")):
+        rel = path.relative_to(context)
+        if pinned and rel.parts[0] == DOWNLOADS_DIR:
+            continue  # the rootfs phase replaces it with the verified pins
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_size
+            if total > limit:
+                raise ConfigError(
+                    f"the build context {context} is over {limit >> 10} KiB: too large to embed in the BOM",
+                    details=f"reached at {rel.as_posix()} ({path.stat().st_size} bytes)",
+                    resolution=f"pin large files in {DOWNLOADS_FILE} (url + sha256) instead of keeping them "
+                               "in the image directory")
+        entries.append(_entry(context, path))
+    return entries
+
+
+def _recipe(spec: ImageSpec) -> dict[str, Any] | None:
+    """The base recipe: the declared one (image.yaml base:), else the recipe whose tag the FROM names."""
+    if spec.config.base:
+        path = rootfs_dir() / spec.config.base / "recipe.yaml"
+        return {"name": spec.config.base, "declared": True, "recipe": path.read_text()}
+    wanted = base_reference(spec.containerfile)
+    for path in sorted(rootfs_dir().glob("*/recipe.yaml")):
+        try:
+            recipe = bootstrap.load_recipe(path)
+        except ConfigError:
+            continue
+        if wanted and recipe.tag == wanted:
+            return {"name": path.parent.name, "declared": False, "recipe": path.read_text()}
+    return None
+
+
+def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES) -> dict[str, Any]:
+    """What recreates the image besides the network: context, base recipe, args, epoch, download pins."""
+    return {
+        "format": INPUTS_FORMAT,
+        "image": spec.name,
+        "containerfile": spec.containerfile.relative_to(spec.context).as_posix(),
+        "source_date_epoch": spec.config.source_date_epoch,
+        "build_args": dict(sorted(spec.config.build_args.items())),
+        "base": _recipe(spec),
+        "downloads": [d.model_dump(mode="json") for d in
+                      sorted(load_downloads(spec.context / DOWNLOADS_FILE), key=lambda d: (d.dest, d.name))],
+        "context": context_files(spec.context, limit=limit),
+    }
+
+
+# ------------------------------------------------------------------------------------- restoring
+
+
+def _safe(root: Path, rel: str) -> Path:
+    # The BOM may come from anywhere: never write outside the directory being restored.
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+        raise ConfigError(f"the BOM's build context names an unsafe path: {rel!r}",
+                          resolution="use a BOM written by `assembler build`")
+    return root.joinpath(*parts)
+
+
+def restore_context(inputs: dict[str, Any], parent: Path) -> Path:
+    """Write the recorded context to parent/IMAGE (the directory name is the image name) and return it."""
+    check_inputs(inputs)
+    context = _safe(parent, str(inputs["image"]))
+    context.mkdir(parents=True)
+    epoch = int(inputs["source_date_epoch"])
+    dirs: list[tuple[Path, int]] = []
+    for entry in inputs["context"]:
+        path = _safe(context, str(entry["path"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if entry["type"] == "symlink":
+            path.symlink_to(str(entry["target"]))
+            continue
+        if entry["type"] == "dir":
+            path.mkdir(exist_ok=True)
+            dirs.append((path, int(entry["mode"], 8)))
+            continue
+        data = entry["text"].encode() if "text" in entry else base64.b64decode(entry["base64"])
+        path.write_bytes(data)
+        path.chmod(int(entry["mode"], 8))
+        # The flattened rootfs clamps mtimes to the epoch; files copied in keep the clamped value.
+        os.utime(path, (epoch, epoch))
+    for path, mode in reversed(dirs):  # deepest first: writing into a directory moves its mtime
+        path.chmod(mode)
+        os.utime(path, (epoch, epoch))
+    return context
+
+
+def restore_recipe(inputs: dict[str, Any], root: Path) -> bootstrap.BaseRecipe | None:
+    """Write the base recipe to root/NAME/recipe.yaml (a rootfs directory) and return it parsed."""
+    base = inputs.get("base")
+    if not base:
+        return None
+    path = _safe(root, str(base["name"])) / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(base["recipe"]))
+    return bootstrap.load_recipe(path)
+
+
+def check_inputs(inputs: dict[str, Any]) -> None:
+    """Refuse inputs this version cannot restore faithfully (a newer format, a damaged entry)."""
+    if inputs.get("format") != INPUTS_FORMAT or not isinstance(inputs.get("context"), list):
+        raise ConfigError(f"unsupported build-inputs format {inputs.get('format')!r} in the BOM",
+                          resolution=f"rebuild with an assembler that writes build-inputs format {INPUTS_FORMAT}")
+    needs = {"symlink": ("target",), "dir": ("mode",), "file": ("mode",)}
+    for entry in inputs["context"]:
+        fields = needs.get(str(entry.get("type"))) if isinstance(entry, dict) else None
+        if fields is None or any(f not in entry for f in ("path", *fields)) or (
+                entry["type"] == "file" and "text" not in entry and "base64" not in entry):
+            raise ConfigError(f"the BOM's build context has a damaged entry: {str(entry)[:200]}",
+                              resolution="use the BOM exactly as `assembler build` wrote it")
+

@@ -1,0 +1,172 @@
+"""`assembler rebuild BOM`: recreate an image from the build inputs its SPDX document carries, then check
+that the rebuilt rootfs (and disk) are the ones the BOM describes.
+
+The BOM (a .spdx.json, an out/IMAGE directory or a disk holding /usr/share/assembler/bom.spdx.json)
+names the context files, base recipe, build args, SOURCE_DATE_EPOCH and download pins (assembler.inputs).
+They are written to a temporary directory and built by the normal pipeline, with ASSEMBLER_ROOTFS_DIR
+pointing at the recorded recipe. Verification compares the rootfs sha256 (the image's identity), the
+Debian package list and, when the source has a manifest, the raw disk sha256. The disk embeds the BOM,
+which records the engine's OCI image ID; the classic builder does not make that ID reproducible, so a
+disk difference is an error only when the OCI digests agree (otherwise it is reported as explained).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assembler import bom, inputs
+from assembler.config import cache_dir as default_cache_dir
+from assembler.config import resolve_image
+from assembler.errors import AssemblerError, ConfigError
+from assembler.fsutil import write_json
+from assembler.log import console
+
+REPORT = "rebuild.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A BOM and, when it came from an out/ directory, that build's manifest."""
+
+    doc: dict[str, Any]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def load_source(target: Path) -> Source:
+    """The SPDX document from a .spdx.json file, an out/IMAGE directory or a disk image."""
+    from assembler import inspect
+
+    if target.is_dir():
+        manifest = inspect.load_manifest(target)
+        spdx = inspect._out_dir_bom(target, manifest)
+        if spdx is None or not spdx.is_file():
+            raise ConfigError(f"{target} holds no SPDX document", resolution="build with the disk phase first")
+        return Source(bom.load_spdx(spdx), manifest)
+    if not target.is_file():
+        raise ConfigError(f"no such file or directory: {target}",
+                          resolution="pass out/IMAGE/IMAGE.spdx.json, out/IMAGE or a disk image")
+    fmt = inspect.detect_disk_format(target)
+    if fmt is None:
+        return Source(bom.load_spdx(target))
+    files = inspect.read_disk(target, fmt)["files"]
+    if bom.BOM_PATH not in files:
+        raise ConfigError(f"{target} has no embedded BOM (/{bom.BOM_PATH})",
+                          resolution="rebuild from a disk made by `assembler build`, or pass its .spdx.json")
+    return Source(json.loads(files[bom.BOM_PATH]))
+
+
+def inputs_of(doc: dict[str, Any]) -> dict[str, Any]:
+    found = bom.build_inputs_of(doc)
+    if found is None:
+        raise ConfigError("the BOM carries no build inputs",
+                          resolution="rebuild the image once with this assembler (BOM format "
+                                     f"{bom.BOM_FORMAT}); its BOM then records how to recreate it")
+    inputs.check_inputs(found)
+    return found
+
+
+@contextmanager
+def _rootfs_dir(path: Path) -> Iterator[None]:
+    # config.rootfs_dir() reads the variable on every call: the build sees the recorded recipe only.
+    previous = os.environ.get("ASSEMBLER_ROOTFS_DIR")
+    os.environ["ASSEMBLER_ROOTFS_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ASSEMBLER_ROOTFS_DIR", None)
+        else:
+            os.environ["ASSEMBLER_ROOTFS_DIR"] = previous
+
+
+def expected(source: Source) -> dict[str, Any]:
+    facts = bom.summary(source.doc)
+    disk = source.manifest.get("disk") or {}
+    raw = next((o.get("sha256") for o in source.manifest.get("outputs", []) if o.get("format") == "raw"), None)
+    return {"rootfs_sha256": facts.get("rootfs_sha256"), "oci_digest": facts.get("oci_digest"),
+            "raw_sha256": disk.get("sha256") or raw, "packages": bom.deb_packages(source.doc)}
+
+
+def actual(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+    spdx = next((o["path"] for o in manifest.get("outputs", []) if o.get("format") == "spdx"), None)
+    doc = bom.load_spdx(out / spdx) if spdx else {}
+    raw = next((o.get("sha256") for o in manifest.get("outputs", []) if o.get("format") == "raw"), None)
+    return {"rootfs_sha256": (manifest.get("rootfs") or {}).get("sha256"),
+            "oci_digest": (manifest.get("oci") or {}).get("digest"),
+            "raw_sha256": (manifest.get("disk") or {}).get("sha256") or raw, "packages": bom.deb_packages(doc)}
+
+
+def compare(want: dict[str, Any], got: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(differences that fail the rebuild, notes) between the BOM's facts and the rebuilt ones."""
+    errors: list[str] = []
+    notes: list[str] = []
+    if want["rootfs_sha256"] != got["rootfs_sha256"]:
+        errors.append(f"rootfs sha256: BOM {want['rootfs_sha256']} != rebuilt {got['rootfs_sha256']}")
+    if want["packages"] != got["packages"]:
+        changed = sorted(set(want["packages"]) ^ set(got["packages"]) |
+                         {n for n in set(want["packages"]) & set(got["packages"])
+                          if want["packages"][n] != got["packages"][n]})
+        errors.append(f"Debian packages differ: {', '.join(changed[:20])}")
+    if want["raw_sha256"] and got["raw_sha256"] and want["raw_sha256"] != got["raw_sha256"]:
+        message = f"raw disk sha256: original {want['raw_sha256']} != rebuilt {got['raw_sha256']}"
+        if want["oci_digest"] == got["oci_digest"]:
+            errors.append(message)
+        else:
+            notes.append(message + " (expected: the embedded BOM records the OCI image ID, "
+                                   f"{want['oci_digest']} then, {got['oci_digest']} now)")
+    return errors, notes
+
+
+def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = None, boot_test: bool = True,
+            verify: bool = True, nocache: bool = True, formats: list[str] | None = None) -> dict[str, Any]:
+    """Recreate the image the BOM at `target` describes; return the report (also written as rebuild.json)."""
+    from assembler import bootstrap, engine
+    from assembler.build import build
+    from assembler.formats import validate_format_names
+    from assembler.pipeline import BuildContext
+    from assembler.store import Store
+
+    source = load_source(target)
+    recorded = inputs_of(source.doc)
+    name = str(recorded["image"])
+    out = output or Path.cwd() / "out" / f"{name}-rebuild"
+    store_root = default_cache_dir(cache)
+    with tempfile.TemporaryDirectory(prefix="assembler-rebuild-") as tmp:
+        context = inputs.restore_context(recorded, Path(tmp) / "context")
+        recipe = inputs.restore_recipe(recorded, Path(tmp) / "rootfs")
+        console.print(f"[bold]rebuild[/] {name} from {target}: {len(recorded['context'])} context entries, "
+                      f"base {recorded['base']['name'] if recorded.get('base') else 'none'}")
+        with _rootfs_dir(Path(tmp) / "rootfs"):
+            spec = resolve_image(str(context))
+            if recipe is not None and not recorded["base"].get("declared"):
+                # The Containerfile FROMs the recipe's tag without declaring it: load it as a build would.
+                bootstrap.ensure_base(engine.connect(), recipe, store_root)
+            # raw always: the disk is what the BOM is embedded in and what verification compares.
+            chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}))
+            ctx = BuildContext(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,
+                               nocache=nocache, boot_test=boot_test)
+            manifest = build(ctx)
+    want, got = expected(source), actual(manifest, out)
+    errors, notes = compare(want, got) if verify else ([], [])
+    report: dict[str, Any] = {
+        "source": str(target), "image": name, "output": str(out), "verified": verify and not errors,
+        "differences": errors, "notes": notes,
+        "expected": {**want, "packages": len(want["packages"])}, "actual": {**got, "packages": len(got["packages"])},
+    }
+    write_json(out / REPORT, report)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+    if errors:
+        raise AssemblerError(f"the rebuilt {name} differs from its BOM", details="\n".join(errors),
+                             resolution="compare the inputs (mirror state, base image, downloads) with "
+                                        f"`assembler diff {target} {out}`; details in {out / REPORT}")
+    if verify:
+        console.print(f"[bold green]verified[/] rebuilt rootfs sha256 {report['actual']['rootfs_sha256']}")
+    return report
