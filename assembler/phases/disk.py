@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,12 @@ class DiskPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         rootfs = self.input_entry("rootfs")
         cfg = self.ctx.spec.config
-        bom.write_spdx(self._bom(rootfs, with_engine_digests=True), out / BOM)
-        embedded = self._bom(rootfs, with_engine_digests=False)
+        facts = self._bom_facts(rootfs)
+        bom.write_spdx(bom.spdx_document(facts), out / BOM)
+        # The engine's image ID and layer digests change with every engine build (the classic builder stamps
+        # layer files and history with the build time) although the flattened rootfs does not; the embedded
+        # copy leaves them out so the disk stays bit-for-bit reproducible. The rootfs digest identifies it.
+        embedded = bom.spdx_document(replace(facts, oci_digest=None, layers=(), package_layers={}))
         result = disk.assemble_disk(
             rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
@@ -66,22 +71,16 @@ class DiskPhase(Phase):
         info["nondeterministic"] = [*info.get("nondeterministic", []), ENGINE_DIGESTS_NOTE]
         return {"disk": {**info, "path": RAW, "sha256": sha256_file(out / RAW)}, "bom": BOM}
 
-    def _bom(self, rootfs: Entry, *, with_engine_digests: bool) -> dict[str, Any]:
-        """The SPDX bill of materials, written beside the outputs (with_engine_digests) and embedded.
-
-        The engine's image ID and layer digests change with every engine build (the classic builder stamps
-        layer files and history with the build time) although the flattened rootfs does not; the embedded
-        copy leaves them out so the disk stays bit-for-bit reproducible. The rootfs digest identifies it.
-        """
+    def _bom_facts(self, rootfs: Entry) -> bom.BomInput:
+        """What the SPDX bill of materials states, read once from the rootfs and its metadata."""
         meta = rootfs.meta
         index = rootfs.file(LAYERS_INDEX)
-        engine_facts = with_engine_digests and index.is_file()
-        return bom.build_spdx(
+        return bom.bom_input(
             rootfs.file(ROOTFS_TAR), image=self.ctx.spec.name, rootfs_sha256=meta["rootfs"]["sha256"],
             source_date_epoch=self.ctx.spec.config.source_date_epoch,
-            oci=meta["oci"] if with_engine_digests else None,
+            oci=meta["oci"],
             base_image=meta.get("base_image"),
-            layers_index=layers.load_index(index) if engine_facts else None,
+            layers_index=layers.load_index(index) if index.is_file() else None,
             downloads=[d for d in meta.get("downloads", []) if d.get("status") != "skipped"],
             tools={**disk.tool_versions(), "assembler": __version__,
                    "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
