@@ -45,3 +45,14 @@ def test_parse_size(text: str, value: int) -> None:
 def test_parse_size_rejects_garbage() -> None:
     with pytest.raises(ConfigError):
         parse_size("big")
+
+
+def test_image_yaml_layout_overrides_reach_the_disk_layout(tmp_path: Path) -> None:
+    from assembler.phases.disk import layout_for
+
+    (tmp_path / "Containerfile").write_text("FROM scratch\n")
+    (tmp_path / "image.yaml").write_text(
+        "disk:\n  layout_overrides:\n    partitions: [{role: esp, size: 256MiB}]\n")
+    disk = resolve_image(str(tmp_path)).config.disk
+    layout = layout_for(disk.layout, dict(disk.layout_overrides))
+    assert {p.role: p.size for p in layout.partitions}["esp"] == 256 << 20
