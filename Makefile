@@ -2,6 +2,7 @@
 IMAGE ?= debian-12
 VENV := .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup image test lint unit bench clean
 
@@ -21,6 +22,12 @@ unit: setup
 # Every marker runs here (unit, integration, podman, e2e): CI calls exactly this.
 test: setup lint
 	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+# Timings against the peers (diskimage-builder, mkosi, virt-make-fs, bare qemu-img): table + .bench/results.json.
+# Heavy (tens of minutes): e.g. `make bench BENCH_ARGS="--only convert,disk --repeat 1"`. See BENCHMARKS.md.
+bench: setup
+	@bash scripts/bench-setup
+	$(VENV)/bin/python scripts/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf out
