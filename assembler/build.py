@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from assembler import __version__
+from assembler import __version__, space
 from assembler import outputs as outputs_mod
 from assembler.fsutil import write_json
 from assembler.log import console
@@ -41,6 +41,8 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
     started = time.monotonic()
     plan = plan_build(ctx, selected)
     print_plan(plan)
+    store_need, out_need = space.estimate(step.phase.kind for step in plan if step.action is Action.RUN)
+    space.check_free_space({ctx.store.root: store_need, ctx.output_dir: out_need})
     records = execute_plan(ctx, plan)
     outputs = outputs_mod.publish(ctx)
     manifest = make_manifest(ctx, records, outputs, round(time.monotonic() - started, 2))

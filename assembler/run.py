@@ -86,6 +86,8 @@ def run(
         stderr = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
         stdout = (proc.stdout or b"").decode(errors="replace").strip().splitlines()
         tail = "\n".join((stderr or stdout)[-15:])
+        if "No space left on device" in tail and not resolution:
+            resolution = "a filesystem is full: free some space or point --cache-dir / --output elsewhere, then rerun"
         raise ToolError(shlex.join(argv), proc.returncode, tail, resolution=resolution)
     return proc
 

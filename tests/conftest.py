@@ -7,6 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from assembler.space import GIB, free_bytes
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Free space where the tests write: a full disk is the usual cause of a run that fails everywhere at once."""
+    import tempfile
+
+    where = Path(tempfile.gettempdir())
+    return f"free space: {free_bytes(where) / GIB:.1f} GiB in {where} (a full run writes about 20 GiB at its peak)"
+
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -18,6 +19,7 @@ from assembler.cli import (
 )
 from assembler.errors import AssemblerError
 from assembler.log import console, setup_logging
+from assembler.space import no_space_error
 
 app = typer.Typer(
     name="assembler",
@@ -46,18 +48,27 @@ app.command("boot")(boot_cmd.boot)
 app.command("rebuild")(rebuild_cmd.rebuild)
 
 
+def _fail(exc: AssemblerError) -> NoReturn:
+    if _state["debug"]:
+        console.print_exception()
+    console.print(f"[bold red]error:[/] {exc.brief}")
+    if exc.details:
+        console.print(exc.details, markup=False)
+    if exc.resolution:
+        console.print(f"[bold]fix:[/] {exc.resolution}")
+    sys.exit(1)
+
+
 def main() -> None:
     try:
         app()
     except AssemblerError as exc:
-        if _state["debug"]:
-            console.print_exception()
-        console.print(f"[bold red]error:[/] {exc.brief}")
-        if exc.details:
-            console.print(exc.details, markup=False)
-        if exc.resolution:
-            console.print(f"[bold]fix:[/] {exc.resolution}")
-        sys.exit(1)
+        _fail(exc)
+    except OSError as exc:
+        full = no_space_error(exc)
+        if full is None:
+            raise
+        _fail(full)
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         sys.exit(130)
