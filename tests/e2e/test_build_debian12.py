@@ -106,9 +106,14 @@ def test_boot_passed_in_bios_and_uefi(debian12: Built) -> None:
     assert list(debian12.out.glob("*.xml"))
 
 
-def test_second_build_reuses_every_phase(debian12: Built, e2e_root: Path) -> None:
-    again = build("debian-12", e2e_root / "out-again", debian12.cache)
+def test_second_build_reuses_every_phase(debian12: Built) -> None:
+    """The no-change rebuild a user runs: same cache, same out/ (so outputs already in place stay untouched)."""
+    before = {p.name: p.stat().st_mtime_ns for p in debian12.out.iterdir() if p.name != "manifest.json"}
+    again = build("debian-12", debian12.out, debian12.cache)
     assert all(p["cached"] for p in again.manifest["phases"]), again.manifest["phases"]
     assert "reused" in again.stderr
     assert again.manifest["rootfs"]["sha256"] == debian12.manifest["rootfs"]["sha256"]
+    assert again.manifest["outputs"] == debian12.manifest["outputs"]
+    after = {p.name: p.stat().st_mtime_ns for p in debian12.out.iterdir() if p.name != "manifest.json"}
+    assert after == before, "a no-change rebuild copied outputs again"
     print(f"no-change rebuild: {again.seconds:.1f} s (cold: {debian12.seconds:.1f} s)")

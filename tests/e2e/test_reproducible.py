@@ -4,6 +4,8 @@ the same bits for the rootfs tar, the raw disk and the qcow2."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,13 +16,14 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def rebuilt(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+def rebuilt(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
     workdir = tmp_path_factory.mktemp("elsewhere")
     proc = cli("build", "debian-12", "--phases", "rootfs,disk,convert", "--no-cache", "--no-boot-test",
                "--format", "raw", "--format", "qcow2",
                "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"), cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((workdir / "out" / "manifest.json").read_text())  # type: ignore[no-any-return]
+    yield json.loads((workdir / "out" / "manifest.json").read_text())
+    shutil.rmtree(workdir)  # ~5 GiB of cache and outputs; the manifest's digests are all the tests need
 
 
 def _sha(manifest: dict, fmt: str) -> str:  # type: ignore[type-arg]
