@@ -120,7 +120,7 @@ def test_apt_installs_only_from_a_dated_snapshot(image: Path) -> None:
 
 def test_twin_installs_only_the_lock() -> None:
     text = _run_lines(TWIN / "Containerfile")
-    assert "grep -v '^#' /tmp/packages.lock | xargs apt-get install" in text
+    assert re.search(r"grep -v '\^#' /tmp/packages\.lock \| (INITRD=No )?xargs apt-get install", text)
     lock = [line for line in (TWIN / "packages.lock").read_text().splitlines() if not line.startswith("#")]
     assert lock and all(re.fullmatch(r"[a-z0-9.+-]+(:amd64)?=\S+", line) for line in lock)
     assert any(line.startswith("containerd=1.6.20~ds1") for line in lock)
