@@ -11,6 +11,7 @@ from pathlib import Path
 
 from assembler.errors import MissingToolError, ToolError
 from assembler.log import log
+from assembler.space import FREE_SPACE_FIX
 
 StrPath = str | Path
 
@@ -87,7 +88,7 @@ def run(
         stdout = (proc.stdout or b"").decode(errors="replace").strip().splitlines()
         tail = "\n".join((stderr or stdout)[-15:])
         if "No space left on device" in tail and not resolution:
-            resolution = "a filesystem is full: free some space or point --cache-dir / --output elsewhere, then rerun"
+            resolution = f"a filesystem is full: {FREE_SPACE_FIX}"
         raise ToolError(shlex.join(argv), proc.returncode, tail, resolution=resolution)
     return proc
 

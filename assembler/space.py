@@ -18,6 +18,8 @@ from assembler.errors import AssemblerError
 GIB = 1 << 30
 # GiB a phase of this kind writes into the store (and, for all but boot, once more into out/).
 PHASE_GIB: Mapping[str, float] = {"rootfs": 1.0, "disk": 1.0, "convert": 1.0, "boot": 0.1}
+FREE_SPACE_FIX = ("free some space (an old cache: rm -rf the --cache-dir), or point --cache-dir / --output at a "
+                  "filesystem with more room, then rerun (finished phases are cached and are not redone)")
 
 
 class NoSpaceError(AssemblerError):
@@ -62,8 +64,7 @@ def check_free_space(needs: Mapping[Path, int]) -> None:
             raise NoSpaceError(
                 f"not enough free space for this build: {free / GIB:.1f} GiB free, about {need / GIB:.1f} GiB needed",
                 details=f"filesystem of {where}",
-                resolution="free some space (an old cache: rm -rf the --cache-dir), or point --cache-dir / "
-                "--output at a filesystem with more room",
+                resolution=FREE_SPACE_FIX,
             )
 
 
@@ -78,6 +79,5 @@ def no_space_error(exc: OSError) -> NoSpaceError | None:
     return NoSpaceError(
         f"no space left on device while writing {where}{free}",
         details="the step was abandoned; files in progress were temporary and have been removed",
-        resolution="free some space or point --cache-dir / --output at a filesystem with more room, then rerun "
-        "(finished phases are cached and are not redone)",
+        resolution=FREE_SPACE_FIX,
     )
