@@ -14,6 +14,9 @@ from assembler.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = "debian-12"
 DEFAULT_SOURCE_DATE_EPOCH = 1700000000
+# Storage controllers the boot test can put the root disk on (assembler.boot.qemu.DISK_BUSES says which cloud
+# uses which).
+DiskBus = Literal["virtio", "scsi", "nvme", "sata", "pvscsi"]
 
 
 def containerfiles_dir() -> Path:
@@ -49,8 +52,14 @@ class DiskConfig(_Strict):
     cmdline: str = "console=tty0 console=ttyS0,115200n8"
 
 
+def _default_disk_buses() -> list[DiskBus]:
+    return ["virtio"]
+
+
 class BootConfig(_Strict):
     firmware: Literal["bios", "uefi", "both"] = "both"
+    disk_buses: list[DiskBus] = Field(default_factory=_default_disk_buses, min_length=1,
+                                      description="boot once per firmware and controller of the root disk")
     timeout: int = 600
     checks: str = "checks.yaml"
 

@@ -34,14 +34,14 @@ def _finish(suite: ET.Element) -> None:
 
 def _boot_suite(root: ET.Element, run: BootResult) -> None:
     total = (run.boot_seconds or 0.0) + (run.checks_seconds or 0.0)
-    suite = _suite(root, f"boot-{run.firmware}", total)
+    suite = _suite(root, f"boot-{run.label.replace('/', '-')}", total)
     suite.set("hostname", run.accelerator)
-    classname = f"boot.{run.firmware}"
+    classname = f"boot.{run.label.replace('/', '.')}"
     boot_case = ET.SubElement(suite, "testcase", classname=classname, name="boot to SSH",
                               time=f"{run.boot_seconds or 0.0:.3f}")
     if run.booted:
         out = ET.SubElement(boot_case, "system-out")
-        out.text = f"accelerator {run.accelerator}; console {run.console_log}"
+        out.text = f"accelerator {run.accelerator}; root disk on {run.disk_bus}; console {run.console_log}"
     else:
         error = ET.SubElement(boot_case, "error", message=(run.error or "did not boot").splitlines()[0],
                               type="BootError")

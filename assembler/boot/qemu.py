@@ -22,11 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from assembler.config import DiskBus
 from assembler.errors import BootError, ConfigError
 from assembler.log import log
 from assembler.run import output, require_tool, run
 
 Firmware = Literal["bios", "uefi"]
+# The controller the root disk sits on, i.e. the driver the image's initramfs must carry to find its root.
+# QEMU emulates the controllers of most clouds; Hyper-V's storvsc and Xen's blkfront it cannot.
+DISK_BUSES: dict[str, str] = {
+    "virtio": "virtio-blk (KVM, OpenStack)",
+    "scsi": "virtio-scsi (GCE, OpenStack)",
+    "nvme": "NVMe (AWS Nitro, GCE, Azure v6)",
+    "sata": "SATA/AHCI (vSphere, VirtualBox)",
+    "pvscsi": "VMware PVSCSI (vSphere)",
+}
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 SUFFIX_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc"}
@@ -80,8 +90,30 @@ class QemuSpec:
     console_log: Path
     accelerator: str
     ovmf_vars: Path | None = None
+    disk_bus: DiskBus = "virtio"
     memory_mib: int = 1024
     cpus: int = 2
+
+
+def disk_bus(name: str) -> DiskBus:
+    """Validate a --disk-bus value."""
+    if name not in DISK_BUSES:
+        raise ConfigError(f"unknown disk bus {name!r}",
+                          resolution="use one of " + ", ".join(f"{k} ({v})" for k, v in DISK_BUSES.items()))
+    return name  # type: ignore[return-value]
+
+
+def root_disk_devices(bus: DiskBus) -> list[str]:
+    """The -device arguments that put drive `disk0` on `bus` as the first boot device."""
+    # Each controller gets its own id; the seed ISO stays on virtio-blk, read only after the root is mounted.
+    if bus == "virtio":
+        return ["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]
+    if bus == "nvme":
+        return ["-device", "nvme,drive=disk0,serial=assembler-root,bootindex=0"]
+    if bus == "sata":
+        return ["-device", "ahci,id=rootctl", "-device", "ide-hd,drive=disk0,bus=rootctl.0,bootindex=0"]
+    controller = "virtio-scsi-pci" if bus == "scsi" else "pvscsi"
+    return ["-device", f"{controller},id=rootctl", "-device", "scsi-hd,drive=disk0,bus=rootctl.0,bootindex=0"]
 
 
 def qemu_argv(spec: QemuSpec) -> list[str]:
@@ -100,7 +132,7 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
                  "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.ovmf_vars)}"]
     argv += [
         "-drive", f"if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,file={_opt(spec.overlay)}",
-        "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
+        *root_disk_devices(spec.disk_bus),
         "-drive", f"if=none,id=seed,format=raw,readonly=on,file={_opt(spec.seed)}",
         "-device", "virtio-blk-pci,drive=seed",
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",

@@ -20,6 +20,7 @@ class BootResult(BaseModel):
     firmware: str
     accelerator: str
     booted: bool
+    disk_bus: str = "virtio"
     boot_seconds: float | None = None
     checks_seconds: float | None = None
     results: list[CheckResult] = []
@@ -30,6 +31,11 @@ class BootResult(BaseModel):
     @property
     def passed(self) -> bool:
         return self.booted and self.error is None and all(r.passed for r in self.results)
+
+    @property
+    def label(self) -> str:
+        """`bios`, or `bios/nvme` when the root disk was not on the default virtio-blk."""
+        return self.firmware if self.disk_bus == "virtio" else f"{self.firmware}/{self.disk_bus}"
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -57,8 +63,8 @@ class BootReport(BaseModel):
         lines = [f"hygiene {r.name}: {r.message}" for r in self.hygiene if not r.passed]
         for run in self.runs:
             if run.error:
-                lines.append(f"{run.firmware}: {run.error}")
-            lines += [f"{run.firmware} {r.name}: {r.message}" for r in run.failures]
+                lines.append(f"{run.label}: {run.error}")
+            lines += [f"{run.label} {r.name}: {r.message}" for r in run.failures]
         return "\n".join(lines) or "all checks passed"
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,7 +87,7 @@ def summary_table(report: BootReport) -> Table:
     for r in report.hygiene:
         table.add_row("hygiene", r.name, _mark(r.passed), r.message)
     for run in report.runs:
-        suite = f"{run.firmware} ({run.accelerator})"
+        suite = f"{run.label} ({run.accelerator})"
         boot_detail = (f"SSH up after {_seconds(run.boot_seconds)}, checks {_seconds(run.checks_seconds)}"
                        if run.booted else (run.error or "did not boot").splitlines()[0])
         table.add_row(suite, "boot", _mark(run.booted), boot_detail)
@@ -99,9 +105,9 @@ def print_summary(report: BootReport, console: Console | None = None) -> None:
     out = console or default_console
     out.print(summary_table(report))
     for run in report.runs:
-        out.print(f"{run.firmware}: console log {run.console_log}")
+        out.print(f"{run.label}: console log {run.console_log}")
         if run.workdir:
-            out.print(f"{run.firmware}: kept work directory {run.workdir}")
+            out.print(f"{run.label}: kept work directory {run.workdir}")
     if report.junit:
         out.print(f"JUnit report: {report.junit}")
     verdict = "[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"

@@ -1,4 +1,5 @@
-"""boot_disk (one firmware) and boot_test (hygiene once, alongside a boot per firmware): the boot engine."""
+"""boot_disk (one firmware, one disk bus) and boot_test (hygiene once, alongside a boot per firmware and
+disk bus): the boot engine."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from assembler.boot.checks import CheckResult, CheckSuite, load_checks
 from assembler.boot.hygiene import check_artifact
 from assembler.boot.junit import write_junit
 from assembler.boot.report import BootReport, BootResult
+from assembler.config import DiskBus
 from assembler.errors import AssemblerError, BootError
 from assembler.log import console, log
 
@@ -29,6 +31,7 @@ class _Run:
     disk: Path
     fmt: str
     firmware: qemu.Firmware
+    disk_bus: DiskBus
     checks: CheckSuite
     timeout: float
     console_log: Path
@@ -37,13 +40,15 @@ class _Run:
 
 
 def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: CheckSuite, timeout: float,
-              keep: bool, console_log: Path) -> BootResult:
-    """Boot a throw-away overlay of `disk` with `firmware`, log in with a fresh key, run the guest checks.
+              keep: bool, console_log: Path, disk_bus: DiskBus = "virtio") -> BootResult:
+    """Boot a throw-away overlay of `disk` with `firmware`, its root disk on `disk_bus`, log in with a fresh
+    key, run the guest checks.
 
     Raises BootError when the guest never brings up SSH (details: the console tail). QEMU is stopped
     whatever happens; `keep` leaves the work directory (overlay, seed, key) for debugging.
     """
-    run = _Run(disk=disk, fmt=qemu.disk_format(disk, fmt), firmware=firmware, checks=checks, timeout=timeout,
+    run = _Run(disk=disk, fmt=qemu.disk_format(disk, fmt), firmware=firmware, disk_bus=disk_bus,
+               checks=checks, timeout=timeout,
                console_log=console_log, accelerator=accelerator(),
                workdir=Path(tempfile.mkdtemp(prefix=f"assembler-boot-{firmware}-")))
     try:
@@ -61,11 +66,12 @@ def _boot(run: _Run, keep: bool) -> BootResult:
     seed_iso = seed.write_seed(run.workdir, key.public)
     ovmf_vars = qemu.copy_ovmf_vars(run.workdir) if run.firmware == "uefi" else None
     run.console_log.parent.mkdir(parents=True, exist_ok=True)
-    log.info("booting %s with %s (%s), timeout %.0fs", run.disk.name, run.firmware, run.accelerator,
-             run.timeout)
+    log.info("booting %s with %s, root disk on %s (%s), timeout %.0fs", run.disk.name, run.firmware,
+             run.disk_bus, run.accelerator, run.timeout)
     for attempt in range(PORT_ATTEMPTS):
         spec = qemu.QemuSpec(overlay=overlay, seed=seed_iso, firmware=run.firmware, ssh_port=qemu.free_port(),
-                             console_log=run.console_log, accelerator=run.accelerator, ovmf_vars=ovmf_vars)
+                             console_log=run.console_log, accelerator=run.accelerator, ovmf_vars=ovmf_vars,
+                             disk_bus=run.disk_bus)
         try:
             result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private))
         except _PortTaken:
@@ -85,12 +91,12 @@ def _boot_once(run: _Run, spec: qemu.QemuSpec, ssh: guest.Ssh) -> BootResult:
         started = time.monotonic()
         _wait_for_ssh(run, vm, ssh, started + run.timeout)
         boot_seconds = time.monotonic() - started
-        log.info("%s: SSH up after %.1fs; running checks", run.firmware, boot_seconds)
+        log.info("%s/%s: SSH up after %.1fs; running checks", run.firmware, run.disk_bus, boot_seconds)
         results = [CheckResult(name="ssh login", kind="boot", passed=True,
                                message=f"root login with the injected key after {boot_seconds:.1f}s")]
         results += _guest_checks(run, ssh)
         checks_seconds = time.monotonic() - started - boot_seconds
-    return BootResult(firmware=run.firmware, accelerator=run.accelerator, booted=True,
+    return BootResult(firmware=run.firmware, disk_bus=run.disk_bus, accelerator=run.accelerator, booted=True,
                       boot_seconds=round(boot_seconds, 1), checks_seconds=round(checks_seconds, 1),
                       results=results, console_log=str(run.console_log))
 
@@ -105,11 +111,13 @@ def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: flo
         guest.wait_for_ssh(ssh, deadline, still_running)
     except TimeoutError as exc:
         raise BootError(
-            f"the guest did not bring up SSH within {run.timeout:.0f}s ({run.firmware}, {run.accelerator})",
+            f"the guest did not bring up SSH within {run.timeout:.0f}s ({run.firmware}, root disk on "
+            f"{run.disk_bus}, {run.accelerator})",
             details=f"last ssh attempt: {exc}\nlast console lines:\n{qemu.console_tail(run.console_log)}",
             resolution=f"read {run.console_log}; the image needs a bootloader for {run.firmware}, "
             "console=ttyS0 on the kernel command line, openssh-server and cloud-init (NoCloud); "
-            "under TCG allow --timeout 300 or more",
+            "under TCG allow --timeout 300 or more; a root disk on another --disk-bus needs that controller's "
+            "driver in the initramfs",
         ) from None
 
 
@@ -123,9 +131,11 @@ def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
 
 
 def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_file: Path | None,
-              timeout: float, keep: bool, out_dir: Path, fmt: str | None = None) -> BootReport:
-    """Hygiene of the artefact once, alongside a boot per firmware (one at a time); writes console logs and
-    junit.xml into out_dir. A firmware that does not boot is recorded, not raised, so both get tried."""
+              timeout: float, keep: bool, out_dir: Path, fmt: str | None = None,
+              disk_buses: list[DiskBus] | None = None) -> BootReport:
+    """Hygiene of the artefact once, alongside a boot per firmware and disk bus (one at a time; default
+    virtio-blk); writes console logs and junit.xml into out_dir. A boot that fails is recorded, not raised,
+    so every combination gets tried."""
     checks = load_checks(checks_file)
     fmt = qemu.disk_format(disk, fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +143,8 @@ def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_fil
     # libguestfs appliance runs while the first guest boots, each TCG VM on its own core, instead of before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hygiene") as pool:
         pending = pool.submit(_hygiene, disk, fmt, checks)
-        runs = [_boot_or_record(disk, fmt, firmware, checks, timeout, keep, out_dir) for firmware in firmwares]
+        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir)
+                for firmware in firmwares for bus in (disk_buses or ["virtio"])]
         hygiene, hygiene_seconds = pending.result()
     report = BootReport(disk=str(disk), format=fmt, hygiene=hygiene,
                         hygiene_seconds=round(hygiene_seconds, 1), runs=runs)
@@ -150,15 +161,15 @@ def _hygiene(disk: Path, fmt: str, checks: CheckSuite) -> tuple[list[CheckResult
         return [CheckResult(name="read artifact", kind="hygiene", passed=False, message=message)], 0.0
 
 
-def _boot_or_record(disk: Path, fmt: str, firmware: str, checks: CheckSuite, timeout: float, keep: bool,
-                    out_dir: Path) -> BootResult:
+def _boot_or_record(disk: Path, fmt: str, firmware: str, bus: DiskBus, checks: CheckSuite, timeout: float,
+                    keep: bool, out_dir: Path) -> BootResult:
     if firmware not in ("bios", "uefi"):
         raise BootError(f"unknown firmware {firmware!r}", resolution="use bios, uefi or both")
     typed: qemu.Firmware = "bios" if firmware == "bios" else "uefi"
-    console_log = out_dir / f"console-{firmware}.log"
+    console_log = out_dir / (f"console-{firmware}.log" if bus == "virtio" else f"console-{firmware}-{bus}.log")
     try:
         return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
-                         console_log=console_log)
+                         console_log=console_log, disk_bus=bus)
     except BootError as exc:
-        return BootResult(firmware=firmware, accelerator=accelerator(), booted=False,
+        return BootResult(firmware=firmware, disk_bus=bus, accelerator=accelerator(), booted=False,
                           error=f"{exc.brief}\n{exc.details}".strip(), console_log=str(console_log))

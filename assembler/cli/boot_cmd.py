@@ -14,6 +14,9 @@ from assembler.errors import ConfigError
 def boot(
     disk: Path = typer.Argument(..., help="disk to boot (raw, qcow2, vmdk, vhd); never modified"),
     firmware: str = typer.Option("both", "--firmware", help="bios, uefi or both"),
+    disk_bus: list[str] = typer.Option(
+        ["virtio"], "--disk-bus",
+        help="controller of the root disk: virtio, scsi (virtio-scsi), nvme, sata, pvscsi; repeat to boot on each"),
     checks: Path | None = typer.Option(None, "--checks", help="checks YAML (default: only the built-in hygiene)"),
     timeout: float = typer.Option(600, "--timeout", help="seconds to wait for the guest to come up"),
     keep: bool = typer.Option(False, "--keep", help="keep the overlay, seed and key; print their directory"),
@@ -22,6 +25,7 @@ def boot(
 ) -> None:
     """Boot DISK under BIOS and/or UEFI, run hygiene and guest checks; exit 0 only if all pass."""
     from assembler import boot as boot_engine
+    from assembler.boot.qemu import disk_bus as parse_disk_bus
     from assembler.formats import detect_format
 
     if not disk.is_file():
@@ -30,10 +34,11 @@ def boot(
         raise ConfigError(f"unknown firmware: {firmware}", resolution="use bios, uefi or both")
     if checks is not None and not checks.is_file():
         raise ConfigError(f"no such checks file: {checks}", resolution="pass an existing YAML file")
+    buses = [parse_disk_bus(name) for name in dict.fromkeys(disk_bus)]
     firmwares: list[Literal["bios", "uefi"]] = ["bios", "uefi"] if firmware == "both" else [firmware]  # type: ignore[list-item]
     out_dir = output or disk.parent
     report = boot_engine.boot_test(disk, firmwares=firmwares, checks_file=checks, timeout=timeout, keep=keep,
-                                   out_dir=out_dir, fmt=detect_format(disk))
+                                   out_dir=out_dir, fmt=detect_format(disk), disk_buses=buses)
     boot_engine.print_summary(report)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

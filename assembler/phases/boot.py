@@ -29,6 +29,7 @@ class BootPhase(Phase):
         cfg = self.ctx.spec.config.boot
         return {
             "firmware": firmwares(cfg.firmware),
+            "disk_buses": list(cfg.disk_buses),
             "checks": sha256_file(checks) if checks else None,
             "builtin_checks": boot.BUILTIN_CHECKS_VERSION,
         }
@@ -38,7 +39,7 @@ class BootPhase(Phase):
         cfg = self.ctx.spec.config.boot
         report = boot.boot_test(
             disk.file("disk.raw"), firmwares=firmwares(cfg.firmware), checks_file=self._checks_file(),
-            timeout=cfg.timeout, keep=False, out_dir=out,
+            timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses),
         )
         boot.print_summary(report)
         if not report.passed:

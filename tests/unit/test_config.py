@@ -56,3 +56,13 @@ def test_image_yaml_layout_overrides_reach_the_disk_layout(tmp_path: Path) -> No
     disk = resolve_image(str(tmp_path)).config.disk
     layout = layout_for(disk.layout, dict(disk.layout_overrides))
     assert {p.role: p.size for p in layout.partitions}["esp"] == 256 << 20
+
+
+def test_boot_disk_buses_default_to_virtio_and_reject_unknown_ones(tmp_path: Path) -> None:
+    (tmp_path / "Containerfile").write_text("FROM scratch\n")
+    assert resolve_image(str(tmp_path)).config.boot.disk_buses == ["virtio"]
+    (tmp_path / "image.yaml").write_text("boot: {disk_buses: [nvme, pvscsi]}\n")
+    assert resolve_image(str(tmp_path)).config.boot.disk_buses == ["nvme", "pvscsi"]
+    (tmp_path / "image.yaml").write_text("boot: {disk_buses: [floppy]}\n")
+    with pytest.raises(ConfigError, match="invalid image config"):
+        resolve_image(str(tmp_path))

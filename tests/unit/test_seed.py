@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from assembler.boot.seed import (
@@ -77,3 +78,33 @@ def test_qemu_argv_bios_and_uefi(tmp_path: Path) -> None:
     assert "-machine q35,graphics=off" in joined and "-cpu host" in joined
     assert "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd" in joined
     assert f"unit=1,file={tmp_path}/VARS.fd" in joined
+
+
+@pytest.mark.parametrize(("bus", "fragments"), [
+    ("virtio", ["virtio-blk-pci,drive=disk0,bootindex=0"]),
+    ("scsi", ["virtio-scsi-pci,id=rootctl", "scsi-hd,drive=disk0,bus=rootctl.0,bootindex=0"]),
+    ("pvscsi", ["pvscsi,id=rootctl", "scsi-hd,drive=disk0,bus=rootctl.0,bootindex=0"]),
+    ("sata", ["ahci,id=rootctl", "ide-hd,drive=disk0,bus=rootctl.0,bootindex=0"]),
+    ("nvme", ["nvme,drive=disk0,serial=assembler-root,bootindex=0"]),
+])
+def test_qemu_argv_puts_the_root_disk_on_the_chosen_bus(tmp_path: Path, bus: str, fragments: list[str]) -> None:
+    from assembler.boot.qemu import QemuSpec, qemu_argv
+
+    argv = qemu_argv(QemuSpec(overlay=tmp_path / "o.qcow2", seed=tmp_path / "seed.iso", firmware="bios",
+                              ssh_port=2222, console_log=tmp_path / "c.log", accelerator="tcg",
+                              disk_bus=bus))  # type: ignore[arg-type]
+    devices = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+    assert [d for d in devices if "disk0" in d or "rootctl" in d] == fragments
+    # The seed stays on virtio-blk whatever the root disk's bus: it is read after the root is mounted.
+    assert "virtio-blk-pci,drive=seed" in devices
+    assert sum("bootindex" in d for d in devices) == 1
+
+
+def test_unknown_disk_bus_names_the_choices() -> None:
+    from assembler.boot.qemu import disk_bus
+    from assembler.errors import ConfigError
+
+    assert disk_bus("nvme") == "nvme"
+    with pytest.raises(ConfigError) as info:
+        disk_bus("ide")
+    assert "pvscsi" in (info.value.resolution or "") and "NVMe" in (info.value.resolution or "")
