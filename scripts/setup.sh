@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   docker.io mmdebstrap qemu-utils qemu-system-x86 ovmf libguestfs-tools python3-guestfs python3-venv
   linux-image-amd64 dosfstools mtools gdisk fdisk e2fsprogs skopeo umoci xorriso grub-pc-bin
-  grub-efi-amd64-bin grub-common zstd uidmap openssh-client podman libarchive13 ca-certificates make
+  grub-efi-amd64-bin grub-common initramfs-tools-core zstd uidmap openssh-client podman libarchive13
+  ca-certificates make
   docker-registry
 )
 # mke2fs >= 1.47.1 reads the rootfs tarball directly (`mke2fs -d rootfs.tar`): reproducible ext4 without
