@@ -17,8 +17,6 @@ from typing import Any
 
 from assembler.errors import ConfigError
 from assembler.log import log
-from assembler.providers.aws import AwsProvider
-from assembler.providers.azure import AzureProvider
 from assembler.providers.base import (
     BuildOutputs,
     NullProgress,
@@ -30,10 +28,6 @@ from assembler.providers.base import (
     Receipt,
     write_receipt,
 )
-from assembler.providers.gcp import GcpProvider
-from assembler.providers.oci import OciProvider
-from assembler.providers.openstack import OpenStackProvider
-from assembler.providers.vsphere import VsphereProvider
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -54,6 +48,14 @@ ENTRY_POINT_GROUP = "assembler.providers"
 
 
 def builtin_providers() -> dict[ProviderName, Provider]:
+    # Imported here, not at the top: each pulls in its HTTP stack, and every CLI command imports this package.
+    from assembler.providers.aws import AwsProvider
+    from assembler.providers.azure import AzureProvider
+    from assembler.providers.gcp import GcpProvider
+    from assembler.providers.oci import OciProvider
+    from assembler.providers.openstack import OpenStackProvider
+    from assembler.providers.vsphere import VsphereProvider
+
     return {
         ProviderName.OCI: OciProvider(),
         ProviderName.AWS: AwsProvider(),
