@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,25 @@ def _show_step(line: str) -> None:
         console.print(f"    [dim]{escape(line.strip()[:150])}[/]", highlight=False)
     else:
         log.debug("%s", line.rstrip())
+
+
+def _write_layer_index(archive: Path, dest: Path) -> None:
+    layers.index_archive(archive, dest)  # returns nothing: the index is read back from dest when needed
+
+
+def flatten_and_index(archive: Path, out: Path, source_date_epoch: int) -> flatten.FlattenResult:
+    """The rootfs tar and the per-layer index of a saved image, side by side.
+
+    Both only read the archive and both are Python-bound (tar parsing holds the GIL), so the index is
+    written by a forked process on the second core while this one flattens. Forked, not spawned: spawn
+    re-imports the caller's __main__, which fails for `python -c` and notebooks; the child touches no lock
+    the parent's threads (the progress spinner) may hold, only the archive and its own output file.
+    """
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX)
+        result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch)
+        indexing.result()
+    return result
 
 
 class RootfsPhase(Phase):
@@ -71,8 +92,7 @@ class RootfsPhase(Phase):
         shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
         archive = out / "image.tar"
         engine.save_image(client, built.id, archive)
-        result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=cfg.source_date_epoch)
-        layers.index_archive(archive, out / LAYERS_INDEX)
+        result = flatten_and_index(archive, out, cfg.source_date_epoch)
         archive.unlink()
         return {
             "engine": {"name": info.name, "version": info.version},

@@ -229,3 +229,31 @@ def test_not_an_image_is_a_config_error_and_leaves_nothing(tmp_path: Path) -> No
     assert [p.name for p in tmp_path.iterdir()] == ["junk.tar"]
     with pytest.raises(ConfigError, match="not found"):
         flatten(tmp_path / "missing.tar", tmp_path / "out.tar", source_date_epoch=SDE)
+
+
+def test_flatten_and_index_side_by_side_equal_one_after_the_other(tmp_path: Path) -> None:
+    from assembler import layers
+    from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR, flatten_and_index
+
+    archive = docker_archive(tmp_path / "image.tar", [
+        [E("etc", kind="dir"), E("etc/a", b"a"), E("etc/b", b"b")],
+        [E("etc/.wh.a"), E("etc/c", b"c")],
+    ])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = flatten_and_index(archive, out, SDE)
+    alone = flatten(archive, tmp_path / "alone.tar", source_date_epoch=SDE)
+    assert result.sha256 == alone.sha256 == sha256_file(out / ROOTFS_TAR)
+    layers.index_archive(archive, tmp_path / "alone.json")
+    assert (out / LAYERS_INDEX).read_bytes() == (tmp_path / "alone.json").read_bytes()
+    assert len(json.loads((out / LAYERS_INDEX).read_text())["layers"]) == 2
+
+
+def test_flatten_and_index_reports_a_broken_archive(tmp_path: Path) -> None:
+    from assembler.phases.rootfs import flatten_and_index
+
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(b"not a tar")
+    with pytest.raises(ConfigError, match="not a tar archive"):
+        flatten_and_index(archive, tmp_path, SDE)
+    assert not (tmp_path / "layers.json").exists() and not (tmp_path / "rootfs.tar").exists()
