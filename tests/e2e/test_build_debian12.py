@@ -49,6 +49,9 @@ def test_rootfs_output_matches_manifest(debian12: Built) -> None:
         names = archive.getnames()
     assert names == sorted(names)
     assert "etc/assembler-release" in names
+    # Build-time only settings do not reach the image (dpkg's force-unsafe-io, the initramfs staging files).
+    assert "etc/dpkg/dpkg.cfg.d/zz-assembler-build" not in names and "tmp/initramfs" not in names
+    assert "etc/initramfs-tools/conf.d/assembler.conf" in names
 
 
 def test_initramfs_carries_every_listed_cloud_disk_driver(debian12: Built, tmp_path: Path) -> None:
