@@ -130,6 +130,8 @@ def resolve_image(name_or_path: str) -> ImageSpec:
     if not containerfile.is_file():
         raise ConfigError(f"no Containerfile in {context}",
                           resolution=f"create {containerfile} (see Containerfiles/debian-12 for an example)")
-    name = context.resolve().name
-    return ImageSpec(name=name, context=context.resolve(), containerfile=containerfile,
+    # Absolute paths throughout: later phases relate the Containerfile to the context (a relative
+    # `./my-image` must give the same spec, and the same cache keys, as its absolute path).
+    context = context.resolve()
+    return ImageSpec(name=context.name, context=context, containerfile=context / "Containerfile",
                      config=load_image_config(context / "image.yaml"))

@@ -66,3 +66,16 @@ def test_boot_disk_buses_default_to_virtio_and_reject_unknown_ones(tmp_path: Pat
     (tmp_path / "image.yaml").write_text("boot: {disk_buses: [floppy]}\n")
     with pytest.raises(ConfigError, match="invalid image config"):
         resolve_image(str(tmp_path))
+
+
+def test_relative_image_directory_resolves_to_absolute_paths(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from assembler.inputs import build_inputs
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "Containerfile").write_text("FROM scratch\n")
+    monkeypatch.chdir(tmp_path)
+    spec = resolve_image("img")
+    assert spec == resolve_image(str(tmp_path / "img"))
+    assert spec.containerfile == tmp_path / "img" / "Containerfile" and spec.containerfile.is_absolute()
+    assert build_inputs(spec)  # relates the Containerfile to the context: failed on relative paths
