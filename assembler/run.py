@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -101,6 +102,13 @@ def output(cmd: Sequence[StrPath], **kwargs: object) -> str:
 
 def tool_version(name: str, args: Sequence[str] = ("--version",)) -> str:
     """First line of a tool's version output, or 'absent'; recorded in manifests and cache keys."""
+    return _tool_version(name, tuple(args))
+
+
+# Asked once per process: planning a build computes every phase's key, and several name the same tools
+# (21 runs, 0.4 s of a no-change rebuild, before this).
+@functools.cache
+def _tool_version(name: str, args: tuple[str, ...]) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
         return "absent"
