@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -65,12 +66,52 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+ZEROS = bytes(CHUNK)
+
+
 def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, holes included, without reading the holes.
+
+    A disk image is mostly holes; read() would fill the page cache with zeros for each of them (on a
+    freshly written 3 GiB raw: 6 s instead of 2 s). The holes found with SEEK_DATA/SEEK_HOLE are hashed
+    from a buffer of zeros instead; only the allocated ranges are read. Same digest as `sha256sum`.
+    """
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as handle:
+        fd = handle.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            data_at, hole_at = _next_extent(fd, pos, size)
+            while pos < data_at:  # a hole: hash zeros, read nothing
+                step = min(CHUNK, data_at - pos)
+                digest.update(ZEROS if step == CHUNK else ZEROS[:step])
+                pos += step
+            os.lseek(fd, pos, os.SEEK_SET)
+            while pos < hole_at:
+                got = os.readv(fd, [view[:min(CHUNK, hole_at - pos)]])
+                if got == 0:  # the file shrank while we read it: hash what was there
+                    return digest.hexdigest()
+                digest.update(view[:got])
+                pos += got
     return digest.hexdigest()
+
+
+def _next_extent(fd: int, pos: int, size: int) -> tuple[int, int]:
+    """Where the next data starts at or after `pos`, and where the hole after it begins."""
+    try:
+        data_at = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # only a hole from pos to the end
+            return size, size
+        return pos, size  # the filesystem cannot tell: read everything
+    try:
+        hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
+    except OSError:
+        hole_at = size
+    return min(data_at, size), min(hole_at, size)
 
 
 def sha256_tree(root: Path, exclude: tuple[str, ...] = ()) -> str:
