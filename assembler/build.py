@@ -68,7 +68,7 @@ def tool_versions() -> dict[str, str]:
         "qemu-system-x86_64": tool_version("qemu-system-x86_64"),
         "mke2fs": tool_version("mke2fs", ["-V"]),
         "mmdebstrap": tool_version("mmdebstrap"),
-        "sgdisk": tool_version("sgdisk", ["-V"]),
+        "sfdisk": tool_version("sfdisk"),
         "grub-mkimage": tool_version("grub-mkimage"),
         "mkfs.vfat": tool_version("mkfs.vfat", ["--help"]),
         "libguestfs": tool_version("guestfish"),

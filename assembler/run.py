@@ -28,6 +28,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "mcopy": "mtools",
     "mmd": "mtools",
     "sgdisk": "gdisk",
+    "sfdisk": "fdisk",
     "grub-mkimage": "grub-common",
     "grub-bios-setup": "grub-pc-bin",
     "xorriso": "xorriso",

@@ -3,7 +3,7 @@
 The steps, in order, all on one sparse file that is renamed into place at the end:
   1. read the tar's headers: content size, kernel version, grub modules
   2. derive every id from the seed (disk GUID, partition GUIDs, filesystem UUIDs, ext4 hash seed)
-  3. GPT with sgdisk
+  3. GPT with sfdisk
   4. ext4 root with `mke2fs -d` straight from the tar (plus our fstab and grub.cfg), at its offset
   5. ESP: FAT32 + BOOTX64.EFI (grub-mkimage x86_64-efi)
   6. BIOS: core.img (grub-mkimage i386-pc) into the BIOS boot partition, boot.img into the MBR
@@ -159,7 +159,7 @@ def tool_versions() -> dict[str, str]:
     """Versions of every host tool whose output lands in the disk (for cache keys and manifests)."""
     versions = {
         "mke2fs": tool_version("mke2fs", ["-V"]),
-        "sgdisk": tool_version("sgdisk", ["-V"]),
+        "sfdisk": tool_version("sfdisk"),
         "grub-mkimage": tool_version("grub-mkimage"),
         "mtools": tool_version("mcopy"),
     }

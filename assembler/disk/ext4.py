@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -101,6 +102,24 @@ def index_tar(path: Path) -> TarIndex:
     if not index.members:
         raise DiskError(f"the rootfs tar {path} is empty", resolution="rebuild the rootfs")
     return index
+
+
+def read_members(index: TarIndex, members: Iterable[TarMember]) -> Iterator[tuple[TarMember, bytes]]:
+    """The data of chosen regular members, read at their indexed offsets instead of scanning the tar."""
+    with tarfile.open(index.path, mode="r:") as tf:
+        for member in members:
+            tf.fileobj.seek(member.offset)
+            try:
+                info = tarfile.TarInfo.fromtarfile(tf)  # parses the PAX/GNU headers before the member too
+                found = norm(info.name)
+            except tarfile.TarError as exc:
+                found = f"no header ({exc})"
+            if found != member.name:
+                raise DiskError(f"the rootfs tar {index.path} changed since it was indexed",
+                                details=f"expected {member.name} at byte {member.offset}, found {found}",
+                                resolution="rebuild the disk phase")
+            handle = tf.extractfile(info)
+            yield member, handle.read() if handle is not None else b""
 
 
 def _xattr_names(info: tarfile.TarInfo) -> tuple[str, ...]:

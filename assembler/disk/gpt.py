@@ -1,23 +1,43 @@
-"""The GPT, written by sgdisk with every GUID given (disk and partitions), so it never varies."""
+"""The GPT, written by sfdisk from a script that gives every GUID (disk and partitions), so it never varies.
+
+sfdisk rather than sgdisk: sgdisk syncs and then sleeps a second after every write (a wait for the kernel to
+re-read a block device's table), which is a second of every disk build spent on a plain file.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from assembler.disk.layout import TYPE_GUIDS, PlannedPartition
+from assembler.errors import DiskError
 from assembler.run import require_tool, run
 
 SECTOR = 512
+# The first usable sector of a GPT with the standard 128-entry array (what sgdisk and most tools use).
+FIRST_LBA = 34
+
+
+def gpt_script(disk_guid: str, parts: list[tuple[PlannedPartition, str, str]]) -> str:
+    """The sfdisk script of the table: sectors computed from the byte placement, partitions in number order."""
+    lines = ["label: gpt", f"label-id: {disk_guid}", "unit: sectors", f"first-lba: {FIRST_LBA}",
+             f"sector-size: {SECTOR}"]
+    ordered = sorted(parts, key=lambda part: part[0].number)
+    if [p.number for p, _, _ in ordered] != list(range(1, len(ordered) + 1)):
+        raise DiskError("partition numbers must run 1, 2, 3... without gaps",
+                        details=", ".join(str(p.number) for p, _, _ in ordered),
+                        resolution="fix the layout file")
+    for placed, guid, name in ordered:
+        if '"' in name or "\\" in name:
+            raise DiskError(f"partition name {name!r} holds a quote or backslash",
+                            resolution="use letters, digits, '-' and '_' in layout labels")
+        lines.append(f"start={placed.start // SECTOR}, size={placed.size // SECTOR}, "
+                     f"type={TYPE_GUIDS[placed.role]}, uuid={guid}, name=\"{name}\"")
+    return "\n".join(lines) + "\n"
 
 
 def write_gpt(disk: Path, disk_guid: str, parts: list[tuple[PlannedPartition, str, str]]) -> None:
-    """parts: (placement, partition GUID, name); sectors computed from the byte placement."""
-    require_tool("sgdisk")
-    cmd: list[str] = ["sgdisk", "--clear", f"--disk-guid={disk_guid}"]
-    for placed, guid, name in parts:
-        first = placed.start // SECTOR
-        last = (placed.start + placed.size) // SECTOR - 1
-        n = placed.number
-        cmd += [f"--new={n}:{first}:{last}", f"--typecode={n}:{TYPE_GUIDS[placed.role]}",
-                f"--partition-guid={n}:{guid}", f"--change-name={n}:{name}"]
-    run([*cmd, str(disk)], resolution="check the layout: partitions must fit the disk")
+    """parts: (placement, partition GUID, name)."""
+    require_tool("sfdisk")
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+        input_bytes=gpt_script(disk_guid, parts).encode(),
+        resolution="check the layout: partitions must fit the disk")

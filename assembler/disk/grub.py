@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import tarfile
 from pathlib import Path
 
-from assembler.disk.ext4 import TarIndex, norm
+from assembler.disk.ext4 import TarIndex, read_members
 from assembler.errors import DiskError
 from assembler.log import log
 from assembler.run import require_tool, run
@@ -73,16 +72,10 @@ def extract_modules(index: TarIndex, platform: str, dest: Path) -> Path:
         log.warning("the image has no %s grub modules; using the host's %s", platform, host)
         return host
     target.mkdir(parents=True, exist_ok=True)
-    names = {m.name for m in wanted}
-    with tarfile.open(index.path, mode="r:") as tf:
-        for info in tf:
-            name = norm(info.name)
-            if name in names:
-                handle = tf.extractfile(info)
-                if handle is not None:
-                    out = target / name[len(prefix):]
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(handle.read())
+    for member, data in read_members(index, wanted):
+        out = target / member.name[len(prefix):]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
     return target
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from assembler.disk import assemble, esp, gpt, grub
 from assembler.disk.layout import MiB, load_layout, plan_partitions
+from assembler.errors import DiskError
 
 ROOT = "2d0d5ad6-b2a3-5f8e-8a41-e63f33cfae56"
 
@@ -57,18 +58,29 @@ def test_grub_modules_skip_what_the_build_lacks(tmp_path: Path) -> None:
     assert grub._modules(tmp_path, "i386-pc") == ["normal", "linux", "biosdisk"]
 
 
-def test_gpt_argv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    seen: list[list[str]] = []
+def test_gpt_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[tuple[list[str], bytes]] = []
     monkeypatch.setattr(gpt, "require_tool", lambda name: name)
-    monkeypatch.setattr(gpt, "run", lambda cmd, **kw: seen.append(list(cmd)))
+    monkeypatch.setattr(gpt, "run", lambda cmd, **kw: seen.append((list(cmd), kw["input_bytes"])))
     planned = plan_partitions(load_layout(), 1024 * MiB)
-    gpt.write_gpt(tmp_path / "d.raw", "DISK", [(p, f"G{p.number}", p.role) for p in planned])
-    argv = seen[0]
-    assert argv[:3] == ["sgdisk", "--clear", "--disk-guid=DISK"]
-    assert "--new=1:2048:4095" in argv and "--typecode=1:21686148-6449-6E6F-744E-656564454649" in argv
-    assert "--new=2:4096:135167" in argv and "--typecode=2:C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in argv
-    assert "--new=3:135168:2232319" in argv and "--partition-guid=3:G3" in argv
-    assert argv[-1].endswith("d.raw")
+    gpt.write_gpt(tmp_path / "d.raw", "DISK", [(p, f"G{p.number}", p.role) for p in reversed(planned)])
+    [(argv, script)] = seen
+    assert argv[0] == "sfdisk" and "--no-reread" in argv and argv[-1].endswith("d.raw")
+    lines = script.decode().splitlines()
+    assert lines[:5] == ["label: gpt", "label-id: DISK", "unit: sectors", "first-lba: 34", "sector-size: 512"]
+    assert lines[5:] == [  # in number order whatever order they came in
+        'start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, uuid=G1, name="bios_boot"',
+        'start=4096, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=G2, name="esp"',
+        'start=135168, size=2097152, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=G3, name="root"',
+    ]
+
+
+def test_gpt_refuses_quotes_in_names_and_gaps_in_numbers() -> None:
+    planned = plan_partitions(load_layout(), 1024 * MiB)
+    with pytest.raises(DiskError, match="quote"):
+        gpt.gpt_script("DISK", [(p, "G", 'say "hi"') for p in planned])
+    with pytest.raises(DiskError, match="without gaps"):
+        gpt.gpt_script("DISK", [(p, "G", p.role) for p in planned[1:]])
 
 
 def test_esp_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -145,3 +145,24 @@ def test_mke2fs_config_pins_features(tmp_path: Path) -> None:
 )
 def test_full_filesystem_detection(stderr: str, full: bool) -> None:
     assert ext4._is_full(stderr) is full
+
+
+def test_read_members_seeks_to_indexed_members_pax_headers_included(tmp_path: Path) -> None:
+    tar = _rootfs(tmp_path / "rootfs.tar")
+    long_name = "./usr/lib/grub/x86_64-efi/" + "m" * 120 + ".mod"  # needs a PAX path header
+    with tarfile.open(tar, "a", format=tarfile.PAX_FORMAT) as tf:
+        _add(tf, long_name, b"module bytes")
+    index = ext4.index_tar(tar)
+    wanted = [m for m in index.members if m.name in {"usr/bin/ping", "etc/hostname", long_name[2:]}]
+    read = {member.name: data for member, data in ext4.read_members(index, wanted)}
+    assert read == {"usr/bin/ping": b"ping", "etc/hostname": b"host\n", long_name[2:]: b"module bytes"}
+
+
+def test_read_members_notices_a_tar_that_changed_since_indexing(tmp_path: Path) -> None:
+    tar = _rootfs(tmp_path / "rootfs.tar")
+    index = ext4.index_tar(tar)
+    [hostname] = [m for m in index.members if m.name == "etc/hostname"]
+    for offset in (hostname.offset - 1024, hostname.offset + 512):  # another header; a data block
+        moved = ext4.TarMember("etc/hostname", offset, hostname.size, "file", "")
+        with pytest.raises(DiskError, match="changed since it was indexed"):
+            list(ext4.read_members(index, [moved]))
