@@ -10,10 +10,20 @@ from pathlib import Path
 
 from assembler.boot.checks import CheckResult, Probe, ProbeOutput
 from assembler.errors import BootError
+from assembler.log import log
 from assembler.run import require_tool, run
 
 CONNECT_TIMEOUT = 5
 POLL_INTERVAL = 2.0
+# ssh's own failures (exit 255 and one of these): not a verdict on the guest. Right after the first login
+# cloud-init's ssh module writes the host keys and restarts sshd, so a connection can be reset once SSH is up.
+TRANSPORT_ERRORS = ("Connection reset", "Connection refused", "Connection closed", "kex_exchange_identification",
+                    "Broken pipe", "Connection timed out", "No route to host")
+
+
+def transport_failed(exit_status: int, stderr: str) -> bool:
+    """True when ssh could not hold a connection, as opposed to the remote command failing."""
+    return exit_status == 255 and any(marker in stderr for marker in TRANSPORT_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,16 @@ class Ssh:
         return ProbeOutput(proc.returncode, proc.stdout.decode(errors="replace"),
                            proc.stderr.decode(errors="replace"))
 
+    def run_settled(self, remote: str, *, timeout: float) -> ProbeOutput:
+        """run(), repeated while ssh itself fails (sshd restarting), until `timeout` is spent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.run(remote, timeout=max(deadline - time.monotonic(), 1.0))
+            if not transport_failed(out.exit_status, out.stderr) or time.monotonic() + POLL_INTERVAL >= deadline:
+                return out
+            log.debug("ssh connection failed (%s); retrying", out.stderr.strip()[-120:])
+            time.sleep(POLL_INTERVAL)
+
 
 def wait_for_ssh(ssh: Ssh, deadline: float, still_running: Callable[[], None]) -> None:
     """Poll until a command runs in the guest; `still_running` raises when QEMU died meanwhile.
@@ -66,7 +86,7 @@ def wait_for_ssh(ssh: Ssh, deadline: float, still_running: Callable[[], None]) -
 
 def wait_cloud_init(ssh: Ssh, timeout: float) -> CheckResult:
     """`cloud-init status --wait` must end in done: the seed was read and every module ran."""
-    out = ssh.run("cloud-init status --wait --long", timeout=timeout)
+    out = ssh.run_settled("cloud-init status --wait --long", timeout=timeout)
     status = next((line.split(":", 1)[1].strip() for line in out.stdout.splitlines()
                    if line.startswith("status:")), "unknown")
     passed = out.exit_status == 0 and status == "done"
@@ -76,7 +96,7 @@ def wait_cloud_init(ssh: Ssh, timeout: float) -> CheckResult:
 
 def wait_system_running(ssh: Ssh, timeout: float, allow_degraded: bool) -> CheckResult:
     """`systemctl is-system-running --wait`: running passes, degraded only when the checks allow it."""
-    out = ssh.run("systemctl is-system-running --wait", timeout=timeout)
+    out = ssh.run_settled("systemctl is-system-running --wait", timeout=timeout)
     if out.exit_status == 124:
         state = f"still {out.stdout.strip() or 'starting'} after {timeout:.0f}s"
     else:
@@ -85,7 +105,7 @@ def wait_system_running(ssh: Ssh, timeout: float, allow_degraded: bool) -> Check
     passed = state == "running" or (state == "degraded" and allow_degraded)
     message = state
     if state != "running":
-        failed = ssh.run("systemctl --failed --no-legend --plain", timeout=30).stdout.split()
+        failed = ssh.run_settled("systemctl --failed --no-legend --plain", timeout=30).stdout.split()
         units = [word for word in failed if "." in word and not word.startswith("loaded")]
         message = f"{state}; failed units: {', '.join(units) or 'none'}"
         if state == "degraded" and allow_degraded:
@@ -135,18 +155,25 @@ def run_probes(ssh: Ssh, probes: list[Probe], timeout: float) -> list[CheckResul
     """Run every probe in one SSH session and judge each on the host."""
     if not probes:
         return []
-    try:
-        proc = run(ssh.argv("sh -s"), check=False, timeout=timeout, input_bytes=batch_script(probes).encode())
-    except subprocess.TimeoutExpired as exc:
-        raise BootError(f"the guest checks did not finish within {timeout:.0f}s",
-                        resolution="a command check probably hangs; give it a `timeout:`") from exc
-    outputs = parse_batch(proc.stdout, len(probes))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc = run(ssh.argv("sh -s"), check=False, timeout=max(deadline - time.monotonic(), 1.0),
+                       input_bytes=batch_script(probes).encode())
+        except subprocess.TimeoutExpired as exc:
+            raise BootError(f"the guest checks did not finish within {timeout:.0f}s",
+                            resolution="a command check probably hangs; give it a `timeout:`") from exc
+        outputs = parse_batch(proc.stdout, len(probes))
+        stderr = proc.stderr.decode(errors="replace")
+        if outputs or not transport_failed(proc.returncode, stderr) or time.monotonic() + POLL_INTERVAL >= deadline:
+            break
+        log.debug("ssh connection failed before any probe ran (%s); retrying", stderr.strip()[-120:])
+        time.sleep(POLL_INTERVAL)
     results = []
     for index, probe in enumerate(probes):
         if index in outputs:
             results.append(probe.result(outputs[index]))
         else:
-            stderr = proc.stderr.decode(errors="replace").strip()
             results.append(CheckResult(name=probe.name, kind=probe.kind, passed=False,
-                                       message=f"no result (ssh exit {proc.returncode}: {stderr[-200:]})"))
+                                       message=f"no result (ssh exit {proc.returncode}: {stderr.strip()[-200:]})"))
     return results
