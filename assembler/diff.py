@@ -22,6 +22,7 @@ from typing import Any
 
 from assembler import bom, layers
 from assembler.errors import ConfigError
+from assembler.fsutil import next_extent
 from assembler.inspect import (
     detect_disk_format,
     load_manifest,
@@ -100,15 +101,11 @@ def content_digest(handle: Any, start: int, size: int) -> str:
             zeros = 0
 
     while pos < end:
-        try:
-            data_at = min(max(os.lseek(fd, pos, os.SEEK_DATA), pos), end)
-        except OSError:  # ENXIO: only a hole up to the end of the file
-            data_at = end
+        data_at, hole_at = next_extent(fd, pos, end)
         zeros += (data_at - pos) // ZERO_BLOCK
         pos = data_at
         if pos >= end:
             break
-        hole_at = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
         os.lseek(fd, pos, os.SEEK_SET)
         while pos < hole_at:
             chunk = os.read(fd, min(READ_CHUNK, hole_at - pos))

@@ -84,7 +84,7 @@ def sha256_file(path: Path) -> str:
         size = os.fstat(fd).st_size
         pos = 0
         while pos < size:
-            data_at, hole_at = _next_extent(fd, pos, size)
+            data_at, hole_at = next_extent(fd, pos, size)
             while pos < data_at:  # a hole: hash zeros, read nothing
                 step = min(CHUNK, data_at - pos)
                 digest.update(ZEROS if step == CHUNK else ZEROS[:step])
@@ -99,19 +99,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _next_extent(fd: int, pos: int, size: int) -> tuple[int, int]:
-    """Where the next data starts at or after `pos`, and where the hole after it begins."""
+def next_extent(fd: int, pos: int, end: int) -> tuple[int, int]:
+    """Where the next data starts at or after `pos`, and where the hole after it begins, both capped at `end`
+    (the file size, or the end of the region being read)."""
     try:
         data_at = os.lseek(fd, pos, os.SEEK_DATA)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:  # only a hole from pos to the end
-            return size, size
-        return pos, size  # the filesystem cannot tell: read everything
+        if exc.errno == errno.ENXIO:  # only a hole from pos to the end of the file
+            return end, end
+        return pos, end  # the filesystem cannot tell: read everything
     try:
         hole_at = os.lseek(fd, data_at, os.SEEK_HOLE)
     except OSError:
-        hole_at = size
-    return min(data_at, size), min(hole_at, size)
+        hole_at = end
+    return min(data_at, end), min(hole_at, end)
 
 
 def sha256_tree(root: Path, exclude: tuple[str, ...] = ()) -> str:
