@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from assembler.boot.checks import CheckResult, Probe, ProbeOutput
 from assembler.errors import BootError
 from assembler.log import log
 from assembler.run import require_tool, run
 
+T = TypeVar("T")
 CONNECT_TIMEOUT = 5
 POLL_INTERVAL = 2.0
 # ssh's own failures (exit 255 and one of these): not a verdict on the guest. Right after the first login
@@ -55,13 +57,26 @@ class Ssh:
 
     def run_settled(self, remote: str, *, timeout: float) -> ProbeOutput:
         """run(), repeated while ssh itself fails (sshd restarting), until `timeout` is spent."""
-        deadline = time.monotonic() + timeout
-        while True:
-            out = self.run(remote, timeout=max(deadline - time.monotonic(), 1.0))
-            if not transport_failed(out.exit_status, out.stderr) or time.monotonic() + POLL_INTERVAL >= deadline:
-                return out
-            log.debug("ssh connection failed (%s); retrying", out.stderr.strip()[-120:])
-            time.sleep(POLL_INTERVAL)
+        return settled(lambda left: self.run(remote, timeout=left),
+                       lambda out: connection_lost(out.exit_status, out.stdout, out.stderr), timeout)
+
+
+def connection_lost(exit_status: int, stdout: str | bytes, stderr: str | bytes) -> bool:
+    """ssh failed to connect and nothing ran remotely: safe to try again."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    return not stdout and transport_failed(exit_status, text)
+
+
+def settled(attempt: Callable[[float], T], lost: Callable[[T], bool], timeout: float) -> T:
+    """attempt(seconds left) again while `lost` says the connection dropped before anything ran, until
+    `timeout` is spent: the one retry loop for every SSH call made after the guest came up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = attempt(max(deadline - time.monotonic(), 1.0))
+        if not lost(result) or time.monotonic() + POLL_INTERVAL >= deadline:
+            return result
+        log.debug("ssh connection to the guest failed (sshd restarting?); retrying")
+        time.sleep(POLL_INTERVAL)
 
 
 def wait_for_ssh(ssh: Ssh, deadline: float, still_running: Callable[[], None]) -> None:
@@ -155,20 +170,15 @@ def run_probes(ssh: Ssh, probes: list[Probe], timeout: float) -> list[CheckResul
     """Run every probe in one SSH session and judge each on the host."""
     if not probes:
         return []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            proc = run(ssh.argv("sh -s"), check=False, timeout=max(deadline - time.monotonic(), 1.0),
-                       input_bytes=batch_script(probes).encode())
-        except subprocess.TimeoutExpired as exc:
-            raise BootError(f"the guest checks did not finish within {timeout:.0f}s",
-                            resolution="a command check probably hangs; give it a `timeout:`") from exc
-        outputs = parse_batch(proc.stdout, len(probes))
-        stderr = proc.stderr.decode(errors="replace")
-        if outputs or not transport_failed(proc.returncode, stderr) or time.monotonic() + POLL_INTERVAL >= deadline:
-            break
-        log.debug("ssh connection failed before any probe ran (%s); retrying", stderr.strip()[-120:])
-        time.sleep(POLL_INTERVAL)
+    script = batch_script(probes).encode()
+    try:
+        proc = settled(lambda left: run(ssh.argv("sh -s"), check=False, timeout=left, input_bytes=script),
+                       lambda done: connection_lost(done.returncode, done.stdout, done.stderr), timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BootError(f"the guest checks did not finish within {timeout:.0f}s",
+                        resolution="a command check probably hangs; give it a `timeout:`") from exc
+    outputs = parse_batch(proc.stdout, len(probes))
+    stderr = proc.stderr.decode(errors="replace")
     results = []
     for index, probe in enumerate(probes):
         if index in outputs:
