@@ -30,7 +30,7 @@ from assembler.run import output, require_tool, run
 Firmware = Literal["bios", "uefi"]
 # The controller the root disk sits on, i.e. the driver the image's initramfs must carry to find its root.
 # QEMU emulates the controllers of most clouds; Hyper-V's storvsc and Xen's blkfront it cannot.
-DISK_BUSES: dict[str, str] = {
+DISK_BUSES: dict[DiskBus, str] = {
     "virtio": "virtio-blk (KVM, OpenStack)",
     "scsi": "virtio-scsi (GCE, OpenStack)",
     "nvme": "NVMe (AWS Nitro, GCE, Azure v6)",
@@ -100,7 +100,7 @@ def disk_bus(name: str) -> DiskBus:
     if name not in DISK_BUSES:
         raise ConfigError(f"unknown disk bus {name!r}",
                           resolution="use one of " + ", ".join(f"{k} ({v})" for k, v in DISK_BUSES.items()))
-    return name  # type: ignore[return-value]
+    return name
 
 
 def root_disk_devices(bus: DiskBus) -> list[str]:

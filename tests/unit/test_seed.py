@@ -108,3 +108,13 @@ def test_unknown_disk_bus_names_the_choices() -> None:
     with pytest.raises(ConfigError) as info:
         disk_bus("ide")
     assert "pvscsi" in (info.value.resolution or "") and "NVMe" in (info.value.resolution or "")
+
+
+def test_every_disk_bus_has_a_description_and_qemu_devices(tmp_path: Path) -> None:
+    from typing import get_args
+
+    from assembler.boot.qemu import DISK_BUSES, root_disk_devices
+    from assembler.config import DiskBus
+
+    assert set(DISK_BUSES) == set(get_args(DiskBus))
+    assert all(root_disk_devices(bus) for bus in DISK_BUSES)
