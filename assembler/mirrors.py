@@ -15,6 +15,8 @@ User override, first found wins: the YAML file named by $ASSEMBLER_MIRRORS, then
       http://deb.debian.org/debian: http://mirror.internal/debian
     registries:
       docker.io/: registry.internal:5000/dockerhub/
+    snapshots:   # where locked .debs and index files are found once the archive has moved on
+      http://deb.debian.org/debian: http://snapshot.debian.org/archive/debian/{timestamp}
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ class MirrorMap(BaseModel):
 
     urls: dict[str, str] = Field(default_factory=lambda: {u: u for u in KNOWN_URLS})
     registries: dict[str, str] = Field(default_factory=lambda: {r: r for r in KNOWN_REGISTRIES})
+    # Dated snapshot mirrors of apt archives, where a lock's files are found after the archive moved on:
+    # {"http://deb.debian.org/debian": "http://snapshot.debian.org/archive/debian/{timestamp}"}
+    snapshots: dict[str, str] = Field(default_factory=dict)
     source: str = Field("built-in defaults", exclude=True, description="where the map was read from")
 
     @field_validator("urls")

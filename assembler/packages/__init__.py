@@ -1,0 +1,9 @@
+"""Debian packages locked by digest: the lock file, a content-addressed package store and the locking proxy.
+
+Every .deb and every signed index file that reaches a rootfs passes through one proxy on loopback
+(`proxy.Session`): apt in mmdebstrap and in the engine's RUN steps fetches through it, it serves files from
+the store (`store.PackageStore`) or fetches them from the sources (`sources.Sources`), verifies each by
+sha256 and records what it served. Replaying a lock serves the lock's own signed index files, so a plain
+`apt-get install PKG` resolves to the locked version on any day; a lock whose files are gone everywhere is
+re-resolved against today's mirror (default) or refused (`--locked`).
+"""

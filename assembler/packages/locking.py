@@ -1,0 +1,128 @@
+"""Which mirror state a build gets: the lock replayed when all its files are somewhere, else today's.
+
+`check()` looks for every locked file (store, then each source, HEAD only: it writes nothing) so
+`--locked` fails in seconds naming what is gone; `session_for()` turns the answer into a proxy session.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from assembler.errors import AssemblerError
+from assembler.fsutil import sha256_bytes
+from assembler.log import log
+from assembler.mirrors import MirrorMap, load_mirror_map
+from assembler.packages import index
+from assembler.packages.lockfile import LOCK_FILE, Change, IndexFile, Lock, LockedPackage, read_lock
+from assembler.packages.proxy import Session
+from assembler.packages.sources import Sources
+from assembler.packages.store import PackageStore
+
+PROBE_WORKERS = 16
+
+
+class StaleLockError(AssemblerError):
+    """--locked, and the lock names files no source has any more."""
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    missing: list[str]  # "name version (arch)" or an index URL, for the message
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def sources_for(lock: Lock | None, mirrors: MirrorMap | None = None) -> Sources:
+    """The sources, with each archive's locked InRelease date for snapshot lookups."""
+    dates: dict[str, str] = {}
+    for item in lock.inreleases() if lock else []:
+        archive = index.archive_of(item.url)
+        if archive and item.date:
+            dates.setdefault(archive, item.date)
+    return Sources(mirrors or load_mirror_map(), snapshot_dates=dates)
+
+
+def check(lock: Lock, store: PackageStore, sources: Sources) -> LockCheck:
+    """Every locked file that is neither in the store nor in any source (HEAD probes, in parallel).
+
+    An InRelease counts as available from a mirror only by its bytes: the URL never changes, the
+    content does.
+    """
+    def probe_index(item: IndexFile) -> str | None:
+        if store.has(item.sha256):
+            return None
+        if item.url.endswith("/InRelease"):
+            try:
+                if sha256_bytes(sources.read(item.url)) == item.sha256:
+                    return None
+            except AssemblerError:
+                pass
+            return f"{item.url} (the archive has signed a newer state)"
+        return None if sources.available(item.url) else item.url
+
+    def probe_package(pkg: LockedPackage) -> str | None:
+        if store.has(pkg.sha256) or sources.available(pkg.url):
+            return None
+        return f"{pkg.name} {pkg.version} ({pkg.architecture})"
+
+    with ThreadPoolExecutor(PROBE_WORKERS) as pool:
+        missing = [m for m in pool.map(probe_package, lock.packages) if m]
+        if not missing:  # indexes matter only when every .deb is still there
+            missing = [m for m in pool.map(probe_index, lock.indexes) if m]
+    return LockCheck(missing)
+
+
+def read_image_lock(context: Path) -> Lock | None:
+    path = context / LOCK_FILE
+    return read_lock(path) if path.is_file() else None
+
+
+def require_complete(lock: Lock | None, context: Path, store: PackageStore) -> None:
+    """--locked: fail now (no build, nothing written) unless every locked file can be served."""
+    if lock is None:
+        raise StaleLockError(f"{context.name} has no {LOCK_FILE}",
+                             resolution=f"run `assembler lock {context}` and commit the file")
+    result = check(lock, store, sources_for(lock))
+    if not result.complete:
+        shown = "\n".join(f"  {m}" for m in result.missing[:50])
+        more = f"\n  ... and {len(result.missing) - 50} more" if len(result.missing) > 50 else ""
+        raise StaleLockError(
+            f"the lock of {context.name} is stale: {len(result.missing)} locked file(s) are in no source "
+            "(package store, mirror, snapshot)", details=shown + more,
+            resolution=f"run `assembler lock {context} --update` and commit the new {LOCK_FILE}, "
+                       "or build from a bundle (`--bundle FILE`) or a snapshot mirror")
+
+
+def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path], *,
+                strict: bool = False, update: bool = False) -> tuple[Session, list[str]]:
+    """The session a build fetches through, and the locked files it could not find (empty: replay).
+
+    `update` re-resolves against today's archive whatever the lock says (`assembler lock --update`).
+    """
+    store = PackageStore(cache_dir)
+    lock = None if update else read_image_lock(context)
+    if strict:
+        require_complete(lock, context, store)
+    missing: list[str] = []
+    if lock is not None and not strict:
+        missing = check(lock, store, sources_for(lock)).missing
+        if missing:
+            log.warning("the lock of %s names %d file(s) no source has any more (first: %s); re-resolving "
+                        "against today's archive", image, len(missing), missing[0])
+            lock = None
+    return Session(image, store, sources_for(lock), keyrings, lock=lock, strict=strict), missing
+
+
+def live_session(image: str, cache_dir: Path, keyrings: list[Path]) -> Session:
+    """Today's signed state, no lock (a base outside any image build, or a lock being written)."""
+    return Session(image, PackageStore(cache_dir), sources_for(None), keyrings)
+
+
+def report(image: str, changes: list[Change]) -> None:
+    if changes:
+        log.warning("%s: the packages differ from the committed lock (%d change(s)):\n%s", image,
+                    len(changes), "\n".join(f"  {c}" for c in changes))

@@ -1,0 +1,245 @@
+"""The locking proxy: apt's only way to the archives during a build, on loopback, for one build.
+
+apt (in mmdebstrap and in the engine's RUN steps, through `http_proxy`) asks for upstream URLs; the session
+answers from the package store, fetching what is missing from the sources, and checks every file against
+the digest the chain of trust names: an InRelease against the lock (replay) or the archive keyring (live),
+every other index against its InRelease, every .deb against the lock or the served Packages index. What it
+served is the effective lock. Nothing about the proxy ends up in the image: it is only in apt's environment.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from assembler.errors import AssemblerError
+from assembler.fsutil import sha256_bytes
+from assembler.log import log
+from assembler.packages import index
+from assembler.packages.lockfile import IndexFile, Layer, Lock, LockedPackage, make_lock
+from assembler.packages.sources import Sources, Unavailable
+from assembler.packages.store import IntegrityError, PackageStore
+
+
+@dataclass
+class Refusal:
+    url: str
+    reason: str
+
+
+@dataclass
+class Session:
+    """One build's view of the archives: replaying `lock` when given, else today's signed state."""
+
+    image: str
+    store: PackageStore
+    sources: Sources
+    keyrings: list[Path]
+    lock: Lock | None = None  # replay: serve exactly this mirror state
+    strict: bool = False  # --locked: a .deb outside the lock is refused
+    layer: Layer = "base"
+    served_indexes: dict[str, IndexFile] = field(default_factory=dict)
+    served_packages: dict[str, LockedPackage] = field(default_factory=dict)
+    refused: list[Refusal] = field(default_factory=list)
+    _pinned: dict[str, IndexFile] = field(default_factory=dict)  # suite dir -> InRelease
+    _releases: dict[str, index.Release] = field(default_factory=dict)  # suite dir -> its listing
+    _records: dict[str, dict[str, index.PackageRecord]] = field(default_factory=dict)  # archive -> by path
+    _parsed: set[str] = field(default_factory=set)
+    _mutex: threading.RLock = field(default_factory=threading.RLock)
+    _server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------------------ the mirror state
+
+    def pin_inrelease(self, url: str) -> IndexFile:
+        """The session's InRelease for a suite: the lock's when replaying, else today's, verified once."""
+        suite = index.suite_dir(url)
+        with self._mutex:
+            if suite in self._pinned:
+                return self._pinned[suite]
+            if self.lock is not None:
+                pinned = self.lock.index(url)
+                if pinned is None:
+                    raise Unavailable(f"{url} is not in the lock",
+                                      resolution="run `assembler lock IMAGE --update` (an apt source was added)")
+                path = self._obtain(url, pinned.sha256, what=f"InRelease {url}")
+            else:
+                data = self.sources.read(url)
+                sha = sha256_bytes(data)
+                path = self.store.put(sha, [data], what=f"InRelease {url}", where=url)
+                index.verify_inrelease(path, self.keyrings, url)
+                pinned = IndexFile(url=url, sha256=sha, size=len(data),
+                                   date=index.parse_release(data).date)
+            self._releases[suite] = index.parse_release(path.read_bytes())
+            self._pinned[suite] = pinned
+            self.served_indexes[url] = pinned
+            return pinned
+
+    def state(self, urls: list[str]) -> list[IndexFile]:
+        """The pinned InRelease of each URL: what a base bootstrapped in this session is keyed by."""
+        return [self.pin_inrelease(u) for u in urls]
+
+    # ------------------------------------------------------------------------------ one request
+
+    def resolve(self, url: str) -> Path:
+        """The verified file for a URL apt asked for; Unavailable (404) or AssemblerError (403/502)."""
+        if index.archive_of(url) is None:
+            raise Refused(f"{url} is not in an apt archive (dists/ or pool/); the build's apt proxy serves "
+                          "nothing else: fetch other files with downloads.yaml")
+        if "/dists/" in url:
+            return self._index(url)
+        return self._package(url)
+
+    def _index(self, url: str) -> Path:
+        if url.endswith("/InRelease"):
+            pinned = self.pin_inrelease(url)
+            return self._obtain(url, pinned.sha256, what=f"InRelease {url}")
+        if url.endswith(("/Release", "/Release.gpg")):
+            # apt falls back to these only when InRelease fails; the session serves signed InRelease only.
+            raise Unavailable(f"{url}: only InRelease is served")
+        suite = index.suite_dir(url)
+        self.pin_inrelease(suite + "InRelease")
+        release = self._releases[suite]
+        wanted = index.by_hash(url)
+        listed = (release.by_sha256(wanted) if wanted
+                  else release.files.get(url[len(suite):]))
+        if listed is None:
+            raise Unavailable(f"{url} is not listed in the pinned InRelease of {suite}")
+        entry = IndexFile(url=url, sha256=listed.sha256, size=listed.size)
+        path = self._obtain(url, entry.sha256, what=f"index {url}")
+        with self._mutex:
+            self.served_indexes[url] = entry
+        return path
+
+    def _package(self, url: str) -> Path:
+        locked = self.lock.package(url) if self.lock else None
+        record = None if locked else self._record(url)
+        if locked is None and record is None:
+            raise Unavailable(f"{url} is in no index this build was served")
+        if locked is None and self.strict:
+            assert record is not None
+            with self._mutex:
+                self.refused.append(Refusal(url, f"{record.name} {record.version} is not in the lock"))
+            raise Refused(f"{record.name} {record.version} is not in the lock (--locked)")
+        if locked is not None:
+            pkg = locked.model_copy(update={"layer": self.layer})
+        else:
+            assert record is not None
+            pkg = LockedPackage(name=record.name, version=record.version, architecture=record.architecture,
+                                url=url, size=record.size, sha256=record.sha256, layer=self.layer)
+        path = self._obtain(url, pkg.sha256, what=f"{pkg.name} {pkg.version} ({pkg.architecture})")
+        with self._mutex:
+            self.served_packages.setdefault(url, pkg)
+        return path
+
+    def _record(self, url: str) -> index.PackageRecord | None:
+        """The Packages stanza naming this pool file, from the indexes served so far (parsed once)."""
+        archive = index.archive_of(url)
+        assert archive is not None
+        relative = url[len(archive) + 1:]
+        with self._mutex:
+            for served in list(self.served_indexes.values()):
+                if served.url in self._parsed or index.archive_of(served.url) != archive:
+                    continue
+                suite = index.suite_dir(served.url)
+                listed = self._releases[suite].by_sha256(served.sha256) if suite in self._releases else None
+                if listed is None or not index.is_packages(listed.path):
+                    continue
+                self._parsed.add(served.url)
+                data = index.decompress(self.store.path(served.sha256).read_bytes(), listed.path)
+                records = self._records.setdefault(archive, {})
+                for rec in index.parse_packages(data):
+                    records.setdefault(rec.filename, rec)
+            return self._records.get(archive, {}).get(relative)
+
+    def _obtain(self, url: str, sha256: str, *, what: str) -> Path:
+        path = self.store.verified(sha256)
+        return path if path is not None else self.sources.fetch(url, sha256, self.store, what=what)
+
+    # ------------------------------------------------------------------------------ results
+
+    def effective_lock(self, base: list[LockedPackage] | None = None,
+                       base_indexes: list[IndexFile] | None = None) -> Lock:
+        """Everything served (plus a cached base's own record): the lock this build actually used."""
+        packages = [*(base or []), *self.served_packages.values()]
+        return make_lock(self.image, [*(base_indexes or []), *self.served_indexes.values()], packages)
+
+    # ------------------------------------------------------------------------------ the server
+
+    @property
+    def proxy_url(self) -> str:
+        assert self._server is not None, "the session is not serving"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @contextmanager
+    def serving(self) -> Iterator[Session]:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name="apt-proxy", daemon=True)
+        thread.start()
+        self._server = server
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+            self._server = None
+
+
+class Refused(AssemblerError):
+    """A request the session will not serve (outside the archives, or outside the lock with --locked)."""
+
+
+def _handler(session: Session) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: apt pipelines many requests on one connection
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_CONNECT(self) -> None:
+            self._fail(403, "HTTPS cannot be locked: name the apt sources with http:// (apt verifies them)")
+
+        def _answer(self, *, body: bool) -> None:
+            url = urllib.parse.unquote(self.path)  # apt quotes + and ~ in pool paths (%2b, %7e)
+            try:
+                path = session.resolve(url)
+            except Unavailable as exc:
+                self._fail(404, exc.brief)
+                return
+            except (Refused, IntegrityError) as exc:
+                log.warning("apt proxy refused %s: %s", url, exc.brief)
+                self._fail(403, exc.brief)
+                return
+            except AssemblerError as exc:
+                log.warning("apt proxy: %s: %s", url, exc)
+                self._fail(502, exc.brief)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(path.stat().st_size))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            if body:
+                with path.open("rb") as handle:
+                    shutil.copyfileobj(handle, self.wfile)
+
+        def _fail(self, status: int, reason: str) -> None:
+            data = (reason + "\n").encode()
+            self.send_response(status, reason.splitlines()[0][:200])
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("apt proxy: " + format, *args)
+
+    return Handler
