@@ -14,8 +14,8 @@ import datetime as dt
 import io
 import json
 import os
-import re
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +27,10 @@ from assembler import engine
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_dir, atomic_path, canonical_json, sha256_bytes, sha256_file
 from assembler.log import log
+from assembler.packages.index import DEBIAN_KEYRING
+from assembler.packages.lockfile import IndexFile, LockedPackage, read_lock, write_lock
+from assembler.packages.locking import live_session
+from assembler.packages.proxy import Session
 from assembler.run import require_tool, run, tool_version
 
 MIRROR_ENV = "ASSEMBLER_DEBIAN_MIRROR"
@@ -34,7 +38,8 @@ SECURITY_MIRROR_ENV = "ASSEMBLER_DEBIAN_SECURITY_MIRROR"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
 # Bump when the archive layout changes (the mmdebstrap argv is part of the key already).
-BOOTSTRAP_VERSION = 1
+BOOTSTRAP_VERSION = 2  # 2: fetched through the locking proxy, keyed by the mirror state
+BASE_LOCK = "base.lock.json"
 ETC_HOSTS = r"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n" \
             r"ff02::2\t\tip6-allrouters\n"
 
@@ -58,6 +63,8 @@ class BaseRecipe(BaseModel):
     packages: tuple[str, ...] = ()
     source_date_epoch: int = Field(ge=0)
     tag: str = "localhost/assembler/base:debian-12"
+    # Keyrings that sign the archives (absolute, or relative to the recipe file); default: Debian's.
+    keyrings: tuple[str, ...] = ()
 
     def sources(self) -> list[str]:
         """One-line apt sources, in the order mmdebstrap writes them to /etc/apt/sources.list."""
@@ -81,10 +88,16 @@ def load_recipe(path_or_name: Path | str) -> BaseRecipe:
         raise ConfigError(f"base recipe not found: {path}",
                           resolution=f"create it, or pick one of {_known()}")
     try:
-        return BaseRecipe.model_validate(yaml.safe_load(path.read_text()))
+        recipe = BaseRecipe.model_validate(yaml.safe_load(path.read_text()))
     except (ValidationError, yaml.YAMLError) as exc:
         raise ConfigError(f"invalid base recipe {path}", details=str(exc),
                           resolution="fix the fields named above") from exc
+    keyrings = tuple(str((path.parent / k).resolve()) for k in recipe.keyrings)
+    for keyring in keyrings:
+        if not Path(keyring).is_file():
+            raise ConfigError(f"the keyring {keyring} named by {path} does not exist",
+                              resolution="fix the recipe's `keyrings:`")
+    return recipe.model_copy(update={"keyrings": keyrings})
 
 
 def _known() -> list[str]:
@@ -101,15 +114,28 @@ def effective(recipe: BaseRecipe) -> BaseRecipe:
     return recipe.model_copy(update=update) if update else recipe
 
 
-def recipe_key(recipe: BaseRecipe) -> str:
-    """Cache key: the recipe as used plus the mmdebstrap version that turns it into a tar."""
+def recipe_key(recipe: BaseRecipe, state: list[IndexFile] | None = None) -> str:
+    """Cache key: the recipe as used, the mirror state it is bootstrapped from (the signed InRelease files
+    by digest) and the mmdebstrap version that turns both into a tar."""
     data = {
         "recipe": effective(recipe).model_dump(mode="json"),
+        "keyrings": [sha256_file(k) for k in recipe_keyrings(recipe)],
+        "state": sorted(f"{i.url} {i.sha256}" for i in state or []),
         "mmdebstrap": tool_version("mmdebstrap"),
         "argv": mmdebstrap_command(effective(recipe), Path("OUTPUT")),
         "bootstrap_version": BOOTSTRAP_VERSION,
     }
     return sha256_bytes(canonical_json(data))
+
+
+def recipe_keyrings(recipe: BaseRecipe) -> list[Path]:
+    """The OpenPGP keyrings that sign the recipe's archives (Debian's own when the recipe names none)."""
+    return [Path(k) for k in recipe.keyrings] or [DEBIAN_KEYRING]
+
+
+def inrelease_urls(recipe: BaseRecipe) -> list[str]:
+    """The signed index of every suite the recipe's sources name (what pins its mirror state)."""
+    return [f"{line.split()[-3]}/dists/{line.split()[-2]}/InRelease" for line in recipe.sources()]
 
 
 def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
@@ -127,6 +153,10 @@ def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
         # on the booted machine. Containerfile RUN steps cannot write it (the engine bind-mounts it).
         f"--customize-hook=printf '{ETC_HOSTS}' > \"$1/etc/hosts\"",
     ]
+    for keyring in recipe.keyrings:
+        # Trusted by the bootstrap's apt and, copied in, by the image's apt (RUN steps verify the same archive).
+        cmd += [f"--keyring={keyring}",
+                f'--customize-hook=copy-in {keyring} /etc/apt/trusted.gpg.d/']
     if recipe.packages:
         cmd.append(f"--include={','.join(recipe.packages)}")
     if "snapshot.debian.org" in recipe.mirror:
@@ -136,15 +166,21 @@ def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
     return cmd
 
 
-def bootstrap(recipe: BaseRecipe, dest_tar: Path) -> Path:
-    """Bootstrap the recipe into a reproducible rootfs tar at dest_tar (written atomically)."""
+def bootstrap(recipe: BaseRecipe, dest_tar: Path, proxy_url: str) -> Path:
+    """Bootstrap the recipe into a reproducible rootfs tar at dest_tar (written atomically).
+
+    apt fetches through the build's locking proxy (http_proxy in its environment only: mmdebstrap would
+    write an --aptopt into the image).
+    """
     require_tool("mmdebstrap", hint="needed to bootstrap the base image from a Debian mirror")
     recipe = effective(recipe)
     with atomic_path(dest_tar) as tmp:
         run(
             mmdebstrap_command(recipe, tmp),
-            env={"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "LC_ALL": "C.UTF-8"},
-            resolution=f"check that the mirror {recipe.mirror} is reachable (or set {MIRROR_ENV})",
+            env={"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "LC_ALL": "C.UTF-8",
+                 "http_proxy": proxy_url, "HTTP_PROXY": "", "https_proxy": "", "no_proxy": ""},
+            resolution=f"check that the mirror {recipe.mirror} is reachable (or set {MIRROR_ENV}); "
+                       "the apt proxy's refusals are logged above",
         )
     return dest_tar
 
@@ -195,70 +231,54 @@ def base_archive(
     return f"sha256:{config_hex}"
 
 
-def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path) -> str:
-    """Make sure the engine has the recipe's base image under recipe.tag; return its image ID.
+@dataclass(frozen=True)
+class BaseImage:
+    """A loaded base and what it was bootstrapped from (its part of the image's lock)."""
 
-    The bootstrap runs only when no cache entry exists for the recipe key; loading runs only when the
-    engine does not already hold that exact image under the tag.
+    image_id: str
+    packages: list[LockedPackage]
+    indexes: list[IndexFile]
+
+
+def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path,
+                session: Session | None = None) -> BaseImage:
+    """Make sure the engine has the recipe's base image under recipe.tag.
+
+    The base is keyed by the recipe and the mirror state the session pins (the lock's when it replays one,
+    today's otherwise); the bootstrap runs only when no cache entry exists for that key, and fetches every
+    .deb through the session. Loading runs only when the engine lacks that exact image under the tag.
     """
     recipe = effective(recipe)
-    entry = cache_dir / "base" / recipe_key(recipe)
-    if not (entry / "image-id").is_file():
-        _build_entry(recipe, entry)
+    if session is None:
+        with live_session(recipe.name, cache_dir, recipe_keyrings(recipe)).serving() as live:
+            return ensure_base(client, recipe, cache_dir, live)
+    session.layer = "base"
+    state = session.state(inrelease_urls(recipe))
+    entry = cache_dir / "base" / recipe_key(recipe, state)
+    if not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file():
+        _build_entry(recipe, entry, session)
     image_id = (entry / "image-id").read_text().strip()
+    base_lock = read_lock(entry / BASE_LOCK)
     if engine.image_id(client, recipe.tag) == image_id:
         log.debug("base %s already loaded as %s", recipe.tag, image_id)
-        return image_id
-    loaded = engine.load_archive(client, entry / "image.tar")
-    if loaded != image_id:
-        log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
-    return loaded
+    else:
+        loaded = engine.load_archive(client, entry / "image.tar")
+        if loaded != image_id:
+            log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
+        image_id = loaded
+    return BaseImage(image_id, list(base_lock.packages), list(base_lock.indexes))
 
 
-def _build_entry(recipe: BaseRecipe, entry: Path) -> None:
+def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:
     log.info("bootstrapping base %s (%s %s from %s)", recipe.name, recipe.suite, recipe.variant,
              recipe.mirror)
     with atomic_dir(entry) as tmp:
-        rootfs = bootstrap(recipe, tmp / "rootfs.tar")
+        rootfs = bootstrap(recipe, tmp / "rootfs.tar", session.proxy_url)
         created_by = f"mmdebstrap --variant={recipe.variant} {recipe.suite} # assembler base {recipe.name}"
         image_id = base_archive(rootfs, recipe.tag, recipe.source_date_epoch, tmp / "image.tar",
                                 created_by=created_by)
         rootfs.unlink()  # the archive holds the same bytes as its only layer
         (tmp / "image-id").write_text(image_id + "\n")
         (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")
-
-
-# ------------------------------------------------------------------------------------------- package pins
-
-_INST_RE = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ")
-
-
-def resolve_pins(client: docker.DockerClient, base_ref: str, packages: list[str]) -> list[str]:
-    """The full dependency closure `apt-get install --no-install-recommends packages` would add to the
-    base image, as sorted `name=version` lines (resolved in a throw-away container of the base)."""
-    script = (
-        "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null && "
-        'apt-get install -s -y --no-install-recommends "$@"'
-    )
-    out = engine.run_in_container(client, base_ref, ["sh", "-c", script, "resolve-pins", *packages])
-    pins = sorted({f"{m.group(1)}={m.group(2)}" for line in out.splitlines() if (m := _INST_RE.match(line))})
-    if not pins:
-        raise ConfigError("apt resolved no packages to install", details=out[-2000:],
-                          resolution="check the package names")
-    return pins
-
-
-def read_package_list(path: Path) -> list[str]:
-    """Names from a packages.txt / packages.lock file: one per line, '#' comments ignored."""
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line]
-
-
-def write_lock(path: Path, pins: list[str], *, base_ref: str, base_id: str) -> None:
-    header = [
-        "# Generated by scripts/refresh-pins: the full closure apt installs on top of the base image.",
-        f"# base: {base_ref} {base_id}",
-        "# Installed with `apt-get install --no-install-recommends` and verified after the install.",
-    ]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join([*header, *pins]) + "\n")
+        # What the bootstrap fetched: the base's part of every image lock built on this entry.
+        write_lock(tmp / BASE_LOCK, session.effective_lock())

@@ -89,7 +89,8 @@ def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[d
     if "rootfs" in results:
         meta = results["rootfs"].meta
         manifest |= {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
-                     "base_image": meta.get("base_image"), "downloads": meta.get("downloads", [])}
+                     "base_image": meta.get("base_image"), "downloads": meta.get("downloads", []),
+                     "lock": meta.get("lock")}
     if "disk" in results:
         disk = results["disk"].meta["disk"]
         manifest["disk"] = disk

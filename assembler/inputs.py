@@ -1,7 +1,7 @@
 """Build inputs: everything besides the network that recreates an image, small enough to ride in its BOM.
 
 `build_inputs(spec)` collects the build context (every file of the image directory: Containerfile,
-image.yaml, checks.yaml, packages.lock, downloads.yaml, files/, ... with modes), the base recipe, the
+image.yaml, checks.yaml, image.lock.json, downloads.yaml, files/, ... with modes), the base recipe, the
 build args, SOURCE_DATE_EPOCH and the download pins, as a JSON-ready dict with sorted lists and no
 timestamps. `restore_context()` writes the context back byte for byte; `restore_recipe()` writes the
 recipe into a rootfs directory (what ASSEMBLER_ROOTFS_DIR points at). Downloads are pinned by sha256 and
@@ -20,6 +20,7 @@ from assembler.config import ImageSpec, rootfs_dir
 from assembler.context import base_reference
 from assembler.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, load_downloads
 from assembler.errors import ConfigError
+from assembler.packages.lockfile import LOCK_FILE
 
 INPUTS_FORMAT = 1
 # The BOM is embedded in the disk and read by people: a context is source files, not payloads.
@@ -77,8 +78,17 @@ def _recipe(spec: ImageSpec) -> dict[str, Any] | None:
     return None
 
 
-def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES) -> dict[str, Any]:
-    """What recreates the image besides the network: context, base recipe, args, epoch, download pins."""
+def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path | None = None) -> dict[str, Any]:
+    """What recreates the image besides the network: context, base recipe, args, epoch, download pins.
+
+    `lock` is the effective lock of the build: it replaces the committed one (which may have been stale and
+    re-resolved), so a rebuild from the BOM installs what this image holds.
+    """
+    context = context_files(spec.context, limit=limit)
+    if lock is not None:
+        context = sorted([e for e in context if e["path"] != LOCK_FILE]
+                         + [{"path": LOCK_FILE, "type": "file", "mode": "0644", "text": lock.read_text()}],
+                         key=lambda e: str(e["path"]))
     return {
         "format": INPUTS_FORMAT,
         "image": spec.name,
@@ -88,7 +98,7 @@ def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES) -> dict[str
         "base": _recipe(spec),
         "downloads": [d.model_dump(mode="json") for d in
                       sorted(load_downloads(spec.context / DOWNLOADS_FILE), key=lambda d: (d.dest, d.name))],
-        "context": context_files(spec.context, limit=limit),
+        "context": context,
     }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from assembler.fsutil import atomic_path, sha256_file, write_json
+from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.disk import BOM, RAW
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import BuildContext
@@ -34,6 +35,8 @@ def collect(ctx: BuildContext) -> list[Artefact]:
         found += [Artefact(rootfs.file(ROOTFS_TAR), f"{name}-rootfs.tar", rootfs.key, "rootfs-tar",
                            rootfs.meta["rootfs"]["sha256"]),
                   Artefact(rootfs.file(LAYERS_INDEX), f"{name}-layers.json", rootfs.key)]
+        if rootfs.meta.get("lock"):
+            found.append(Artefact(rootfs.file(LOCK_FILE), f"{name}.lock.json", rootfs.key, "lock"))
     if "disk" in results:
         disk = results["disk"]
         found.append(Artefact(disk.file(BOM), f"{name}.spdx.json", disk.key, "spdx"))

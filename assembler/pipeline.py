@@ -28,6 +28,8 @@ class BuildContext:
     nocache: bool = False
     boot_test: bool = True
     disk_size: str | None = None
+    locked: bool = False  # install exactly the committed lock or fail (a release pipeline's mode)
+    update_lock: bool = False  # re-resolve against today's archive whatever the lock says
     results: dict[str, Entry] = field(default_factory=dict)
 
 
@@ -65,6 +67,10 @@ class Phase(ABC):
     @abstractmethod
     def execute(self, out: Path) -> dict[str, Any]:
         """Write the phase's artefacts into `out` and return its metadata."""
+
+    def preflight(self) -> None:
+        """Checks that must pass before any phase runs (fail in seconds, nothing written)."""
+        return None  # most phases have none
 
     def cacheable(self) -> bool:
         return not self.ctx.nocache
@@ -137,6 +143,9 @@ def _needed_labels(phases: list[Phase], selected: set[str] | None) -> set[str]:
 
 
 def execute_plan(ctx: BuildContext, plan: list[PhaseRun]) -> list[PhaseRecord]:
+    for step in plan:
+        if step.action is Action.RUN:
+            step.phase.preflight()
     records: list[PhaseRecord] = []
     for step in plan:
         if step.action is Action.SKIP:

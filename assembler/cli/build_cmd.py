@@ -37,6 +37,8 @@ def build(
     no_cache: bool = typer.Option(False, "--no-cache", help="rebuild every phase (engine cache too)"),
     no_boot_test: bool = typer.Option(False, "--no-boot-test", help="skip the QEMU boot test phase"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest (or plan) as JSON on stdout"),
+    locked: bool = typer.Option(False, "--locked", help="install exactly image.lock.json or fail at once "
+                                "(default: a stale lock is re-resolved with a warning)"),
 ) -> None:
     """Build IMAGE: rootfs -> disk -> formats -> boot test; outputs and manifest.json in out/IMAGE/."""
     from assembler.build import build as run_build
@@ -50,7 +52,7 @@ def build(
     formats = validate_format_names(fmt or spec.config.formats)
     ctx = BuildContext(
         spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
-        formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size,
+        formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
     )
     selected = _selected(phases)
     if dry_run:

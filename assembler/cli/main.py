@@ -14,6 +14,7 @@ from assembler.cli import (
     diff_cmd,
     inspect_cmd,
     list_cmd,
+    lock_cmd,
     publish_cmd,
     rebuild_cmd,
 )
@@ -46,6 +47,7 @@ app.command("diff")(diff_cmd.diff)
 app.command("publish")(publish_cmd.publish)
 app.command("boot")(boot_cmd.boot)
 app.command("rebuild")(rebuild_cmd.rebuild)
+app.command("lock")(lock_cmd.lock)
 
 
 def _fail(exc: AssemblerError) -> NoReturn:

@@ -9,6 +9,7 @@ from typing import Any
 from assembler import __version__, bom, disk, inputs, layers
 from assembler.config import parse_size
 from assembler.fsutil import sha256_file
+from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Phase
 from assembler.store import Entry
@@ -84,5 +85,6 @@ class DiskPhase(Phase):
             downloads=[d for d in meta.get("downloads", []) if d.get("status") != "skipped"],
             tools={**disk.tool_versions(), "assembler": __version__,
                    "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
-            build_inputs=inputs.build_inputs(self.ctx.spec),
+            build_inputs=inputs.build_inputs(
+                self.ctx.spec, lock=rootfs.file(LOCK_FILE) if meta.get("lock") else None),
         )

@@ -8,13 +8,18 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import docker
 from rich.markup import escape
 
 from assembler import bootstrap, engine, flatten, layers
 from assembler import context as build_context
 from assembler.config import cache_dir, rootfs_dir
+from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
 from assembler.log import console, log
+from assembler.packages import lockfile, locking
+from assembler.packages.lockfile import LOCK_FILE, write_lock
+from assembler.packages.store import PackageStore
 from assembler.pipeline import Phase
 
 ROOTFS_TAR = "rootfs.tar"
@@ -72,8 +77,16 @@ class RootfsPhase(Phase):
             "build_args": cfg.build_args,
             "source_date_epoch": cfg.source_date_epoch,
             "base": bootstrap.recipe_key(recipe) if recipe else None,
+            # --locked never reuses what a default build made from a re-resolved (stale) lock.
+            "locked": self.ctx.locked,
             "downloads": build_context.context_material(self.ctx.spec, cache_dir(self.ctx.store.root)),
         }
+
+    def preflight(self) -> None:
+        """--locked: every locked file must be servable before anything runs or is written."""
+        if self.ctx.locked and self._recipe() is not None:
+            locking.require_complete(locking.read_image_lock(self.ctx.spec.context), self.ctx.spec.context,
+                                     PackageStore(cache_dir(self.ctx.store.root)))
 
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
@@ -81,14 +94,14 @@ class RootfsPhase(Phase):
         prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work")
         client = engine.connect()
         info = engine.engine_info(client)
+        buildargs = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **prepared.build_args, **cfg.build_args}
         recipe = self._recipe()
-        base_id = bootstrap.ensure_base(client, recipe, cache_dir(self.ctx.store.root)) if recipe else None
-        built = engine.build_image(
-            client, prepared.path, containerfile=spec.containerfile.name,
-            tag=f"localhost/assembler/{spec.name}:latest",
-            buildargs={"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **prepared.build_args, **cfg.build_args},
-            nocache=self.ctx.nocache, on_output=_show_step,
-        )
+        locked: dict[str, Any] | None = None
+        base_id = None
+        if recipe is None:  # a registry base: its apt sources are the Containerfile's own (dated snapshots)
+            built = self._build(client, prepared.path, buildargs)
+        else:
+            built, base_id, locked = self._build_locked(client, recipe, prepared.path, buildargs, out)
         shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
         archive = out / "image.tar"
         engine.save_image(client, built.id, archive)
@@ -100,5 +113,43 @@ class RootfsPhase(Phase):
             "oci": {"digest": built.id,
                     "layers": [{"digest": s.diff_id, "step": s.created_by} for s in built.steps]},
             "downloads": prepared.downloads,
+            "lock": locked,
             "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
         }
+
+    def _build(self, client: docker.DockerClient, context: Path, buildargs: dict[str, str],
+               nocache: bool | None = None) -> engine.BuiltImage:
+        spec = self.ctx.spec
+        return engine.build_image(
+            client, context, containerfile=spec.containerfile.name, tag=f"localhost/assembler/{spec.name}:latest",
+            buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step)
+
+    def _build_locked(self, client: docker.DockerClient, recipe: bootstrap.BaseRecipe, context: Path,
+                      buildargs: dict[str, str], out: Path) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
+        """Base and Containerfile with apt going through the locking proxy; the effective lock to out/."""
+        spec, cache = self.ctx.spec, cache_dir(self.ctx.store.root)
+        committed = locking.read_image_lock(spec.context)
+        session, missing = locking.session_for(spec.name, spec.context, cache, bootstrap.recipe_keyrings(recipe),
+                                               strict=self.ctx.locked, update=self.ctx.update_lock)
+        with session.serving():
+            base = bootstrap.ensure_base(client, recipe, cache, session)
+            session.layer = "image"
+            try:
+                # No engine cache: a cached RUN layer holds what another mirror state installed, and apt
+                # must fetch every .deb through the proxy for the lock to be complete.
+                built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url}, nocache=True)
+            except EngineError as exc:
+                if session.refused:
+                    raise locking.StaleLockError(
+                        f"the Containerfile of {spec.name} installs packages that are not in its lock (--locked)",
+                        details="\n".join(f"  {r.reason}" for r in session.refused),
+                        resolution=f"run `assembler lock {spec.context} --update` and commit {LOCK_FILE}") from exc
+                raise
+        effective = session.effective_lock(base.packages, base.indexes)
+        write_lock(out / LOCK_FILE, effective)
+        moved = lockfile.changes(committed, effective)
+        locking.report(spec.name, moved)
+        meta = {"path": LOCK_FILE, "sha256": effective.digest(), "replayed": session.lock is not None,
+                "committed": committed.digest() if committed else None, "missing": missing[:100],
+                "changes": [str(c) for c in moved], "packages": len(effective.packages)}
+        return built, base.image_id, meta

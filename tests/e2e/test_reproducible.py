@@ -1,29 +1,57 @@
-"""Same pinned inputs, cleared caches (ours and the engine's), another time and working directory ->
-the same bits for the rootfs tar, the raw disk and the qcow2."""
+"""Same lock, cleared caches (ours and the engine's), another time and working directory -> the same bits
+for the base, the rootfs tar, the raw disk and the qcow2.
+
+The second build replays the first build's effective lock (`out/debian-12/debian-12.lock.json`) with
+`--locked`, from a cache that holds nothing but the package store (every .deb and signed index the first
+build fetched, by sha256): the base is bootstrapped again from scratch, the engine builds without cache.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Built
-from tests.helpers import cli
+from tests.helpers import REPO, cli
 
 pytestmark = pytest.mark.e2e
+
+
+def _copy_store(cache: Path, fresh: Path) -> None:
+    """Hard links of the package store only (no base, no phase entries): files in it are never modified."""
+    for src in (cache / "packages").rglob("*"):
+        dest = fresh / "packages" / src.relative_to(cache / "packages")
+        if src.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        elif not src.name.startswith("."):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dest)
 
 
 @pytest.fixture(scope="module")
 def rebuilt(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
     workdir = tmp_path_factory.mktemp("elsewhere")
-    proc = cli("build", "debian-12", "--phases", "rootfs,disk,convert", "--no-cache", "--no-boot-test",
+    image = workdir / "debian-12"
+    shutil.copytree(REPO / "Containerfiles" / "debian-12", image)
+    shutil.copyfile(debian12.out / "debian-12.lock.json", image / "image.lock.json")
+    _copy_store(debian12.cache, workdir / "fresh-cache")
+    proc = cli("build", str(image), "--phases", "rootfs,disk,convert", "--no-cache", "--no-boot-test", "--locked",
                "--format", "raw", "--format", "qcow2",
                "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"), cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-4000:]
     yield json.loads((workdir / "out" / "manifest.json").read_text())
     shutil.rmtree(workdir)  # ~5 GiB of cache and outputs; the manifest's digests are all the tests need
+
+
+def test_the_lock_was_replayed_not_resolved(debian12: Built, rebuilt: dict) -> None:  # type: ignore[type-arg]
+    assert rebuilt["lock"]["replayed"] is True and rebuilt["lock"]["changes"] == []
+    assert rebuilt["lock"]["sha256"] == debian12.manifest["lock"]["sha256"]
+    assert rebuilt["base_image"] == debian12.manifest["base_image"]  # the bootstrapped base, bit for bit
 
 
 def _sha(manifest: dict, fmt: str) -> str:  # type: ignore[type-arg]

@@ -23,7 +23,7 @@ def engine_client() -> docker.DockerClient:
 @pytest.fixture(scope="session")
 def debian_base(engine_client: docker.DockerClient, shared_cache: Path) -> str:
     """The debian-12 base loaded as localhost/assembler/base:debian-12 (bootstrapped once per cache)."""
-    return ensure_base(engine_client, load_recipe("debian-12"), shared_cache)
+    return ensure_base(engine_client, load_recipe("debian-12"), shared_cache).image_id
 
 
 @pytest.fixture(scope="session")

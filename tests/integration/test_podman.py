@@ -67,7 +67,7 @@ def test_podman_identifies_itself(podman_client: docker.DockerClient) -> None:
 
 def test_build_save_and_flatten_through_podman(podman_client: docker.DockerClient, shared_cache: Path,
                                                tmp_path: Path) -> None:
-    base_id = ensure_base(podman_client, load_recipe("debian-12"), shared_cache)
+    base_id = ensure_base(podman_client, load_recipe("debian-12"), shared_cache).image_id
     assert engine.image_exists(podman_client, "localhost/assembler/base:debian-12")
     built = engine.build_image(podman_client, FIXTURES / "small", tag="localhost/assembler-test/small:podman",
                                buildargs={"SOURCE_DATE_EPOCH": str(SDE)})

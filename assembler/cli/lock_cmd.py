@@ -1,0 +1,56 @@
+"""`assembler lock IMAGE [--update]`: write the image's lock (every .deb and signed index, by sha256)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+
+from assembler.errors import ConfigError
+
+
+def lock(
+    image: str = typer.Argument(..., help="name under Containerfiles/ or a directory with a Containerfile"),
+    update: bool = typer.Option(False, "--update", help="re-resolve against today's archive and show what changed"),
+    cache: Path | None = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)"),
+) -> None:
+    """Resolve IMAGE's base and Containerfile packages and write IMAGE_DIR/image.lock.json.
+
+    Without --update an existing lock whose files can all still be served is kept as it is.
+    """
+    from assembler.config import cache_dir, resolve_image
+    from assembler.log import console
+    from assembler.packages import lockfile, locking
+    from assembler.packages.store import PackageStore
+    from assembler.phases.rootfs import RootfsPhase
+    from assembler.pipeline import BuildContext
+    from assembler.store import Store
+
+    spec = resolve_image(image)
+    if spec.config.base is None:
+        raise ConfigError(f"{spec.name} has no `base:` recipe: its packages come from its own base image",
+                          resolution="pin its apt sources to a dated snapshot in the Containerfile instead")
+    root = cache_dir(cache)
+    path = spec.context / lockfile.LOCK_FILE
+    committed = locking.read_image_lock(spec.context)
+    if committed is not None and not update:
+        check = locking.check(committed, PackageStore(root), locking.sources_for(committed))
+        if check.complete:
+            console.print(f"{path}: current ({len(committed.packages)} packages, every file available)")
+            return
+    ctx = BuildContext(spec=spec, store=Store(root), output_dir=Path("/nonexistent"), formats=[],
+                       boot_test=False, update_lock=update)
+    work = root / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lock-", dir=work) as tmp:
+        RootfsPhase(ctx).execute(Path(tmp))
+        resolved = lockfile.read_lock(Path(tmp) / lockfile.LOCK_FILE)
+    lockfile.write_lock(path, resolved)
+    if committed is None:
+        console.print(f"{path}: written ({len(resolved.packages)} packages, {len(resolved.indexes)} index files)")
+        return
+    moved = lockfile.changes(committed, resolved)
+    for change in moved:
+        console.print(f"  {change}", highlight=False)
+    console.print(f"{path}: {len(resolved.packages)} packages, {len(moved)} changed")

@@ -1,0 +1,132 @@
+"""A lock against an archive that moves: a real signed Debian repository on loopback, made from the real
+.debs the debian-12 build fetched, where a newer version replaces a locked one and the old file is deleted.
+
+- the locked build from a warm package store gives the same rootfs and disk sha256 after the move (and its
+  base, bootstrapped again in a fresh cache, the same image ID);
+- with an empty store, `--locked` fails in seconds naming the package and the fix, writing nothing;
+- the default build re-resolves, says what changed, and records the effective lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assembler.packages.lockfile import LOCK_FILE, read_lock
+from assembler.packages.store import PackageStore
+from tests.e2e.conftest import Built
+from tests.helpers import cli
+from tests.integration.debrepo import DebRepo
+
+pytestmark = pytest.mark.e2e
+MOVED = "netbase"  # a small leaf of the image layer: the package the archive moves under the lock
+CONTAINERFILE = f"""FROM localhost/assembler/base:lock-test
+ARG SOURCE_DATE_EPOCH
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends {MOVED} \\
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/log/* \\
+    && truncate -s 0 /etc/machine-id
+"""
+
+
+@dataclass
+class Moving:
+    repo: DebRepo
+    image: Path
+    root: Path
+
+    def build(self, cache: str, *extra: str, out: str | None = None) -> tuple[Any, dict[str, Any] | None]:
+        out_dir = self.root / (out or f"out-{cache}")
+        proc = cli("build", str(self.image), "--format", "raw", "--no-boot-test", "--cache-dir",
+                   str(self.root / cache), "--output", str(out_dir), *extra)
+        manifest = out_dir / "manifest.json"
+        return proc, json.loads(manifest.read_text()) if manifest.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def moving(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moving]:
+    root = tmp_path_factory.mktemp("moving")
+    repo = DebRepo(root / "repo")
+    lock = read_lock(debian12.out / "debian-12.lock.json")
+    store = PackageStore(debian12.cache)
+    wanted = [p for p in lock.packages if p.layer == "base" or p.name == MOVED]
+    staged = root / "debs"
+    staged.mkdir()
+    for item in wanted:
+        dest = staged / item.url.rsplit("/", 1)[-1]
+        shutil.copyfile(store.path(item.sha256), dest)
+    repo.add(sorted(staged.iterdir()))
+    repo.publish()
+    with repo.serve() as url:
+        (root / "rootfs").mkdir()
+        (root / "rootfs" / "recipe.yaml").write_text(
+            f"name: lock-test\nsuite: bookworm\nvariant: minbase\nmirror: {url}\nsecurity_mirror: null\n"
+            f"updates: false\nsource_date_epoch: 1747699200\ntag: localhost/assembler/base:lock-test\n"
+            f"keyrings: [{repo.keyring}]\n")
+        image = root / "lock-test"
+        image.mkdir()
+        (image / "Containerfile").write_text(CONTAINERFILE)
+        (image / "image.yaml").write_text(f"base: {root / 'rootfs'}\nsource_date_epoch: 1700000000\n"
+                                          "formats: [raw]\ndisk: {size: 2G}\n")
+        proc = cli("lock", str(image), "--cache-dir", str(root / "cache-a"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        yield Moving(repo, image, root)
+
+
+def test_the_lock_names_the_moved_package(moving: Moving) -> None:
+    lock = read_lock(moving.image / LOCK_FILE)
+    [moved] = [p for p in lock.packages if p.name == MOVED]
+    assert moved.layer == "image" and moved.version == moving.repo.packages()[MOVED]
+
+
+def test_locked_builds_survive_the_move_from_a_warm_store(moving: Moving) -> None:
+    proc, before = moving.build("cache-a", "--locked", out="before")
+    assert proc.returncode == 0 and before is not None, proc.stderr[-3000:]
+    old, new = moving.repo.bump(MOVED)
+    assert moving.repo.packages()[MOVED] == new
+    # A fresh cache holding only the package store: the base is bootstrapped again, the engine builds again.
+    fresh = moving.root / "cache-b"
+    shutil.copytree(moving.root / "cache-a" / "packages", fresh / "packages", copy_function=os.link)
+    proc, after = moving.build("cache-b", "--locked", out="after")
+    assert proc.returncode == 0 and after is not None, proc.stderr[-3000:]
+    assert after["rootfs"]["sha256"] == before["rootfs"]["sha256"]
+    raw = [o["sha256"] for m in (before, after) for o in m["outputs"] if o["format"] == "raw"]
+    assert raw[0] == raw[1]
+    assert after["base_image"] == before["base_image"]
+    assert after["lock"]["replayed"] and after["lock"]["changes"] == []
+    assert f"{MOVED}_{old}" in json.dumps(read_lock(moving.root / "after" / "lock-test.lock.json").model_dump())
+
+
+def test_locked_with_an_empty_store_fails_fast_and_writes_nothing(moving: Moving) -> None:
+    if moving.repo.packages()[MOVED].endswith("+moved1") is False:
+        moving.repo.bump(MOVED)
+    started = time.monotonic()
+    proc, manifest = moving.build("cache-empty", "--locked", out="refused")
+    seconds = time.monotonic() - started
+    assert proc.returncode == 1 and manifest is None
+    assert seconds < 30, seconds
+    assert f"{MOVED} " in proc.stdout + proc.stderr and "assembler lock" in proc.stdout + proc.stderr
+    assert not (moving.root / "refused").exists()
+    assert not [p for p in (moving.root / "cache-empty").rglob("*") if p.is_file()]
+
+
+def test_the_default_build_re_resolves_and_reports_the_change(moving: Moving) -> None:
+    if not moving.repo.packages()[MOVED].endswith("+moved1"):
+        moving.repo.bump(MOVED)
+    new = moving.repo.packages()[MOVED]
+    proc, manifest = moving.build("cache-c", out="refreshed")
+    assert proc.returncode == 0 and manifest is not None, proc.stderr[-3000:]
+    assert manifest["lock"]["replayed"] is False and manifest["lock"]["missing"]
+    assert any(c.startswith(f"{MOVED}:all: ") and c.endswith(new) for c in manifest["lock"]["changes"]), \
+        manifest["lock"]["changes"]
+    assert "differ from the committed lock" in proc.stderr + proc.stdout
+    effective = read_lock(moving.root / "refreshed" / "lock-test.lock.json")
+    assert {p.name: p.version for p in effective.packages}[MOVED] == new
