@@ -14,7 +14,10 @@ import datetime as dt
 import io
 import json
 import os
+import shlex
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -156,7 +159,8 @@ def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
     for keyring in recipe.keyrings:
         # Trusted by the bootstrap's apt and, copied in, by the image's apt (RUN steps verify the same archive).
         cmd += [f"--keyring={keyring}",
-                f'--customize-hook=copy-in {keyring} /etc/apt/trusted.gpg.d/']
+                f'--customize-hook=mkdir -p "$1/etc/apt/trusted.gpg.d" && '
+                f'install -m 0644 {shlex.quote(keyring)} "$1/etc/apt/trusted.gpg.d/"']
     if recipe.packages:
         cmd.append(f"--include={','.join(recipe.packages)}")
     if "snapshot.debian.org" in recipe.mirror:
@@ -174,9 +178,17 @@ def bootstrap(recipe: BaseRecipe, dest_tar: Path, proxy_url: str) -> Path:
     """
     require_tool("mmdebstrap", hint="needed to bootstrap the base image from a Debian mirror")
     recipe = effective(recipe)
-    with atomic_path(dest_tar) as tmp:
+    with atomic_path(dest_tar) as tmp, tempfile.TemporaryDirectory(prefix="assembler-keyrings-") as keys:
+        # apt verifies as the unprivileged _apt user: the keyrings must be readable from where they are.
+        os.chmod(keys, 0o755)
+        readable = []
+        for keyring in recipe.keyrings:
+            copy = Path(keys) / Path(keyring).name
+            shutil.copyfile(keyring, copy)
+            copy.chmod(0o644)
+            readable.append(str(copy))
         run(
-            mmdebstrap_command(recipe, tmp),
+            mmdebstrap_command(recipe.model_copy(update={"keyrings": tuple(readable)}), tmp),
             env={"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "LC_ALL": "C.UTF-8",
                  "http_proxy": proxy_url, "HTTP_PROXY": "", "https_proxy": "", "no_proxy": ""},
             resolution=f"check that the mirror {recipe.mirror} is reachable (or set {MIRROR_ENV}); "
