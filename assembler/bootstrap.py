@@ -30,6 +30,7 @@ from assembler import engine
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_dir, atomic_path, canonical_json, sha256_bytes, sha256_file
 from assembler.log import log
+from assembler.packages import BUILD_ONLY_APT_CONF
 from assembler.packages.index import DEBIAN_KEYRING
 from assembler.packages.lockfile import IndexFile, LockedPackage, read_lock, write_lock
 from assembler.packages.locking import live_session
@@ -41,8 +42,9 @@ SECURITY_MIRROR_ENV = "ASSEMBLER_DEBIAN_SECURITY_MIRROR"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
 # Bump when the archive layout changes (the mmdebstrap argv is part of the key already).
-BOOTSTRAP_VERSION = 2  # 2: fetched through the locking proxy, keyed by the mirror state
+BOOTSTRAP_VERSION = 3  # 2: fetched through the locking proxy, keyed by the mirror state; 3: build-only apt.conf
 BASE_LOCK = "base.lock.json"
+LOCK_LABEL = "org.assembler.lock"  # on the loaded base: the digest of the lock the build replays
 ETC_HOSTS = r"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n" \
             r"ff02::2\t\tip6-allrouters\n"
 
@@ -156,6 +158,11 @@ def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
         # on the booted machine. Containerfile RUN steps cannot write it (the engine bind-mounts it).
         f"--customize-hook=printf '{ETC_HOSTS}' > \"$1/etc/hosts\"",
     ]
+    # A replayed lock (or a snapshot) carries InRelease files whose Valid-Until has passed; the session checks
+    # the freshness of today's state itself. mmdebstrap keeps --aptopt in 99mmdebstrap: renamed to the
+    # build-only file that RUN steps read and the flattener drops.
+    cmd += ["--aptopt=Acquire::Check-Valid-Until \"false\"",
+            f'--customize-hook=mv "$1/etc/apt/apt.conf.d/99mmdebstrap" "$1/{BUILD_ONLY_APT_CONF}"']
     for keyring in recipe.keyrings:
         # Trusted by the bootstrap's apt and, copied in, by the image's apt (RUN steps verify the same archive).
         cmd += [f"--keyring={keyring}",
@@ -163,9 +170,6 @@ def mmdebstrap_command(recipe: BaseRecipe, dest: Path) -> list[str]:
                 f'install -m 0644 {shlex.quote(keyring)} "$1/etc/apt/trusted.gpg.d/"']
     if recipe.packages:
         cmd.append(f"--include={','.join(recipe.packages)}")
-    if "snapshot.debian.org" in recipe.mirror:
-        # Snapshots carry Release files whose Valid-Until has long passed.
-        cmd.append("--aptopt=Acquire::Check-Valid-Until \"false\"")
     cmd += [recipe.suite, str(dest), *recipe.sources()]
     return cmd
 
@@ -252,8 +256,37 @@ class BaseImage:
     indexes: list[IndexFile]
 
 
+def labelled_archive(source: Path, dest: Path, labels: dict[str, str]) -> str:
+    """A copy of a one-layer docker-archive whose config carries `labels`; returns its image ID.
+
+    Same layer (the engine stores it once), another image ID: RUN steps cached on top of one label are
+    never reused on top of another.
+    """
+    with tarfile.open(source) as src:
+        manifest = json.loads(_member_bytes(src, "manifest.json"))[0]
+        config = json.loads(_member_bytes(src, manifest["Config"]))
+        config["config"]["Labels"] = dict(sorted(labels.items()))
+        data = canonical_json(config)
+        name = f"{sha256_bytes(data)}.json"
+        layer = src.getmember(manifest["Layers"][0])
+        out_manifest = canonical_json([{**manifest, "Config": name}])
+        epoch = int(layer.mtime)
+        with atomic_path(dest) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as out:
+            out.addfile(_tar_member(name, len(data), epoch), io.BytesIO(data))
+            out.addfile(_tar_member(layer.name, layer.size, epoch), src.extractfile(layer))
+            out.addfile(_tar_member("manifest.json", len(out_manifest), epoch), io.BytesIO(out_manifest))
+    return f"sha256:{sha256_bytes(data)}"
+
+
+def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    handle = tar.extractfile(name)
+    if handle is None:
+        raise ConfigError(f"{name} is missing from the base archive", resolution="delete the base cache entry")
+    return handle.read()
+
+
 def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path,
-                session: Session | None = None) -> BaseImage:
+                session: Session | None = None, *, label: str | None = None) -> BaseImage:
     """Make sure the engine has the recipe's base image under recipe.tag.
 
     The base is keyed by the recipe and the mirror state the session pins (the lock's when it replays one,
@@ -271,13 +304,18 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
         _build_entry(recipe, entry, session)
     image_id = (entry / "image-id").read_text().strip()
     base_lock = read_lock(entry / BASE_LOCK)
-    if engine.image_id(client, recipe.tag) == image_id:
-        log.debug("base %s already loaded as %s", recipe.tag, image_id)
-    else:
-        loaded = engine.load_archive(client, entry / "image.tar")
-        if loaded != image_id:
-            log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
-        image_id = loaded
+    with tempfile.TemporaryDirectory(prefix=".load-", dir=entry.parent) as tmp:
+        archive = entry / "image.tar"
+        if label is not None:  # the lock the build replays: engine layers cached on another are not reused
+            archive = Path(tmp) / "image.tar"
+            image_id = labelled_archive(entry / "image.tar", archive, {LOCK_LABEL: label})
+        if engine.image_id(client, recipe.tag) == image_id:
+            log.debug("base %s already loaded as %s", recipe.tag, image_id)
+        else:
+            loaded = engine.load_archive(client, archive)
+            if loaded != image_id:
+                log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
+            image_id = loaded
     return BaseImage(image_id, list(base_lock.packages), list(base_lock.indexes))
 
 
@@ -293,4 +331,4 @@ def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:
         (tmp / "image-id").write_text(image_id + "\n")
         (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")
         # What the bootstrap fetched: the base's part of every image lock built on this entry.
-        write_lock(tmp / BASE_LOCK, session.effective_lock())
+        write_lock(tmp / BASE_LOCK, session.served_lock())

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path
+from assembler.packages import BUILD_ONLY_PATHS
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -202,7 +203,7 @@ def _apply_layer(tree: _Tree, index: int, layer: tarfile.TarFile) -> tuple[int, 
     entries = 0
     for member in members:
         path = _norm(member.name)
-        if not path or posixpath.basename(path).startswith(WHITEOUT):
+        if not path or posixpath.basename(path).startswith(WHITEOUT) or path in BUILD_ONLY_PATHS:
             continue
         node = _link_node(tree, in_layer, member) if member.islnk() else _Node(index, member)
         in_layer[path] = node

@@ -24,6 +24,7 @@ from typing import IO, Any
 from assembler.errors import ConfigError
 from assembler.flatten import read_image
 from assembler.fsutil import atomic_path
+from assembler.packages import BUILD_ONLY_PATHS
 
 INDEX_VERSION = 1
 WHITEOUT = ".wh."
@@ -152,7 +153,7 @@ def index_layer_tar(tf: tarfile.TarFile, index: int = 0, diff_id: str = "", step
             if not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh.* are AUFS bookkeeping
                 whiteouts.append(posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):]))
             continue
-        if not path:
+        if not path or path in BUILD_ONLY_PATHS:  # the build base's own apt config never reaches an image
             continue
         kind = _TYPES.get(member.type, "other")
         sha, link = None, None

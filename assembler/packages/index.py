@@ -31,6 +31,7 @@ class ListedFile:
 class Release:
     date: str | None
     files: dict[str, ListedFile]  # by path
+    valid_until: str | None = None
 
     def by_sha256(self, sha256: str) -> ListedFile | None:
         return next((f for f in self.files.values() if f.sha256 == sha256), None)
@@ -73,11 +74,13 @@ def parse_release(data: bytes) -> Release:
     """The Date and the SHA256 file list of an (In)Release; the signature is checked by verify_inrelease."""
     text = data.decode("utf-8", errors="replace")
     files: dict[str, ListedFile] = {}
-    date = None
+    date = valid_until = None
     in_sha = False
     for line in text.splitlines():
         if line.startswith("Date:"):
             date = line.split(":", 1)[1].strip()
+        if line.startswith("Valid-Until:"):
+            valid_until = line.split(":", 1)[1].strip()
         if line.startswith("SHA256:"):
             in_sha = True
             continue
@@ -88,7 +91,7 @@ def parse_release(data: bytes) -> Release:
             parts = line.split()
             if len(parts) == 3 and re.fullmatch(r"[0-9a-f]{64}", parts[0]) and parts[1].isdigit():
                 files[parts[2]] = ListedFile(parts[2], parts[0], int(parts[1]))
-    return Release(date, files)
+    return Release(date, files, valid_until)
 
 
 def verify_inrelease(path: Path, keyrings: list[Path], url: str) -> None:

@@ -9,6 +9,8 @@ served is the effective lock. Nothing about the proxy ends up in the image: it i
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import shutil
 import threading
 import urllib.parse
@@ -73,6 +75,7 @@ class Session:
                 sha = sha256_bytes(data)
                 path = self.store.put(sha, [data], what=f"InRelease {url}", where=url)
                 index.verify_inrelease(path, self.keyrings, url)
+                _check_fresh(index.parse_release(data), url)
                 pinned = IndexFile(url=url, sha256=sha, size=len(data),
                                    date=index.parse_release(data).date)
             self._releases[suite] = index.parse_release(path.read_bytes())
@@ -163,11 +166,21 @@ class Session:
 
     # ------------------------------------------------------------------------------ results
 
+    def served_lock(self) -> Lock:
+        """Only what this session served so far (a base bootstrap's part of the lock)."""
+        return make_lock(self.image, list(self.served_indexes.values()), list(self.served_packages.values()))
+
     def effective_lock(self, base: list[LockedPackage] | None = None,
                        base_indexes: list[IndexFile] | None = None) -> Lock:
-        """Everything served (plus a cached base's own record): the lock this build actually used."""
-        packages = [*(base or []), *self.served_packages.values()]
-        return make_lock(self.image, [*(base_indexes or []), *self.served_indexes.values()], packages)
+        """Everything served (plus a cached base's own record): the lock this build actually used.
+
+        Replaying a lock, the image's part is the lock's own plus what was added: RUN steps the engine reused
+        from a build of the same lock fetched nothing this time.
+        """
+        replayed = [p for p in self.lock.packages if p.layer == "image"] if self.lock else []
+        packages = [*(base or []), *replayed, *self.served_packages.values()]
+        indexes = [*(base_indexes or []), *(self.lock.indexes if self.lock else ()), *self.served_indexes.values()]
+        return make_lock(self.image, indexes, packages)
 
     # ------------------------------------------------------------------------------ the server
 
@@ -190,6 +203,19 @@ class Session:
             server.shutdown()
             server.server_close()
             self._server = None
+
+
+def _check_fresh(release: index.Release, url: str) -> None:
+    """Today's state must not be expired: apt in the build does not check (a replayed lock may be)."""
+    if not release.valid_until:
+        return
+    try:
+        until = email.utils.parsedate_to_datetime(release.valid_until)
+    except (TypeError, ValueError) as exc:
+        raise AssemblerError(f"{url} has an unreadable Valid-Until: {release.valid_until}") from exc
+    if until < dt.datetime.now(dt.UTC):
+        raise AssemblerError(f"{url} expired at {release.valid_until}: the mirror serves an old state",
+                             resolution="use an up-to-date mirror (a frozen or replayed mirror is a risk)")
 
 
 class Refused(AssemblerError):

@@ -78,15 +78,17 @@ class RootfsPhase(Phase):
             "source_date_epoch": cfg.source_date_epoch,
             "base": bootstrap.recipe_key(recipe) if recipe else None,
             # --locked never reuses what a default build made from a re-resolved (stale) lock.
-            "locked": self.ctx.locked,
+            "locked": self.ctx.locked or self.ctx.offline,
+            "lock": self.ctx.lock.digest() if self.ctx.lock else None,  # a bundle's, instead of the directory's
             "downloads": build_context.context_material(self.ctx.spec, cache_dir(self.ctx.store.root)),
         }
 
     def preflight(self) -> None:
         """--locked: every locked file must be servable before anything runs or is written."""
-        if self.ctx.locked and self._recipe() is not None:
-            locking.require_complete(locking.read_image_lock(self.ctx.spec.context), self.ctx.spec.context,
-                                     PackageStore(cache_dir(self.ctx.store.root)))
+        if (self.ctx.locked or self.ctx.offline) and self._recipe() is not None:
+            locking.require_complete(self.ctx.lock or locking.read_image_lock(self.ctx.spec.context),
+                                     self.ctx.spec.context, PackageStore(cache_dir(self.ctx.store.root)),
+                                     offline=self.ctx.offline)
 
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
@@ -128,16 +130,21 @@ class RootfsPhase(Phase):
                       buildargs: dict[str, str], out: Path) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
         """Base and Containerfile with apt going through the locking proxy; the effective lock to out/."""
         spec, cache = self.ctx.spec, cache_dir(self.ctx.store.root)
-        committed = locking.read_image_lock(spec.context)
+        committed = self.ctx.lock or locking.read_image_lock(spec.context)
         session, missing = locking.session_for(spec.name, spec.context, cache, bootstrap.recipe_keyrings(recipe),
-                                               strict=self.ctx.locked, update=self.ctx.update_lock)
+                                               strict=self.ctx.locked, update=self.ctx.update_lock,
+                                               lock=self.ctx.lock, offline=self.ctx.offline)
+        replay = session.lock
         with session.serving():
-            base = bootstrap.ensure_base(client, recipe, cache, session)
+            # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only
+            # for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another
+            # mirror state installed, and every .deb must pass the proxy for the lock to be complete).
+            base = bootstrap.ensure_base(client, recipe, cache, session,
+                                         label=replay.digest() if replay else None)
             session.layer = "image"
             try:
-                # No engine cache: a cached RUN layer holds what another mirror state installed, and apt
-                # must fetch every .deb through the proxy for the lock to be complete.
-                built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url}, nocache=True)
+                built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url},
+                                    nocache=self.ctx.nocache or replay is None)
             except EngineError as exc:
                 if session.refused:
                     raise locking.StaleLockError(

@@ -2,7 +2,7 @@
 .debs the debian-12 build fetched, where a newer version replaces a locked one and the old file is deleted.
 
 - the locked build from a warm package store gives the same rootfs sha256 after the move (and its
-  base, bootstrapped again in a fresh cache, the same image ID);
+  base, bootstrapped again in a fresh cache, the same image ID), after the locked state's Valid-Until;
 - with an empty store, `--locked` fails in seconds naming the package and the fix, writing nothing;
 - the default build re-resolves, says what changed, and records the effective lock.
 """
@@ -28,6 +28,7 @@ from tests.integration.debrepo import DebRepo
 
 pytestmark = pytest.mark.e2e
 MOVED = "netbase"  # a small leaf of the image layer: the package the archive moves under the lock
+VALID_FOR = 90.0  # the first state's Valid-Until (seconds): the replay after the move happens past it
 CONTAINERFILE = f"""FROM localhost/assembler/base:lock-test
 ARG SOURCE_DATE_EPOCH
 ENV DEBIAN_FRONTEND=noninteractive
@@ -42,6 +43,7 @@ class Moving:
     repo: DebRepo
     image: Path
     root: Path
+    expires: float  # when the locked InRelease's Valid-Until passes
 
     def build(self, cache: str, *extra: str, out: str | None = None) -> tuple[Any, dict[str, Any] | None]:
         out_dir = self.root / (out or f"out-{cache}")
@@ -66,7 +68,8 @@ def moving(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         dest = staged / item.url.rsplit("/", 1)[-1]
         shutil.copyfile(store.path(item.sha256), dest)
     repo.add(sorted(staged.iterdir()))
-    repo.publish()
+    repo.publish(valid_for=VALID_FOR)
+    expires = time.time() + VALID_FOR
     with repo.serve() as url:
         (root / "rootfs").mkdir()
         (root / "rootfs" / "recipe.yaml").write_text(
@@ -81,7 +84,8 @@ def moving(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                           "formats: [raw]\ndisk: {size: 2G}\n")
         proc = cli("lock", str(image), "--cache-dir", str(root / "cache-a"))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        yield Moving(repo, image, root)
+        assert time.time() < expires, "locking took longer than the first state's Valid-Until"
+        yield Moving(repo, image, root, expires)
 
 
 def test_the_lock_names_the_moved_package(moving: Moving) -> None:
@@ -95,6 +99,8 @@ def test_locked_builds_survive_the_move_from_a_warm_store(moving: Moving) -> Non
     assert proc.returncode == 0 and before is not None, proc.stderr[-3000:]
     old, new = moving.repo.bump(MOVED)
     assert moving.repo.packages()[MOVED] == new
+    # Replayed past the locked InRelease's Valid-Until: apt in mmdebstrap and in the RUN steps must accept it.
+    time.sleep(max(0.0, moving.expires - time.time() + 1))
     # A fresh cache holding only the package store: the base is bootstrapped again, the engine builds again.
     fresh = moving.root / "cache-b"
     shutil.copytree(moving.root / "cache-a" / "packages", fresh / "packages", copy_function=os.link)

@@ -86,7 +86,8 @@ class DebRepo:
     def _debs(self) -> dict[str, Path]:
         return {_fields(deb)["Package"]: deb for deb in sorted((self.archive / "pool").rglob("*.deb"))}
 
-    def publish(self) -> None:
+    def publish(self, *, valid_for: float | None = None) -> None:
+        """Write and sign the indexes; `valid_for` seconds sets a Valid-Until (like debian-security's)."""
         # Without an override file the index lacks Priority/Section for debs that do not declare them.
         override = self.root / "override"
         override.write_text("".join(f"{name} {f.get('Priority', 'optional')} {f.get('Section', 'misc')}\n"
@@ -108,9 +109,11 @@ class DebRepo:
             if old.name not in current:  # the mirror stops serving superseded indices
                 old.unlink()
         release = self.dists / "Release"
+        until = "" if valid_for is None else (
+            f"Valid-Until: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime(time.time() + valid_for))}\n")
         release.write_text(
             f"Origin: assembler-test\nLabel: assembler-test\nSuite: {self.suite}\nCodename: {self.suite}\n"
-            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}\n"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}\n{until}"
             f"Architectures: {self.arch}\nComponents: {self.component}\nAcquire-By-Hash: yes\n"
             f"Description: throw-away test repository\nSHA256:\n{''.join(lines)}")
         with self._gpg() as gpg:

@@ -68,6 +68,8 @@ def test_mmdebstrap_command_golden() -> None:
         '--customize-hook=echo localhost > "$1/etc/hostname" && chmod 0644 "$1/etc/hostname"',
         "--customize-hook=printf '127.0.0.1\\tlocalhost\\n::1\\t\\tlocalhost ip6-localhost ip6-loopback\\n"
         "ff02::1\\t\\tip6-allnodes\\nff02::2\\t\\tip6-allrouters\\n' > \"$1/etc/hosts\"",
+        '--aptopt=Acquire::Check-Valid-Until "false"',
+        '--customize-hook=mv "$1/etc/apt/apt.conf.d/99mmdebstrap" "$1/etc/apt/apt.conf.d/00assembler-build-only"',
         "--include=vim,less", "bookworm", "/o/r.tar",
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
@@ -94,3 +96,20 @@ def test_base_archive_is_reproducible_and_well_formed(tmp_path: Path) -> None:
     assert config["created"] == "2025-05-20T00:00:00Z"
     other = base_archive(rootfs, "localhost/assembler/base:t", EPOCH + 1, tmp_path / "c.tar")
     assert other != first
+
+
+def test_a_labelled_base_keeps_its_layer_and_gets_its_own_image_id(tmp_path: Path) -> None:
+    rootfs = make_rootfs(tmp_path / "rootfs.tar")
+    plain = base_archive(rootfs, "localhost/assembler/base:t", EPOCH, tmp_path / "a.tar")
+    one = bootstrap.labelled_archive(tmp_path / "a.tar", tmp_path / "one.tar", {bootstrap.LOCK_LABEL: "1" * 64})
+    again = bootstrap.labelled_archive(tmp_path / "a.tar", tmp_path / "again.tar", {bootstrap.LOCK_LABEL: "1" * 64})
+    other = bootstrap.labelled_archive(tmp_path / "a.tar", tmp_path / "two.tar", {bootstrap.LOCK_LABEL: "2" * 64})
+    assert one == again and len({plain, one, other}) == 3
+    assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "again.tar").read_bytes()
+    with tarfile.open(tmp_path / "one.tar") as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
+        config = json.loads(tar.extractfile(manifest["Config"]).read())  # type: ignore[union-attr]
+        layer = tar.extractfile(manifest["Layers"][0]).read()  # type: ignore[union-attr]
+    assert config["config"]["Labels"] == {bootstrap.LOCK_LABEL: "1" * 64}
+    assert "sha256:" + hashlib.sha256(layer).hexdigest() == config["rootfs"]["diff_ids"][0]
+    assert manifest["RepoTags"] == ["localhost/assembler/base:t"]

@@ -257,3 +257,15 @@ def test_flatten_and_index_reports_a_broken_archive(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a tar archive"):
         flatten_and_index(archive, tmp_path, SDE)
     assert not (tmp_path / "layers.json").exists() and not (tmp_path / "rootfs.tar").exists()
+
+
+def test_the_build_bases_own_apt_config_never_reaches_the_rootfs(tmp_path: Path) -> None:
+    from assembler.packages import BUILD_ONLY_APT_CONF
+
+    conf = "etc/apt/apt.conf.d/"
+    out = run_flatten(tmp_path, [
+        [E("etc", kind="dir"), E("etc/apt", kind="dir"), E(conf, kind="dir"),
+         E(BUILD_ONLY_APT_CONF, b'Acquire::Check-Valid-Until "false";\n'), E(conf + "70debconf", b"x")],
+        [E("etc/hostname", b"h\n")],
+    ])
+    assert BUILD_ONLY_APT_CONF not in out and conf + "70debconf" in out
