@@ -53,3 +53,7 @@ class DiskError(AssemblerError):
 
 class BootError(AssemblerError):
     """The guest did not boot or a check failed."""
+
+
+class PublishError(AssemblerError):
+    """An upload, a download or a cloud API call failed (network, server, permissions)."""

@@ -15,14 +15,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assembler import __version__
-from assembler.errors import AssemblerError, ConfigError
+from assembler.errors import ConfigError
+from assembler.errors import PublishError as PublishError  # raised by every provider, and by the registry client
 from assembler.fsutil import sha256_file, write_json
 from assembler.log import log
+from assembler.registry import NullTask as NullTask
+from assembler.registry import ProgressReader as ProgressReader
+from assembler.registry import ProgressTask as ProgressTask
 
 CHUNK = 1 << 20
 # Environment variables whose values must never reach a receipt or a log (defence in depth: options
@@ -39,10 +43,6 @@ class ProviderName(StrEnum):
     GCP = "gcp"
     OPENSTACK = "openstack"
     VSPHERE = "vsphere"
-
-
-class PublishError(AssemblerError):
-    """An upload or a cloud API call failed (network, server, permissions)."""
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -142,46 +142,13 @@ class BuildOutputs:
 # --------------------------------------------------------------------------------------------- progress
 
 
-class ProgressTask(Protocol):
-    def advance(self, amount: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class Progress(Protocol):
     def task(self, label: str, total: int) -> ProgressTask: ...
-
-
-class NullTask:
-    def advance(self, amount: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class NullProgress:
     def task(self, label: str, total: int) -> ProgressTask:
         return NullTask()
-
-
-class ProgressReader:
-    """A read-only file wrapper that reports bytes read (requests sends its body with Content-Length)."""
-
-    def __init__(self, handle: IO[bytes], size: int, task: ProgressTask) -> None:
-        self._handle, self._size, self._task = handle, size, task
-        self._left = size
-
-    def __len__(self) -> int:
-        return self._size
-
-    def read(self, amount: int = -1) -> bytes:
-        # Never past `size`: the handle may be a whole archive positioned at one member.
-        amount = self._left if amount is None or amount < 0 else min(amount, self._left)
-        data = self._handle.read(amount)
-        self._left -= len(data)
-        self._task.advance(len(data))
-        return data
 
 
 def chunks(path: Path, size: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
