@@ -17,6 +17,7 @@ User override, first found wins: the YAML file named by $ASSEMBLER_MIRRORS, then
       docker.io/: registry.internal:5000/dockerhub/
     snapshots:   # where locked .debs and index files are found once the archive has moved on
       http://deb.debian.org/debian: http://snapshot.debian.org/archive/debian/{timestamp}
+    package_registry: http://registry.internal:5000/assembler/packages   # a shared package store
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class MirrorMap(BaseModel):
     # Dated snapshot mirrors of apt archives, where a lock's files are found after the archive moved on:
     # {"http://deb.debian.org/debian": "http://snapshot.debian.org/archive/debian/{timestamp}"}
     snapshots: dict[str, str] = Field(default_factory=dict)
+    # An OCI registry repository where a team shares the package store (blobs by sha256, pushed by
+    # `assembler bundle --push`): the last source of a locked file, e.g. http://127.0.0.1:5000/assembler/packages
+    package_registry: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?/[a-z0-9][a-z0-9._/-]*$")
     source: str = Field("built-in defaults", exclude=True, description="where the map was read from")
 
     @field_validator("urls")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from assembler.config import ImageSpec
 from assembler.fsutil import canonical_json, sha256_bytes
 from assembler.log import console
+from assembler.packages.lockfile import Lock
 from assembler.store import Entry, Store
 
 PHASE_ORDER = ("rootfs", "disk", "convert", "boot", "publish")
@@ -30,6 +31,8 @@ class BuildContext:
     disk_size: str | None = None
     locked: bool = False  # install exactly the committed lock or fail (a release pipeline's mode)
     update_lock: bool = False  # re-resolve against today's archive whatever the lock says
+    lock: Lock | None = None  # a bundle's lock, used instead of the image directory's
+    offline: bool = False  # no mirror at all: the package store (filled from a bundle) only
     results: dict[str, Entry] = field(default_factory=dict)
 
 

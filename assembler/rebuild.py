@@ -124,8 +124,13 @@ def compare(want: dict[str, Any], got: dict[str, Any]) -> tuple[list[str], list[
 
 
 def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = None, boot_test: bool = True,
-            verify: bool = True, nocache: bool = True, formats: list[str] | None = None) -> dict[str, Any]:
-    """Recreate the image the BOM at `target` describes; return the report (also written as rebuild.json)."""
+            verify: bool = True, nocache: bool = True, formats: list[str] | None = None,
+            bundle: Path | None = None, offline: bool = False) -> dict[str, Any]:
+    """Recreate the image the BOM at `target` describes; return the report (also written as rebuild.json).
+
+    The recorded context carries the effective lock: its files come from the package store, then the mirror
+    map's sources, or all from `bundle` (imported into the store first); `offline` fetches nothing.
+    """
     from assembler import bootstrap, engine
     from assembler.build import build
     from assembler.formats import validate_format_names
@@ -137,6 +142,10 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
     name = str(recorded["image"])
     out = output or Path.cwd() / "out" / f"{name}-rebuild"
     store_root = default_cache_dir(cache)
+    if bundle is not None:
+        from assembler.packages.bundle import read_bundle
+
+        read_bundle(bundle, store_root)  # every blob verified into the package store and download cache
     with tempfile.TemporaryDirectory(prefix="assembler-rebuild-") as tmp:
         context = inputs.restore_context(recorded, Path(tmp) / "context")
         recipe = inputs.restore_recipe(recorded, Path(tmp) / "rootfs")
@@ -150,7 +159,7 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
             # raw always: the disk is what the BOM is embedded in and what verification compares.
             chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}))
             ctx = BuildContext(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,
-                               nocache=nocache, boot_test=boot_test)
+                               nocache=nocache, boot_test=boot_test, locked=offline, offline=offline)
             manifest = build(ctx)
     want, got = expected(source), actual(manifest, out)
     errors, notes = compare(want, got) if verify else ([], [])

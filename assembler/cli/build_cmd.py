@@ -39,6 +39,9 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="print the manifest (or plan) as JSON on stdout"),
     locked: bool = typer.Option(False, "--locked", help="install exactly image.lock.json or fail at once "
                                 "(default: a stale lock is re-resolved with a warning)"),
+    bundle: Path | None = typer.Option(None, "--bundle", help="take the lock and every locked file from this "
+                                       "bundle (`assembler bundle`)"),
+    offline: bool = typer.Option(False, "--offline", help="fetch nothing: the package store and the bundle only"),
 ) -> None:
     """Build IMAGE: rootfs -> disk -> formats -> boot test; outputs and manifest.json in out/IMAGE/."""
     from assembler.build import build as run_build
@@ -49,10 +52,20 @@ def build(
     from assembler.store import Store
 
     spec = resolve_image(image)
+    lock = None
+    if bundle is not None:
+        from assembler.packages.bundle import read_bundle
+
+        imported = read_bundle(bundle, cache_dir(cache))  # every blob verified into the store and cache
+        lock = imported.lock
+        if lock.image != spec.name:
+            raise ConfigError(f"the bundle {bundle} is for {lock.image}, not {spec.name}",
+                              resolution=f"build {lock.image} from it, or bundle {spec.name}")
     formats = validate_format_names(fmt or spec.config.formats)
     ctx = BuildContext(
         spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
         formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
+        lock=lock, offline=offline,
     )
     selected = _selected(phases)
     if dry_run:

@@ -10,6 +10,7 @@ import typer
 from assembler.cli import (
     boot_cmd,
     build_cmd,
+    bundle_cmd,
     convert_cmd,
     diff_cmd,
     inspect_cmd,
@@ -48,6 +49,7 @@ app.command("publish")(publish_cmd.publish)
 app.command("boot")(boot_cmd.boot)
 app.command("rebuild")(rebuild_cmd.rebuild)
 app.command("lock")(lock_cmd.lock)
+app.command("bundle")(bundle_cmd.bundle)
 
 
 def _fail(exc: AssemblerError) -> NoReturn:

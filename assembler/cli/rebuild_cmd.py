@@ -19,11 +19,13 @@ def rebuild(
     verify: bool = typer.Option(True, "--verify/--no-verify",
                                 help="fail unless the rebuilt rootfs (and disk) match the BOM"),
     as_json: bool = typer.Option(False, "--json", help="print the rebuild report as JSON on stdout"),
+    bundle: Path | None = typer.Option(None, "--bundle", help="take every locked file from this bundle"),
+    offline: bool = typer.Option(False, "--offline", help="fetch nothing: the package store and the bundle only"),
 ) -> None:
     """Rebuild the image a BOM describes (context, base recipe, args, epoch, pins) and verify it."""
     from assembler.rebuild import rebuild as run_rebuild
 
     report = run_rebuild(source, output=output, cache=cache, boot_test=not no_boot_test, verify=verify,
-                         nocache=not use_cache, formats=fmt or None)
+                         nocache=not use_cache, formats=fmt or None, bundle=bundle, offline=offline)
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -36,14 +36,14 @@ class LockCheck:
         return not self.missing
 
 
-def sources_for(lock: Lock | None, mirrors: MirrorMap | None = None) -> Sources:
+def sources_for(lock: Lock | None, mirrors: MirrorMap | None = None, *, offline: bool = False) -> Sources:
     """The sources, with each archive's locked InRelease date for snapshot lookups."""
     dates: dict[str, str] = {}
     for item in lock.inreleases() if lock else []:
         archive = index.archive_of(item.url)
         if archive and item.date:
             dates.setdefault(archive, item.date)
-    return Sources(mirrors or load_mirror_map(), snapshot_dates=dates)
+    return Sources(mirrors or load_mirror_map(), snapshot_dates=dates, offline=offline)
 
 
 def check(lock: Lock, store: PackageStore, sources: Sources) -> LockCheck:
@@ -56,16 +56,18 @@ def check(lock: Lock, store: PackageStore, sources: Sources) -> LockCheck:
         if store.has(item.sha256):
             return None
         if item.url.endswith("/InRelease"):
+            if sources.in_registry(item.sha256):
+                return None
             try:
                 if sha256_bytes(sources.read(item.url)) == item.sha256:
                     return None
             except AssemblerError:
                 pass
             return f"{item.url} (the archive has signed a newer state)"
-        return None if sources.available(item.url) else item.url
+        return None if sources.available(item.url, item.sha256) else item.url
 
     def probe_package(pkg: LockedPackage) -> str | None:
-        if store.has(pkg.sha256) or sources.available(pkg.url):
+        if store.has(pkg.sha256) or sources.available(pkg.url, pkg.sha256):
             return None
         return f"{pkg.name} {pkg.version} ({pkg.architecture})"
 
@@ -81,12 +83,12 @@ def read_image_lock(context: Path) -> Lock | None:
     return read_lock(path) if path.is_file() else None
 
 
-def require_complete(lock: Lock | None, context: Path, store: PackageStore) -> None:
+def require_complete(lock: Lock | None, context: Path, store: PackageStore, *, offline: bool = False) -> None:
     """--locked: fail now (no build, nothing written) unless every locked file can be served."""
     if lock is None:
         raise StaleLockError(f"{context.name} has no {LOCK_FILE}",
                              resolution=f"run `assembler lock {context}` and commit the file")
-    result = check(lock, store, sources_for(lock))
+    result = check(lock, store, sources_for(lock, offline=offline))
     if not result.complete:
         shown = "\n".join(f"  {m}" for m in result.missing[:50])
         more = f"\n  ... and {len(result.missing) - 50} more" if len(result.missing) > 50 else ""
@@ -97,24 +99,26 @@ def require_complete(lock: Lock | None, context: Path, store: PackageStore) -> N
                        "or build from a bundle (`--bundle FILE`) or a snapshot mirror")
 
 
-def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path], *,
-                strict: bool = False, update: bool = False) -> tuple[Session, list[str]]:
+def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path], *, strict: bool = False,
+                update: bool = False, lock: Lock | None = None, offline: bool = False) -> tuple[Session, list[str]]:
     """The session a build fetches through, and the locked files it could not find (empty: replay).
 
-    `update` re-resolves against today's archive whatever the lock says (`assembler lock --update`).
+    `lock` replaces the image directory's (a bundle's); `update` re-resolves against today's archive
+    whatever the lock says (`assembler lock --update`); `offline` allows the store only.
     """
     store = PackageStore(cache_dir)
-    lock = None if update else read_image_lock(context)
-    if strict:
-        require_complete(lock, context, store)
+    lock = None if update else lock or read_image_lock(context)
+    if strict or offline:
+        require_complete(lock, context, store, offline=offline)
     missing: list[str] = []
-    if lock is not None and not strict:
+    if lock is not None and not strict and not offline:
         missing = check(lock, store, sources_for(lock)).missing
         if missing:
             log.warning("the lock of %s names %d file(s) no source has any more (first: %s); re-resolving "
                         "against today's archive", image, len(missing), missing[0])
             lock = None
-    return Session(image, store, sources_for(lock), keyrings, lock=lock, strict=strict), missing
+    sources = sources_for(lock, offline=offline)
+    return Session(image, store, sources, keyrings, lock=lock, strict=strict or offline), missing
 
 
 def live_session(image: str, cache_dir: Path, keyrings: list[Path]) -> Session:

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from assembler.errors import AssemblerError
+from assembler.errors import AssemblerError, PublishError
 from assembler.fsutil import CHUNK
 from assembler.log import log
 from assembler.mirrors import MirrorMap
 from assembler.packages.store import IntegrityError, PackageStore
+from assembler.registry import Registry, repository
 
 USER_AGENT = "assembler (package store)"
 TIMEOUT = 60.0
@@ -43,11 +44,18 @@ def snapshot_stamp(date: str | None) -> str | None:
 class Sources:
     """The mirror map's rewrite of an upstream URL, then its snapshot (when the map names one)."""
 
-    def __init__(self, mirrors: MirrorMap, *, snapshot_dates: dict[str, str] | None = None) -> None:
+    def __init__(self, mirrors: MirrorMap, *, snapshot_dates: dict[str, str] | None = None,
+                 offline: bool = False) -> None:
         self.mirrors = mirrors
         self.snapshot_dates = snapshot_dates or {}  # archive URL -> the lock's InRelease Date there
+        self.offline = offline  # --offline: the store (and an imported bundle) only, no network at all
+        self.registry: tuple[Registry, str] | None = None  # the shared package store, blobs by sha256
+        if mirrors.package_registry and not offline:
+            self.registry = repository(mirrors.package_registry)
 
     def candidates(self, url: str) -> list[str]:
+        if self.offline:
+            return []
         found = [self.mirrors.url(url)]
         for prefix, template in self.mirrors.snapshots.items():
             if url.startswith(prefix.rstrip("/") + "/"):
@@ -66,25 +74,48 @@ class Sources:
                     return data
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 errors.append(f"{candidate}: {getattr(exc, 'reason', None) or exc}")
+        if self.offline:
+            raise Unavailable(f"{url} is needed and the build is --offline",
+                              resolution="build from a bundle that holds the image's lock (`--bundle FILE`)")
         raise Unavailable(f"cannot fetch {url}", details="\n".join(errors),
                           resolution="check the network or the mirror map (ASSEMBLER_MIRRORS)")
 
     def fetch(self, url: str, sha256: str, store: PackageStore, *, what: str) -> Path:
         """The verified file: fetched from the first source that has it into the store."""
         errors = []
+        refused: IntegrityError | None = None
         for candidate in self.candidates(url):
             try:
                 with urllib.request.urlopen(_request(candidate), timeout=TIMEOUT) as response:
                     log.debug("fetching %s from %s", what, candidate)
                     return store.put(sha256, _chunks(response), what=what, where=candidate)
-            except IntegrityError:
-                raise
+            except IntegrityError as exc:
+                # Never kept; the next source may still have the pinned bytes (an InRelease URL serves
+                # whatever state the archive signed last).
+                refused = refused or exc
+                errors.append(f"{candidate}: {exc.brief}")
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 errors.append(f"{candidate}: {getattr(exc, 'reason', None) or exc}")
+        if self.registry is not None:
+            registry, repo = self.registry
+            digest = f"sha256:{sha256}"
+            try:
+                if registry.has_blob(repo, digest):
+                    where = f"{registry.host}/{repo}@{digest}"
+                    return store.put(sha256, registry.pull_blob(repo, digest), what=what, where=where)
+                errors.append(f"{registry.host}/{repo}: no blob {digest}")
+            except PublishError as exc:
+                errors.append(f"{registry.host}/{repo}: {exc.brief}")
+        if refused is not None:
+            raise IntegrityError(refused.brief, details="\n".join([refused.details, *errors]),
+                                 resolution=refused.resolution)
+        if self.offline:
+            raise Unavailable(f"{what} is not in the store and the build is --offline",
+                              resolution="build from a bundle that holds the image's lock (`--bundle FILE`)")
         raise Unavailable(f"{what} is in no source", details="\n".join(errors),
                           resolution="run `assembler lock IMAGE --update`, or add a snapshot mirror or a bundle")
 
-    def available(self, url: str) -> bool:
+    def available(self, url: str, sha256: str | None = None) -> bool:
         """A HEAD on each source; True when one has the file (its bytes are verified when fetched)."""
         for candidate in self.candidates(url):
             try:
@@ -92,7 +123,16 @@ class Sources:
                     return True
             except (urllib.error.URLError, OSError, ValueError):
                 continue
-        return False
+        return sha256 is not None and self.in_registry(sha256)
+
+    def in_registry(self, sha256: str) -> bool:
+        if self.registry is None:
+            return False
+        registry, repo = self.registry
+        try:
+            return registry.has_blob(repo, f"sha256:{sha256}")
+        except PublishError:
+            return False
 
 
 def _request(url: str, method: str = "GET") -> urllib.request.Request:

@@ -15,11 +15,13 @@ import pytest
 from assembler.fsutil import sha256_file
 from assembler.mirrors import MirrorMap
 from assembler.packages import locking
+from assembler.packages.bundle import collect, export, push, read_bundle
 from assembler.packages.lockfile import LOCK_FILE, Lock, dumps
 from assembler.packages.proxy import Session
 from assembler.packages.sources import Sources
 from assembler.packages.store import IntegrityError, PackageStore
 from tests.integration.debrepo import DebRepo
+from tests.integration.publish_servers import Server, registry  # noqa: F401 (the session's docker-registry)
 from tests.integration.test_debrepo import Apt, build_deb
 
 pytestmark = pytest.mark.integration
@@ -148,3 +150,73 @@ def test_urls_outside_an_archive_are_refused(served: Served, tmp_path: Path) -> 
         with pytest.raises(urllib.error.HTTPError) as err:
             opener.open("http://example.invalid/some/file", timeout=10)
     assert err.value.code == 403 and apt.workdir.is_dir()
+
+
+def test_a_bundle_carries_every_locked_file_and_refuses_tampering(served: Served, tmp_path: Path) -> None:
+    lock = resolve(served, tmp_path / "cache")
+    first, second = tmp_path / "a.bundle", tmp_path / "b.bundle"
+    summary = export(lock, {"image": "t"}, [], tmp_path / "cache", first, Sources(MirrorMap()))
+    export(lock, {"image": "t"}, [], tmp_path / "cache", second, Sources(MirrorMap()))
+    assert first.read_bytes() == second.read_bytes()  # same lock, same bytes
+    assert summary["blobs"] == 2 + len(lock.indexes) + len(lock.packages)
+    imported = read_bundle(first, tmp_path / "fresh")
+    assert imported.lock == lock and imported.inputs == {"image": "t"}
+    store = PackageStore(tmp_path / "fresh")
+    assert all(store.verified(i.sha256) for i in [*lock.indexes, *lock.packages])
+    # Replay from the imported store alone, offline: the repository is not asked for anything.
+    served.repo.requests.clear()
+    offline = Session("t", store, Sources(MirrorMap(), offline=True), [served.repo.keyring], lock=lock, strict=True)
+    with offline.serving():
+        apt = apt_through(offline, served, "offline")
+        apt("update")
+        apt("download", "hello-a")
+    assert served.repo.requests == []
+    # One flipped byte in a blob: refused, naming the digest.
+    [deb] = lock.packages
+    data = bytearray(first.read_bytes())
+    at = data.find(served.repo.archive.joinpath(
+        deb.url.split("/debian/", 1)[1]).read_bytes()[-64:])
+    data[at] ^= 0xFF
+    first.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        read_bundle(first, tmp_path / "other")
+
+
+def test_a_registry_shares_the_store(served: Served, tmp_path: Path, registry: Server) -> None:  # noqa: F811
+    lock = resolve(served, tmp_path / "cache")
+    layout = collect(lock, {"image": "t"}, [], tmp_path / "cache", Sources(MirrorMap()))
+    target = f"http://127.0.0.1:{registry.port}/assembler/packages"
+    ref = push(layout, target)
+    assert push(layout, target) == ref  # idempotent: the second push finds every blob and the manifest
+    served.repo.bump("hello-a")  # the archive moved: the locked .deb is now only in the registry
+    mirrors = MirrorMap(package_registry=target)
+    store = PackageStore(tmp_path / "cold")
+    assert locking.check(lock, store, Sources(mirrors)).complete
+    replay = Session("t", store, Sources(mirrors), [served.repo.keyring], lock=lock, strict=True)
+    with replay.serving():
+        apt = apt_through(replay, served, "shared")
+        apt("update")
+        apt("download", "hello-a")
+    [deb] = lock.packages
+    assert [p.name for p in (apt.workdir / "download").iterdir()] == [f"hello-a_{deb.version}_amd64.deb"]
+    assert store.verified(deb.sha256) is not None
+
+
+def test_an_expired_state_is_refused_live_and_replayed_when_locked(served: Served, tmp_path: Path) -> None:
+    served.repo.publish(valid_for=3)
+    lock = resolve(served, tmp_path / "cache")  # fresh: accepted
+    assert lock.inreleases()
+    time.sleep(4)
+    live = session(served, tmp_path / "cache2")
+    with live.serving():
+        apt = apt_through(live, served, "expired")
+        done = apt("update", check=False)  # apt only warns about an index it could not fetch ...
+        refused = apt("download", "hello-a", check=False)  # ... and then has nothing to install from
+    assert "expired" in done.stdout + done.stderr and refused.returncode != 0
+    # The lock pins that (now expired) state on purpose: the session serves it; apt inside a build reads
+    # the build base's Check-Valid-Until "false" (here: the same option, given on the command line).
+    replay = session(served, tmp_path / "cache", lock, strict=True)
+    with replay.serving():
+        apt = apt_through(replay, served, "replay-expired")
+        apt("-o", "Acquire::Check-Valid-Until=false", "update")
+        apt("download", "hello-a")
