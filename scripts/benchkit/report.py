@@ -39,7 +39,14 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                          f"failed ({p['failed']} of {p['runs']} runs)" if p.get("failed") else "not run")
             rows.append((f"cold build vs {peer}", fmt_s(a.get("median_s")), f"{peer}: {peer_text}",
                          fmt_r(b.get(key), limit), f"≤ {limit}x"))
-        for side in ("assembler", "dib", "mkosi"):
+        empty = b.get("assembler-empty-store", {})
+        if empty.get("median_s") or empty.get("failed"):
+            for peer, key, limit in (("dib", "empty_store_ratio_vs_dib", TARGETS["cold_vs_dib"]),
+                                     ("mkosi", "empty_store_ratio_vs_mkosi", TARGETS["cold_vs_mkosi"])):
+                rows.append((f"cold build, empty package store, vs {peer}", fmt_s(empty.get("median_s")),
+                             f"{peer}: {fmt_s(b.get(peer, {}).get('median_s'))}", fmt_r(b.get(key), limit),
+                             f"≤ {limit}x"))
+        for side in ("assembler", "assembler-empty-store", "dib", "mkosi"):
             s = b.get(side, {})
             if s.get("median_s"):
                 rows.append((f"  {side} peak mem / disk", f"{s.get('peak_pss_mib')} MiB PSS",
@@ -115,6 +122,9 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         a = build.get("assembler", {}).get("median_s")
         build["ratio_vs_dib"] = ratio(a, build.get("dib", {}).get("median_s"))
         build["ratio_vs_mkosi"] = ratio(a, build.get("mkosi", {}).get("median_s"))
+        empty = build.get("assembler-empty-store", {}).get("median_s")
+        build["empty_store_ratio_vs_dib"] = ratio(empty, build.get("dib", {}).get("median_s"))
+        build["empty_store_ratio_vs_mkosi"] = ratio(empty, build.get("mkosi", {}).get("median_s"))
         merged["build"] = build
     return merged
 
