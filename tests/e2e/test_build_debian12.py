@@ -141,3 +141,23 @@ def test_second_build_reuses_every_phase(debian12: Built) -> None:
     after = {p.name: p.stat().st_mtime_ns for p in debian12.out.iterdir() if p.name not in rewritten}
     assert after == before, "a no-change rebuild copied outputs again"
     print(f"no-change rebuild: {again.seconds:.1f} s (cold: {debian12.seconds:.1f} s)")
+
+
+def test_the_build_time_package_source_leaves_no_trace(debian12: Built) -> None:
+    """apt fetched through the locking proxy (http_proxy) on a base with a build-only apt.conf: neither the
+    image's config and history, nor the rootfs, nor the lock record anything but the upstream archive."""
+    from assembler import engine
+    from assembler.packages import BUILD_ONLY_APT_CONF
+
+    client = engine.connect(start=False)
+    ref = debian12.manifest["oci"]["digest"]
+    text = json.dumps(client.api.inspect_image(ref)) + json.dumps(client.api.history(ref))
+    assert "http_proxy" not in text.lower() and "127.0.0.1" not in text
+    with tarfile.open(debian12.output("rootfs-tar")) as tar:
+        names = set(tar.getnames())
+        sources = tar.extractfile("etc/apt/sources.list").read().decode()  # type: ignore[union-attr]
+    assert BUILD_ONLY_APT_CONF not in names and "etc/apt/apt.conf.d/70debconf" in names
+    assert "127.0.0.1" not in sources and "deb http://deb.debian.org/debian bookworm main" in sources
+    lock = json.loads((debian12.out / "debian-12.lock.json").read_text())
+    assert all(p["url"].startswith("http://deb.debian.org/") for p in lock["packages"])
+    assert debian12.manifest["lock"]["packages"] == len(lock["packages"]) > 200
