@@ -75,6 +75,9 @@ class ImageConfig(_Strict):
     disk: DiskConfig = Field(default_factory=DiskConfig)
     boot: BootConfig = Field(default_factory=BootConfig)
     properties: dict[str, str] = Field(default_factory=dict, description="versions shown in OVF/labels")
+    snapshots: dict[str, str] = Field(
+        default_factory=dict, description="dated snapshot mirrors of the apt archives, where locked files are "
+        "found once the archive moved on: {archive URL: URL with {timestamp}}; the mirror map's win")
 
 
 class ImageSpec(BaseModel):

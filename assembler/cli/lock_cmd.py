@@ -35,7 +35,8 @@ def lock(
     path = spec.context / lockfile.LOCK_FILE
     committed = locking.read_image_lock(spec.context)
     if committed is not None and not update:
-        check = locking.check(committed, PackageStore(root), locking.sources_for(committed))
+        check = locking.check(committed, PackageStore(root),
+                              locking.sources_for(committed, snapshots=spec.config.snapshots))
         if check.complete:
             console.print(f"{path}: current ({len(committed.packages)} packages, every file available)")
             return

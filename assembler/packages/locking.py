@@ -36,14 +36,19 @@ class LockCheck:
         return not self.missing
 
 
-def sources_for(lock: Lock | None, mirrors: MirrorMap | None = None, *, offline: bool = False) -> Sources:
-    """The sources, with each archive's locked InRelease date for snapshot lookups."""
+def sources_for(lock: Lock | None, mirrors: MirrorMap | None = None, *, offline: bool = False,
+                snapshots: dict[str, str] | None = None) -> Sources:
+    """The sources, with each archive's locked InRelease date for snapshot lookups; `snapshots` (an image's
+    own) apply where the mirror map names none."""
+    mirrors = mirrors or load_mirror_map()
+    if snapshots:
+        mirrors = mirrors.model_copy(update={"snapshots": {**snapshots, **mirrors.snapshots}})
     dates: dict[str, str] = {}
     for item in lock.inreleases() if lock else []:
         archive = index.archive_of(item.url)
         if archive and item.date:
             dates.setdefault(archive, item.date)
-    return Sources(mirrors or load_mirror_map(), snapshot_dates=dates, offline=offline)
+    return Sources(mirrors, snapshot_dates=dates, offline=offline)
 
 
 def check(lock: Lock, store: PackageStore, sources: Sources) -> LockCheck:
@@ -83,12 +88,13 @@ def read_image_lock(context: Path) -> Lock | None:
     return read_lock(path) if path.is_file() else None
 
 
-def require_complete(lock: Lock | None, context: Path, store: PackageStore, *, offline: bool = False) -> None:
+def require_complete(lock: Lock | None, context: Path, store: PackageStore, *, offline: bool = False,
+                     snapshots: dict[str, str] | None = None) -> None:
     """--locked: fail now (no build, nothing written) unless every locked file can be served."""
     if lock is None:
         raise StaleLockError(f"{context.name} has no {LOCK_FILE}",
                              resolution=f"run `assembler lock {context}` and commit the file")
-    result = check(lock, store, sources_for(lock, offline=offline))
+    result = check(lock, store, sources_for(lock, offline=offline, snapshots=snapshots))
     if not result.complete:
         shown = "\n".join(f"  {m}" for m in result.missing[:50])
         more = f"\n  ... and {len(result.missing) - 50} more" if len(result.missing) > 50 else ""
@@ -100,7 +106,8 @@ def require_complete(lock: Lock | None, context: Path, store: PackageStore, *, o
 
 
 def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path], *, strict: bool = False,
-                update: bool = False, lock: Lock | None = None, offline: bool = False) -> tuple[Session, list[str]]:
+                update: bool = False, lock: Lock | None = None, offline: bool = False,
+                snapshots: dict[str, str] | None = None) -> tuple[Session, list[str]]:
     """The session a build fetches through, and the locked files it could not find (empty: replay).
 
     `lock` replaces the image directory's (a bundle's); `update` re-resolves against today's archive
@@ -109,15 +116,15 @@ def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path]
     store = PackageStore(cache_dir)
     lock = None if update else lock or read_image_lock(context)
     if strict or offline:
-        require_complete(lock, context, store, offline=offline)
+        require_complete(lock, context, store, offline=offline, snapshots=snapshots)
     missing: list[str] = []
     if lock is not None and not strict and not offline:
-        missing = check(lock, store, sources_for(lock)).missing
+        missing = check(lock, store, sources_for(lock, snapshots=snapshots)).missing
         if missing:
             log.warning("the lock of %s names %d file(s) no source has any more (first: %s); re-resolving "
                         "against today's archive", image, len(missing), missing[0])
             lock = None
-    sources = sources_for(lock, offline=offline)
+    sources = sources_for(lock, offline=offline, snapshots=snapshots)
     return Session(image, store, sources, keyrings, lock=lock, strict=strict or offline), missing
 
 

@@ -88,7 +88,7 @@ class RootfsPhase(Phase):
         if (self.ctx.locked or self.ctx.offline) and self._recipe() is not None:
             locking.require_complete(self.ctx.lock or locking.read_image_lock(self.ctx.spec.context),
                                      self.ctx.spec.context, PackageStore(cache_dir(self.ctx.store.root)),
-                                     offline=self.ctx.offline)
+                                     offline=self.ctx.offline, snapshots=self.ctx.spec.config.snapshots)
 
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
@@ -133,7 +133,8 @@ class RootfsPhase(Phase):
         committed = self.ctx.lock or locking.read_image_lock(spec.context)
         session, missing = locking.session_for(spec.name, spec.context, cache, bootstrap.recipe_keyrings(recipe),
                                                strict=self.ctx.locked, update=self.ctx.update_lock,
-                                               lock=self.ctx.lock, offline=self.ctx.offline)
+                                               lock=self.ctx.lock, offline=self.ctx.offline,
+                                               snapshots=spec.config.snapshots)
         replay = session.lock
         with session.serving():
             # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only

@@ -106,3 +106,22 @@ def test_the_store_keeps_only_what_hashes_to_its_name(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="does not match"):
         store.put(SHA_A, [b"other"], what="y", where="there")
     assert not store.has(SHA_A) and not list(store.path(SHA_A).parent.glob(".*"))
+
+
+def test_snapshot_sources_are_dated_by_the_locked_inrelease() -> None:
+    from assembler.mirrors import MirrorMap
+    from assembler.packages.locking import sources_for
+
+    inrelease = IndexFile(url="http://deb.debian.org/debian/dists/bookworm/InRelease", sha256=SHA_B, size=3,
+                          date="Sat, 11 Jul 2026 10:16:37 UTC")
+    lock = make_lock("x", [inrelease], [pkg("zsh", "5")])
+    image = {"http://deb.debian.org/debian": "http://snap.image/debian/{timestamp}"}
+    mirrors = MirrorMap(urls={"http://deb.debian.org/debian": "http://mirror.internal/debian"})
+    sources = sources_for(lock, mirrors, snapshots=image)
+    url = lock.packages[0].url
+    assert sources.candidates(url) == [
+        url.replace("http://deb.debian.org/debian", "http://mirror.internal/debian"),
+        url.replace("http://deb.debian.org/debian", "http://snap.image/debian/20260711T101637Z")]
+    site = mirrors.model_copy(update={"snapshots": {"http://deb.debian.org/debian": "http://snap.site/{timestamp}"}})
+    assert sources_for(lock, site, snapshots=image).candidates(url)[1].startswith("http://snap.site/20260711T101637Z/")
+    assert sources_for(lock, mirrors, snapshots=image, offline=True).candidates(url) == []
