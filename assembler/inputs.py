@@ -115,31 +115,59 @@ def _safe(root: Path, rel: str) -> Path:
 
 
 def restore_context(inputs: dict[str, Any], parent: Path) -> Path:
-    """Write the recorded context to parent/IMAGE (the directory name is the image name) and return it."""
+    """Write the recorded context to parent/IMAGE (the directory name is the image name) and return it.
+
+    The BOM is untrusted: nothing is written through a symbolic link (links are made last, and every file
+    is created with O_NOFOLLOW | O_EXCL below real directories only), an entry never replaces another, and
+    setuid, setgid and sticky bits are dropped (the context is a temporary directory on the host).
+    """
     check_inputs(inputs)
     context = _safe(parent, str(inputs["image"]))
     context.mkdir(parents=True)
     epoch = int(inputs["source_date_epoch"])
     dirs: list[tuple[Path, int]] = []
-    for entry in inputs["context"]:
-        path = _safe(context, str(entry["path"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if entry["type"] == "symlink":
-            path.symlink_to(str(entry["target"]))
-            continue
-        if entry["type"] == "dir":
-            path.mkdir(exist_ok=True)
-            dirs.append((path, int(entry["mode"], 8)))
-            continue
-        data = entry["text"].encode() if "text" in entry else base64.b64decode(entry["base64"])
-        path.write_bytes(data)
-        path.chmod(int(entry["mode"], 8))
-        # The flattened rootfs clamps mtimes to the epoch; files copied in keep the clamped value.
-        os.utime(path, (epoch, epoch))
+    links: list[tuple[Path, str]] = []
+    try:
+        for entry in inputs["context"]:
+            path = _safe(context, str(entry["path"]))
+            _real_parents(context, path)
+            if entry["type"] == "symlink":
+                links.append((path, str(entry["target"])))
+                continue
+            if entry["type"] == "dir":
+                path.mkdir(exist_ok=True)
+                if path.is_symlink() or not path.is_dir():
+                    raise FileExistsError(path)
+                dirs.append((path, int(entry["mode"], 8) & 0o777))
+                continue
+            data = entry["text"].encode() if "text" in entry else base64.b64decode(entry["base64"])
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            path.chmod(int(entry["mode"], 8) & 0o777)
+            # The flattened rootfs clamps mtimes to the epoch; files copied in keep the clamped value.
+            os.utime(path, (epoch, epoch))
+        for path, target in links:
+            _real_parents(context, path)
+            path.symlink_to(target)
+    except (FileExistsError, NotADirectoryError, OSError) as exc:
+        raise ConfigError(f"the BOM's build context cannot be restored safely: {exc}",
+                          details="an entry lies below a symbolic link or repeats another entry's path",
+                          resolution="use a BOM exactly as `assembler build` wrote it") from exc
     for path, mode in reversed(dirs):  # deepest first: writing into a directory moves its mtime
         path.chmod(mode)
         os.utime(path, (epoch, epoch))
     return context
+
+
+def _real_parents(root: Path, path: Path) -> None:
+    """Create path's parents as real directories; refuse any that exists as a link or a file."""
+    current = root
+    for part in path.relative_to(root).parts[:-1]:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise NotADirectoryError(f"{current.relative_to(root)} is not a real directory")
+        current.mkdir(exist_ok=True)
 
 
 def restore_recipe(inputs: dict[str, Any], root: Path) -> bootstrap.BaseRecipe | None:

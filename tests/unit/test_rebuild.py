@@ -174,3 +174,23 @@ def test_compare_fails_on_rootfs_packages_or_disk_differences() -> None:
 def test_damaged_entries_are_refused(tmp_path: Path, entry: object) -> None:
     with pytest.raises(ConfigError, match="damaged entry"):
         inputs.restore_context({"format": 1, "image": "demo", "source_date_epoch": 0, "context": [entry]}, tmp_path)
+
+
+@pytest.mark.parametrize("order", ["link-first", "file-first"])
+def test_a_crafted_bom_never_writes_through_a_symlink(tmp_path: Path, order: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = {"path": "d", "type": "symlink", "target": str(outside)}
+    payload = {"path": "d/pwned", "type": "file", "mode": "4755", "text": "#!/bin/sh\nid\n"}
+    entries = [link, payload] if order == "link-first" else [payload, link]
+    evil = {"format": 1, "image": "demo", "source_date_epoch": 0, "context": entries}
+    with pytest.raises(ConfigError, match="cannot be restored safely"):
+        inputs.restore_context(evil, tmp_path / "restore")
+    assert list(outside.iterdir()) == []
+
+
+def test_restored_files_lose_setuid_bits(tmp_path: Path) -> None:
+    entry = {"path": "tool", "type": "file", "mode": "6755", "text": "x"}
+    restored = inputs.restore_context({"format": 1, "image": "demo", "source_date_epoch": 0, "context": [entry]},
+                                      tmp_path)
+    assert (restored / "tool").stat().st_mode & 0o7777 == 0o755
