@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +61,7 @@ class BootConfig(_Strict):
     firmware: Literal["bios", "uefi", "both"] = "both"
     disk_buses: list[DiskBus] = Field(default_factory=_default_disk_buses, min_length=1,
                                       description="boot once per firmware and controller of the root disk")
-    timeout: int = 600
+    timeout: int = Field(600, gt=0)
     checks: str = "checks.yaml"
 
 
@@ -69,7 +70,8 @@ class ImageConfig(_Strict):
 
     description: str = ""
     base: str | None = Field(None, description="base recipe under rootfs/ bootstrapped and loaded first")
-    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
+    # Up to 9999-12-31: tar, SPDX and RFC 3339 timestamps cannot say later.
+    source_date_epoch: int = Field(DEFAULT_SOURCE_DATE_EPOCH, ge=0, le=253402300799)
     build_args: dict[str, str] = Field(default_factory=dict)
     formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
     disk: DiskConfig = Field(default_factory=DiskConfig)
@@ -91,16 +93,20 @@ class ImageSpec(BaseModel):
     config: ImageConfig
 
 
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$")
+MAX_SIZE = 1 << 50  # 1 PiB: anything larger is a typo, and qemu-img refuses it anyway
+
+
 def parse_size(text: str) -> int:
-    """'4G', '512M', '1.5G', '1073741824' -> bytes (binary units)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    """'4G', '512M', '1.5G', '1073741824' -> bytes (binary units); positive and finite only."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    try:
-        if value and value[-1] in units:
-            return int(float(value[:-1]) * units[value[-1]])
-        return int(value)
-    except ValueError as exc:
-        raise ConfigError(f"invalid size: {text!r}", resolution="use a number with K, M, G or T, e.g. 4G") from exc
+    match = _SIZE_RE.match(value)
+    size = int(float(match.group(1)) * units[match.group(2)]) if match else 0
+    if not 0 < size <= MAX_SIZE:
+        raise ConfigError(f"invalid size: {text!r}",
+                          resolution="use a positive number with K, M, G or T, up to 1024T, e.g. 4G")
+    return size
 
 
 def list_images() -> list[str]:

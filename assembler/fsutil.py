@@ -122,10 +122,14 @@ def sha256_tree(root: Path, exclude: tuple[str, ...] = ()) -> str:
         rel = path.relative_to(root).as_posix()
         if rel in exclude:
             continue
+        # File names are bytes: one that is not UTF-8 is hashed as it is (surrogateescape), not refused.
         if path.is_symlink():
-            digest.update(f"L {rel} {os.readlink(path)}\n".encode())
+            line = f"L {rel} {os.readlink(path)}\n"
         elif path.is_file():
-            digest.update(f"F {rel} {path.stat().st_mode & 0o7777:o} {sha256_file(path)}\n".encode())
+            line = f"F {rel} {path.stat().st_mode & 0o7777:o} {sha256_file(path)}\n"
         elif path.is_dir():
-            digest.update(f"D {rel}\n".encode())
+            line = f"D {rel}\n"
+        else:
+            continue
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()

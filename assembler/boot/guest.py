@@ -157,7 +157,12 @@ def parse_batch(data: bytes, count: int) -> dict[int, ProbeOutput]:
         header = data[pos:end].decode(errors="replace").split()
         if len(header) != 5 or header[0] != "@@probe":
             break
-        index, rc, out_len, err_len = (int(field) for field in header[1:])
+        try:
+            index, rc, out_len, err_len = (int(field) for field in header[1:])
+        except ValueError:
+            break
+        if min(index, out_len, err_len) < 0:  # the guest's output is untrusted: never step backwards
+            break
         out = data[end + 1:end + 1 + out_len]
         err = data[end + 1 + out_len:end + 1 + out_len + err_len]
         if index < count:

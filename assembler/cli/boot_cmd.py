@@ -30,6 +30,8 @@ def boot(
 
     if not disk.is_file():
         raise ConfigError(f"no such disk: {disk}", resolution="pass the path of a disk image")
+    if not 0 < timeout < float("inf"):  # also false for nan
+        raise ConfigError(f"invalid --timeout {timeout}", resolution="give a positive number of seconds, e.g. 600")
     if firmware not in ("bios", "uefi", "both"):
         raise ConfigError(f"unknown firmware: {firmware}", resolution="use bios, uefi or both")
     if checks is not None and not checks.is_file():

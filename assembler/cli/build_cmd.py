@@ -52,6 +52,10 @@ def build(
     from assembler.store import Store
 
     spec = resolve_image(image)
+    if size is not None:
+        from assembler.config import parse_size
+
+        parse_size(size)  # a bad --size fails now, not after the rootfs was built
     lock = None
     if bundle is not None:
         from assembler.packages.bundle import read_bundle

@@ -1,0 +1,52 @@
+"""Bad input is one clear error, never a traceback or a hang (issue 13, item 6)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from assembler.boot.guest import parse_batch
+from assembler.config import ImageConfig, parse_size
+from assembler.errors import ConfigError
+from assembler.fsutil import sha256_tree
+from tests.helpers import cli
+
+
+@pytest.mark.parametrize("text", ["infG", "nanG", "-5G", "0", "1e3G", "", "G", "99999T"])
+def test_sizes_that_are_not_positive_finite_numbers_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="invalid size"):
+        parse_size(text)
+
+
+def test_good_sizes_still_parse() -> None:
+    assert parse_size("1.5G") == 3 << 29 and parse_size("512MiB") == 512 << 20 and parse_size("4096") == 4096
+
+
+def test_an_epoch_past_year_9999_is_refused_up_front() -> None:
+    with pytest.raises(ValidationError):
+        ImageConfig(source_date_epoch=100_000_000_000_000)
+    with pytest.raises(ValidationError):
+        ImageConfig(source_date_epoch=-1)
+
+
+def test_a_file_name_that_is_not_utf8_is_hashed(tmp_path: Path) -> None:
+    (tmp_path / os.fsdecode(b"caf\xe9")).write_text("x")
+    first = sha256_tree(tmp_path)
+    assert first == sha256_tree(tmp_path) and len(first) == 64
+
+
+@pytest.mark.parametrize("data", [b"@@probe 0 0 -5 0\nabc\n", b"@@probe 0 0 x 0\n", b"@@probe -1 0 0 0\n"])
+def test_a_hostile_probe_frame_ends_the_parse(data: bytes) -> None:
+    assert parse_batch(data * 3, 2) == {}
+
+
+def test_cli_refuses_a_nan_timeout_and_a_negative_size(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 512)
+    boot = cli("boot", str(disk), "--timeout", "nan")
+    assert boot.returncode == 1 and "invalid --timeout" in boot.stdout + boot.stderr
+    build = cli("build", "debian-12", "--size=-5G", "--dry-run")
+    assert build.returncode == 1 and "invalid size" in build.stdout + build.stderr
