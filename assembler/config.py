@@ -50,7 +50,10 @@ class DiskConfig(_Strict):
     headroom: str = "512M"
     layout: str | None = Field(None, description="layout file under formats/layouts/ or a path")
     layout_overrides: dict[str, object] = Field(default_factory=dict)
-    cmdline: str = "console=tty0 console=ttyS0,115200n8"
+    # Goes verbatim into grub.cfg's `linux` line: printable characters only, none that grub's parser reads
+    # as syntax (a newline or `;` would start a new command, `$` expand a variable).
+    cmdline: str = Field("console=tty0 console=ttyS0,115200n8", pattern=r"^[^\x00-\x1f\x7f$;{}\\'\"`|&<>#]*$",
+                         max_length=2048)
 
 
 def _default_disk_buses() -> list[DiskBus]:

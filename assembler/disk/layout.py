@@ -83,7 +83,8 @@ class Partition(BaseModel):
     role: Role
     size: int | None = None
     fs: Literal["none", "vfat", "ext4"] | None = None
-    label: str = Field(default="", max_length=36)  # GPT names hold 36 UTF-16 code units
+    # GPT names hold 36 UTF-16 code units; written into sfdisk's script, so no quotes, commas or newlines.
+    label: str = Field(default="", max_length=36, pattern=r"^[A-Za-z0-9 ._+-]*$")
 
     @field_validator("size", mode="before")
     @classmethod
@@ -114,7 +115,7 @@ class RootFsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     label: str = Field(default="root", max_length=16)
-    mount_options: str = "errors=remount-ro"
+    mount_options: str = Field("errors=remount-ro", pattern=r"^[A-Za-z0-9_=,.:/+-]+$")  # one fstab field
     reserved_percent: int = Field(default=1, ge=0, le=50)
     features: tuple[str, ...] = (
         "has_journal", "extent", "huge_file", "flex_bg", "metadata_csum", "64bit", "dir_nlink", "extra_isize",

@@ -50,3 +50,22 @@ def test_cli_refuses_a_nan_timeout_and_a_negative_size(tmp_path: Path) -> None:
     assert boot.returncode == 1 and "invalid --timeout" in boot.stdout + boot.stderr
     build = cli("build", "debian-12", "--size=-5G", "--dry-run")
     assert build.returncode == 1 and "invalid size" in build.stdout + build.stderr
+
+
+@pytest.mark.parametrize("cmdline", ["quiet\nmenuentry evil {", "a; reboot", "x=$root", 'console="a b"'])
+def test_a_kernel_command_line_cannot_carry_grub_syntax(cmdline: str) -> None:
+    from assembler.config import DiskConfig
+
+    with pytest.raises(ValidationError):
+        DiskConfig(cmdline=cmdline)
+    assert DiskConfig(cmdline="console=ttyS0,115200n8 net.ifnames=0 quiet").cmdline.endswith("quiet")
+
+
+def test_partition_names_and_mount_options_cannot_break_their_files() -> None:
+    from assembler.disk.layout import Partition, RootFsOptions
+
+    with pytest.raises(ValidationError):
+        Partition(role="esp", size="64MiB", label='EFI", type=L\\n')
+    with pytest.raises(ValidationError):
+        RootFsOptions(mount_options="defaults\t0 0\n/dev/sdb /mnt ext4")
+    assert RootFsOptions(mount_options="errors=remount-ro,noatime").mount_options.endswith("noatime")
