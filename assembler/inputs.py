@@ -15,6 +15,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from docker.utils.build import exclude_paths
+
 from assembler import bootstrap
 from assembler.config import ImageSpec, rootfs_dir
 from assembler.context import base_reference
@@ -41,15 +43,31 @@ def _entry(root: Path, path: Path) -> dict[str, Any]:
         return {"path": rel, "type": "file", "mode": mode, "base64": base64.b64encode(data).decode()}
 
 
-def context_files(context: Path, *, limit: int = MAX_CONTEXT_BYTES) -> list[dict[str, Any]]:
-    """Every entry of the build context, sorted by path (downloads/ is left out when downloads.yaml pins it)."""
+def sent_to_engine(context: Path, containerfile: str = "Containerfile") -> set[str] | None:
+    """The paths the engine receives after `.dockerignore` (the engine SDK's own matcher), or None (all)."""
+    ignore = context / ".dockerignore"
+    if not ignore.is_file():
+        return None
+    patterns = [line.strip() for line in ignore.read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    return {PurePosixPath(p).as_posix() for p in exclude_paths(str(context), patterns, dockerfile=containerfile)}
+
+
+def context_files(context: Path, *, limit: int = MAX_CONTEXT_BYTES,
+                  containerfile: str = "Containerfile") -> list[dict[str, Any]]:
+    """Every entry of the build context the engine sees, sorted by path: what `.dockerignore` keeps from the
+    build (a `.env`, credentials) never reaches the BOM either; downloads/ is left out when downloads.yaml
+    pins it."""
     pinned = (context / DOWNLOADS_FILE).is_file()
+    sent = sent_to_engine(context, containerfile)
     entries: list[dict[str, Any]] = []
     total = 0
     for path in sorted(context.rglob("*")):
         rel = path.relative_to(context)
         if pinned and rel.parts[0] == DOWNLOADS_DIR:
             continue  # the rootfs phase replaces it with the verified pins
+        if sent is not None and rel.as_posix() not in sent:
+            continue
         if path.is_file() and not path.is_symlink():
             total += path.stat().st_size
             if total > limit:
@@ -84,7 +102,8 @@ def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path 
     `lock` is the effective lock of the build: it replaces the committed one (which may have been stale and
     re-resolved), so a rebuild from the BOM installs what this image holds.
     """
-    context = context_files(spec.context, limit=limit)
+    context = context_files(spec.context, limit=limit,
+                            containerfile=spec.containerfile.relative_to(spec.context).as_posix())
     if lock is not None:
         context = sorted([e for e in context if e["path"] != LOCK_FILE]
                          + [{"path": LOCK_FILE, "type": "file", "mode": "0644", "text": lock.read_text()}],

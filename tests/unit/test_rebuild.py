@@ -194,3 +194,17 @@ def test_restored_files_lose_setuid_bits(tmp_path: Path) -> None:
     restored = inputs.restore_context({"format": 1, "image": "demo", "source_date_epoch": 0, "context": [entry]},
                                       tmp_path)
     assert (restored / "tool").stat().st_mode & 0o7777 == 0o755
+
+
+def test_what_dockerignore_keeps_from_the_engine_never_reaches_the_bom(tmp_path: Path) -> None:
+    ctx = tmp_path / "img"
+    (ctx / "files").mkdir(parents=True)
+    (ctx / "secrets").mkdir()
+    (ctx / "Containerfile").write_text("FROM scratch\nCOPY files/ /\n")
+    (ctx / "files" / "a.sh").write_text("echo a\n")
+    (ctx / ".env").write_text("API_TOKEN=hunter2\n")
+    (ctx / "secrets" / "token").write_text("hunter2\n")
+    (ctx / ".dockerignore").write_text("# local only\n.env\nsecrets\n")
+    paths = [e["path"] for e in inputs.context_files(ctx)]
+    assert paths == [".dockerignore", "Containerfile", "files", "files/a.sh"]
+    assert "hunter2" not in json.dumps(inputs.context_files(ctx))
