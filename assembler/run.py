@@ -38,6 +38,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "tar": "tar",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "setpriv": "util-linux",
 }
 
 

@@ -135,7 +135,9 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         *root_disk_devices(spec.disk_bus),
         "-drive", f"if=none,id=seed,format=raw,readonly=on,file={_opt(spec.seed)}",
         "-device", "virtio-blk-pci,drive=seed",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        # restrict=on: the guest reaches nothing on the host or beyond (its loopback services included);
+        # only the SSH forward is open, from the host's loopback to the guest.
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=net0,romfile=",  # no iPXE: never network-boot
         "-device", "virtio-rng-pci",
         "-chardev", f"file,id=console,path={_opt(spec.console_log)}",
@@ -186,9 +188,11 @@ class QemuProcess:
         self.argv = argv
         self.stderr_log = stderr_log
         log.debug("$ %s", " ".join(argv))
+        # The kernel kills QEMU when assembler dies, even by SIGKILL (no handler, no atexit runs then).
+        setpriv = require_tool("setpriv", "ties QEMU's life to assembler's (util-linux)")
         with stderr_log.open("wb") as err:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", *argv], stdin=subprocess.DEVNULL,
+                                         stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
         _LIVE[self.proc.pid] = self.proc
         self.started = time.monotonic()
 
