@@ -39,6 +39,8 @@ def plan_build(ctx: BuildContext, selected: set[str] | None = None) -> list[Phas
 def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]:
     """Run the build and return the manifest written to the output directory."""
     started = time.monotonic()
+    for orphan in ctx.store.clean_stale():
+        console.print(f"[dim]removed {orphan.name}, left in the cache by a killed build[/]")
     plan = plan_build(ctx, selected)
     print_plan(plan)
     store_need, out_need = space.estimate(step.phase.kind for step in plan if step.action is Action.RUN)

@@ -14,9 +14,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assembler.fsutil import write_json
+from assembler.fsutil import atomic_path, replace_dir, write_json
+from assembler.log import log
 
 META = "meta.json"
+FILES = "files"  # in meta.json: {path: [size, mtime_ns]} of every file of the entry
+LOCK_SUFFIX = ".lock"
+
+
+def _damaged(path: Path, files: Any) -> str:
+    """Why an entry's files differ from what was committed ('' when they do not, or nothing was recorded)."""
+    if not isinstance(files, dict):
+        return ""  # written before entries recorded their files
+    for rel, recorded in files.items():
+        try:
+            stat = (path / rel).stat()
+        except OSError:
+            return f"{rel} is missing"
+        if [stat.st_size, stat.st_mtime_ns] != recorded:
+            return f"{rel} changed"
+    return ""
+
+
+def _discard(path: Path) -> None:
+    trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -39,11 +62,19 @@ class Store:
         return self.root / "objects" / key[:2] / key
 
     def get(self, key: str) -> Entry | None:
+        """The finished entry for key; one whose files changed since it was committed (a different size or
+        mtime, a missing file) is removed and reported absent, so it is built again instead of used."""
         path = self.object_dir(key)
         meta = path / META
         if not meta.is_file():
             return None
-        return Entry(key, path, json.loads(meta.read_text()))
+        data = json.loads(meta.read_text())
+        damaged = _damaged(path, data.get(FILES))
+        if damaged:
+            log.warning("cache entry %s is damaged (%s); building it again", key[:12], damaged)
+            _discard(path)
+            return None
+        return Entry(key, path, data)
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -58,31 +89,78 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
+    def scratch(self, label: str) -> Iterator[Path]:
+        """A private temporary directory under <cache>/tmp, removed afterwards; while it exists a lock file
+        beside it is held, so `clean_stale()` (at the start of every build) removes only orphans."""
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        fd, lock_name = tempfile.mkstemp(prefix=f"{label}.", suffix=LOCK_SUFFIX, dir=tmp_root)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held before the directory exists: never taken for an orphan
+        tmp = Path(lock_name.removesuffix(LOCK_SUFFIX))
+        try:
+            tmp.mkdir()
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.unlink(lock_name)
+            os.close(fd)
+
+    @contextmanager
     def writer(self, key: str) -> Iterator[Path]:
         """Yield an empty temporary directory; on success it becomes the entry for `key`.
 
         The caller writes artefacts into it and the store adds meta.json last (via commit()).
-        On any exception the temporary directory is removed, so no half entry exists.
+        On any exception the temporary directory is removed, so no half entry exists. An entry being
+        replaced (--no-cache) is first renamed aside, so a crash never leaves a mix that looks complete.
         """
-        tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key[:12]}.", dir=tmp_root))
-        try:
+        with self.scratch(key[:12]) as tmp:
             yield tmp
             if not (tmp / META).is_file():
                 raise RuntimeError("store writer finished without meta.json")  # programming error
-            final = self.object_dir(key)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            replace_dir(tmp, self.object_dir(key))
+
+    def clean_stale(self) -> list[Path]:
+        """Remove what killed runs left in <cache>/tmp (directories whose lock nobody holds any more)."""
+        removed: list[Path] = []
+        tmp_root = self.root / "tmp"
+        for path in sorted(tmp_root.iterdir()) if tmp_root.is_dir() else []:
+            if path.name.endswith(LOCK_SUFFIX) or not path.is_dir():
+                continue
+            lock = path.with_name(path.name + LOCK_SUFFIX)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a running build's
+            shutil.rmtree(path, ignore_errors=True)
+            os.unlink(lock)
+            os.close(fd)
+            removed.append(path)
+        # Entries renamed aside by a replace or a discard that was killed before it removed them.
+        for trash in sorted((self.root / "objects").glob("*/.*.old-*")) + sorted(
+                (self.root / "objects").glob("*/.*.damaged-*")):
+            shutil.rmtree(trash, ignore_errors=True)
+            removed.append(trash)
+        for lock in tmp_root.glob(f"*{LOCK_SUFFIX}") if tmp_root.is_dir() else []:
+            if not lock.with_name(lock.name.removesuffix(LOCK_SUFFIX)).exists():
+                with open(lock, "a") as handle:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    lock.unlink(missing_ok=True)
+        return removed
 
     @staticmethod
     def commit_meta(tmp: Path, meta: dict[str, Any]) -> None:
-        write_json(tmp / META, {**meta, "created": int(time.time())})
+        """meta.json last, with the size and mtime of every file: what get() checks before reuse."""
+        files = {p.relative_to(tmp).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+                 for p in sorted(tmp.rglob("*")) if p.is_file() and not p.is_symlink()}
+        write_json(tmp / META, {**meta, "created": int(time.time()), FILES: files})
 
     # Refs remember the last key of (image, phase) so a plan can say "inputs changed".
     def ref(self, image: str, phase: str) -> str | None:
@@ -90,8 +168,5 @@ class Store:
         return path.read_text().strip() if path.is_file() else None
 
     def set_ref(self, image: str, phase: str, key: str) -> None:
-        path = self.root / "refs" / image / phase
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(key + "\n")
-        os.replace(tmp, path)
+        with atomic_path(self.root / "refs" / image / phase) as tmp:  # a unique temporary name: builds race
+            tmp.write_text(key + "\n")

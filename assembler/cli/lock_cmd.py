@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import typer
@@ -42,11 +41,9 @@ def lock(
             return
     ctx = BuildContext(spec=spec, store=Store(root), output_dir=Path("/nonexistent"), formats=[],
                        boot_test=False, update_lock=update)
-    work = root / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lock-", dir=work) as tmp:
-        RootfsPhase(ctx).execute(Path(tmp))
-        resolved = lockfile.read_lock(Path(tmp) / lockfile.LOCK_FILE)
+    with ctx.store.scratch("lock") as tmp:
+        RootfsPhase(ctx).execute(tmp)
+        resolved = lockfile.read_lock(tmp / lockfile.LOCK_FILE)
     lockfile.write_lock(path, resolved)
     if committed is None:
         console.print(f"{path}: written ({len(resolved.packages)} packages, {len(resolved.indexes)} index files)")
