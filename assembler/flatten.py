@@ -11,6 +11,7 @@ first surviving path of their group, so it is bit-identical whenever the contain
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -26,6 +27,7 @@ from typing import IO, Any
 
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path
+from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
 
 WHITEOUT = ".wh."
@@ -63,27 +65,15 @@ class _Node:
     source: tarfile.TarInfo
 
 
-@dataclass
-class _Tree:
-    nodes: dict[str, _Node] = field(default_factory=dict)
-    children: dict[str, set[str]] = field(default_factory=dict)
+def _tree() -> Overlay[_Node]:
+    return Overlay(is_dir=lambda node: node.source.isdir())
 
-    def add(self, path: str, node: _Node) -> None:
-        old = self.nodes.get(path)
-        if old is not None and old.source.isdir() and not node.source.isdir():
-            self.remove_children(path)
-        self.nodes[path] = node
-        self.children.setdefault(posixpath.dirname(path), set()).add(path)
 
-    def remove(self, path: str) -> None:
-        self.remove_children(path)
-        self.nodes.pop(path, None)
-        self.children.get(posixpath.dirname(path), set()).discard(path)
-
-    def remove_children(self, path: str) -> None:
-        for child in self.children.pop(path, set()):
-            self.remove_children(child)
-            self.nodes.pop(child, None)
+def _implicit_dir(path: str, index: int) -> _Node:
+    """A directory a layer implies without an entry (an opaque marker's): root-owned 0755, clamped time."""
+    info = tarfile.TarInfo(path)
+    info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, 0, 0, 0
+    return _Node(index, info)
 
 
 # ------------------------------------------------------------------------------------------- the archive
@@ -185,7 +175,7 @@ def _norm(name: str) -> str:
     return "" if path == "." else path
 
 
-def _apply_layer(tree: _Tree, index: int, layer: tarfile.TarFile) -> tuple[int, int]:
+def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tuple[int, int]:
     """Apply one layer: its whiteouts against the lower layers first, then its entries."""
     members = layer.getmembers()
     whiteouts = 0
@@ -193,11 +183,12 @@ def _apply_layer(tree: _Tree, index: int, layer: tarfile.TarFile) -> tuple[int, 
         path = _norm(member.name)
         base = posixpath.basename(path)
         if base == OPAQUE:
-            tree.remove_children(posixpath.dirname(path))
+            directory = posixpath.dirname(path)
+            tree.opaque(directory, functools.partial(_implicit_dir, directory, index))
             whiteouts += 1
         elif base.startswith(WHITEOUT):
             if not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh.* are AUFS metadata
-                tree.remove(posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):]))
+                tree.whiteout(posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):]))
             whiteouts += 1
     in_layer: dict[str, _Node] = {}
     entries = 0
@@ -212,7 +203,7 @@ def _apply_layer(tree: _Tree, index: int, layer: tarfile.TarFile) -> tuple[int, 
     return entries, whiteouts
 
 
-def _link_node(tree: _Tree, in_layer: dict[str, _Node], member: tarfile.TarInfo) -> _Node:
+def _link_node(tree: Overlay[_Node], in_layer: dict[str, _Node], member: tarfile.TarInfo) -> _Node:
     """A hard link shares its target's data: the target in this layer, else (rarely) the merged one."""
     target = _norm(member.linkname)
     if target in in_layer:
@@ -256,7 +247,7 @@ def _output_info(path: str, source: tarfile.TarInfo, sde: int) -> tarfile.TarInf
     return info
 
 
-def _write_tree(tree: _Tree, layers: list[tarfile.TarFile], out: tarfile.TarFile, sde: int) -> int:
+def _write_tree(tree: Overlay[_Node], layers: list[tarfile.TarFile], out: tarfile.TarFile, sde: int) -> int:
     """Write every surviving path in sorted order; the first path of a link group carries the data."""
     first_of: dict[int, str] = {}
     count = 0
@@ -290,7 +281,7 @@ def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int) -> Flatten
         raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
     with _open_archive(archive) as outer, ExitStack() as stack, atomic_path(dest_tar) as tmp:
         image = read_image(outer)
-        tree, infos, layers = _Tree(), [], []
+        tree, infos, layers = _tree(), [], []
         for index, name in enumerate(image.layers):
             layer = stack.enter_context(_open_layer(outer, name, dest_tar.parent))
             layers.append(layer)

@@ -10,6 +10,7 @@ path, which is how `assembler diff` attributes a change to a step.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -24,6 +25,7 @@ from typing import IO, Any
 from assembler.errors import ConfigError
 from assembler.flatten import read_image
 from assembler.fsutil import atomic_path
+from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
 
 INDEX_VERSION = 1
@@ -250,35 +252,23 @@ class Placed:
 
 
 def merge(index: LayerIndex) -> dict[str, Placed]:
-    """The container's view: layers applied bottom-up with whiteouts (the flatten rules)."""
-    tree: dict[str, Placed] = {}
-    children: dict[str, set[str]] = {}
-
-    def drop_children(path: str) -> None:
-        for child in children.pop(path, set()):
-            drop_children(child)
-            tree.pop(child, None)
-
-    def drop(path: str) -> None:
-        drop_children(path)
-        tree.pop(path, None)
-        children.get(posixpath.dirname(path), set()).discard(path)
-
+    """The container's view: layers applied bottom-up with whiteouts (the flatten rules: assembler.overlay)."""
+    tree: Overlay[Placed] = Overlay(is_dir=lambda placed: placed.entry.type == "dir")
     for layer in index.layers:
         for directory in layer.opaque:
-            drop_children(directory)
+            tree.opaque(directory, functools.partial(_implicit_dir, directory, layer.index))
         for path in layer.whiteouts:
-            drop(path)
+            tree.whiteout(path)
         for entry in layer.entries:
-            old = tree.get(entry.path)
-            if old is not None and old.entry.type == "dir" and entry.type != "dir":
-                drop_children(entry.path)
-            if entry.type == "hardlink" and entry.sha256 is None and entry.link in tree:
-                target = tree[entry.link].entry
+            if entry.type == "hardlink" and entry.sha256 is None and entry.link in tree.nodes:
+                target = tree.nodes[entry.link].entry
                 entry = FileEntry(**{**asdict(entry), "sha256": target.sha256, "size": 0})
-            tree[entry.path] = Placed(entry, layer.index)
-            children.setdefault(posixpath.dirname(entry.path), set()).add(entry.path)
-    return tree
+            tree.add(entry.path, Placed(entry, layer.index))
+    return tree.nodes
+
+
+def _implicit_dir(path: str, layer: int) -> Placed:
+    return Placed(FileEntry(path=path, type="dir", mode=0o755, uid=0, gid=0, size=0), layer)
 
 
 def index_rootfs_tar(rootfs_tar: Path, capture: Capture | None = None, step: str = "rootfs") -> LayerIndex:

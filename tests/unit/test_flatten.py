@@ -269,3 +269,30 @@ def test_the_build_bases_own_apt_config_never_reaches_the_rootfs(tmp_path: Path)
         [E("etc/hostname", b"h\n")],
     ])
     assert BUILD_ONLY_APT_CONF not in out and conf + "70debconf" in out
+
+
+# Lower layers often hold a/b/c without entries for a and a/b (images not built by the classic builder).
+IMPLICIT_CASES = {
+    "whiteout of an implicit parent": ([[E("a/b/c", b"c")], [E(".wh.a")]], {}),
+    "opaque implicit directory stays, empty": ([[E("a/b/c", b"c")], [E("a/.wh..wh..opq")]], {"a": "dir"}),
+    "a file replaces an implicit directory": ([[E("a/b/c", b"c")], [E("a", b"f")]], {"a": "file"}),
+    "a symlink replaces an implicit directory": ([[E("a/b/c", b"c")], [E("a", kind="sym", target="x")]],
+                                                 {"a": "sym"}),
+    "a path below a lower file makes it a directory": ([[E("a", b"f")], [E("a/c", b"c")]], {"a/c": "file"}),
+}
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    return "dir" if info.isdir() else "sym" if info.issym() else "file"
+
+
+@pytest.mark.parametrize("case", sorted(IMPLICIT_CASES))
+def test_implicit_parents_follow_the_engines_rules(tmp_path: Path, case: str) -> None:
+    from assembler import layers as layer_index
+
+    stack, expected = IMPLICIT_CASES[case]
+    out = run_flatten(tmp_path, stack)
+    assert {name: _kind(info) for name, (info, _) in out.items()} == expected
+    merged = layer_index.merge(layer_index.read_archive(tmp_path / "image.tar"))
+    kinds = {"symlink": "sym"}
+    assert {p: kinds.get(m.entry.type, m.entry.type) for p, m in merged.items()} == expected
