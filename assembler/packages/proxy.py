@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import shutil
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -53,6 +52,7 @@ class Session:
     _releases: dict[str, index.Release] = field(default_factory=dict)  # suite dir -> its listing
     _records: dict[str, dict[str, index.PackageRecord]] = field(default_factory=dict)  # archive -> by path
     _parsed: set[str] = field(default_factory=set)
+    _verified: set[str] = field(default_factory=set)  # store files hashed by this session
     _mutex: threading.RLock = field(default_factory=threading.RLock)
     _server: ThreadingHTTPServer | None = None
 
@@ -161,8 +161,11 @@ class Session:
             return self._records.get(archive, {}).get(relative)
 
     def _obtain(self, url: str, sha256: str, *, what: str) -> Path:
-        path = self.store.verified(sha256)
-        return path if path is not None else self.sources.fetch(url, sha256, self.store, what=what)
+        if sha256 in self._verified and self.store.has(sha256):
+            return self.store.path(sha256)  # hashed once per session (apt asks for some files twice)
+        path = self.store.verified(sha256) or self.sources.fetch(url, sha256, self.store, what=what)
+        self._verified.add(sha256)
+        return path
 
     # ------------------------------------------------------------------------------ results
 
@@ -225,6 +228,7 @@ class Refused(AssemblerError):
 def _handler(session: Session) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: apt pipelines many requests on one connection
+        disable_nagle_algorithm = True  # headers and a small body must not wait for the previous ACK
 
         def do_GET(self) -> None:
             self._answer(body=True)
@@ -255,8 +259,9 @@ def _handler(session: Session) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             if body:
+                # sendfile: the kernel copies, the GIL is free (the build's log thread competes for it).
                 with path.open("rb") as handle:
-                    shutil.copyfileobj(handle, self.wfile)
+                    self.connection.sendfile(handle)
 
         def _fail(self, status: int, reason: str) -> None:
             data = (reason + "\n").encode()

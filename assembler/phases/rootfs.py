@@ -35,7 +35,7 @@ def context_hash(context: Path) -> str:
 
 def _show_step(line: str) -> None:
     # The engine streams every line of every RUN; the step headers are enough to follow progress.
-    if line.startswith("Step "):
+    if line.startswith(("Step ", "Successfully built")):
         console.print(f"    [dim]{escape(line.strip()[:150])}[/]", highlight=False)
     else:
         log.debug("%s", line.rstrip())
