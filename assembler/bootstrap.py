@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import docker
 import yaml
@@ -256,6 +256,19 @@ class BaseImage:
     indexes: list[IndexFile]
 
 
+def _labelled_config(src: tarfile.TarFile, labels: dict[str, str]) -> tuple[dict[str, Any], bytes]:
+    manifest = json.loads(_member_bytes(src, "manifest.json"))[0]
+    config = json.loads(_member_bytes(src, manifest["Config"]))
+    config["config"]["Labels"] = dict(sorted(labels.items()))
+    return manifest, canonical_json(config)
+
+
+def labelled_image_id(source: Path, labels: dict[str, str]) -> str:
+    """The image ID labelled_archive() would give, from the config alone (no copy of the layer)."""
+    with tarfile.open(source) as src:
+        return f"sha256:{sha256_bytes(_labelled_config(src, labels)[1])}"
+
+
 def labelled_archive(source: Path, dest: Path, labels: dict[str, str]) -> str:
     """A copy of a one-layer docker-archive whose config carries `labels`; returns its image ID.
 
@@ -263,10 +276,7 @@ def labelled_archive(source: Path, dest: Path, labels: dict[str, str]) -> str:
     never reused on top of another.
     """
     with tarfile.open(source) as src:
-        manifest = json.loads(_member_bytes(src, "manifest.json"))[0]
-        config = json.loads(_member_bytes(src, manifest["Config"]))
-        config["config"]["Labels"] = dict(sorted(labels.items()))
-        data = canonical_json(config)
+        manifest, data = _labelled_config(src, labels)
         name = f"{sha256_bytes(data)}.json"
         layer = src.getmember(manifest["Layers"][0])
         out_manifest = canonical_json([{**manifest, "Config": name}])
@@ -304,19 +314,21 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
         _build_entry(recipe, entry, session)
     image_id = (entry / "image-id").read_text().strip()
     base_lock = read_lock(entry / BASE_LOCK)
+    labels = {LOCK_LABEL: label} if label is not None else None
+    if labels:  # the lock the build replays: engine layers cached on another are not reused
+        image_id = labelled_image_id(entry / "image.tar", labels)
+    if engine.image_id(client, recipe.tag) == image_id:
+        log.debug("base %s already loaded as %s", recipe.tag, image_id)
+        return BaseImage(image_id, list(base_lock.packages), list(base_lock.indexes))
     with tempfile.TemporaryDirectory(prefix=".load-", dir=entry.parent) as tmp:
         archive = entry / "image.tar"
-        if label is not None:  # the lock the build replays: engine layers cached on another are not reused
+        if labels:  # written only when the engine lacks it: a copy of the whole layer
             archive = Path(tmp) / "image.tar"
-            image_id = labelled_archive(entry / "image.tar", archive, {LOCK_LABEL: label})
-        if engine.image_id(client, recipe.tag) == image_id:
-            log.debug("base %s already loaded as %s", recipe.tag, image_id)
-        else:
-            loaded = engine.load_archive(client, archive)
-            if loaded != image_id:
-                log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
-            image_id = loaded
-    return BaseImage(image_id, list(base_lock.packages), list(base_lock.indexes))
+            labelled_archive(entry / "image.tar", archive, labels)
+        loaded = engine.load_archive(client, archive)
+    if loaded != image_id:
+        log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
+    return BaseImage(loaded, list(base_lock.packages), list(base_lock.indexes))
 
 
 def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:

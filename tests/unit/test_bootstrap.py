@@ -105,6 +105,7 @@ def test_a_labelled_base_keeps_its_layer_and_gets_its_own_image_id(tmp_path: Pat
     again = bootstrap.labelled_archive(tmp_path / "a.tar", tmp_path / "again.tar", {bootstrap.LOCK_LABEL: "1" * 64})
     other = bootstrap.labelled_archive(tmp_path / "a.tar", tmp_path / "two.tar", {bootstrap.LOCK_LABEL: "2" * 64})
     assert one == again and len({plain, one, other}) == 3
+    assert bootstrap.labelled_image_id(tmp_path / "a.tar", {bootstrap.LOCK_LABEL: "1" * 64}) == one
     assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "again.tar").read_bytes()
     with tarfile.open(tmp_path / "one.tar") as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
