@@ -1,8 +1,16 @@
-"""Publishing store artefacts into out/IMAGE/: sparse, atomic copies, skipped when already in place."""
+"""Publishing store artefacts into out/IMAGE/: read-only hard links (sparse copies across filesystems),
+placed atomically and skipped when already in place.
+
+A link costs no time and no second copy of a multi-GB disk. It also shares the inode with the cache entry,
+so both are made read-only, and the store's check of every entry file's size and mtime (Store.get) is what
+keeps an edit of an output from ever being used as a cache hit: the entry is discarded and built again, and
+the next publish replaces the edited file. `assembler build --copy-outputs` keeps separate copies instead.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,15 +61,16 @@ def collect(ctx: BuildContext) -> list[Artefact]:
     return found
 
 
-def publish(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Copy every artefact into the output directory and return the manifest's `outputs` list."""
+def publish(ctx: BuildContext, *, copy: bool = False) -> list[dict[str, Any]]:
+    """Link (or with copy=True, copy) every artefact into the output directory; return the manifest's
+    `outputs` list."""
     out_dir = ctx.output_dir
     state = _load_state(out_dir)
     outputs: list[dict[str, Any]] = []
     for artefact in collect(ctx):
         dest = out_dir / artefact.name
         if not _unchanged(dest, artefact, state.get(artefact.name)):
-            _copy(artefact.source, dest)
+            _place(artefact.source, dest, copy=copy)
         stat = dest.stat()
         state[artefact.name] = {"key": artefact.key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if artefact.fmt:
@@ -87,8 +96,14 @@ def _load_state(out_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _copy(source: Path, dest: Path) -> None:
-    """A sparse copy, never a hard link: editing an output must never change the cache."""
+def _place(source: Path, dest: Path, *, copy: bool) -> None:
     with atomic_path(dest) as tmp:
-        run(["cp", "--sparse=always", "--reflink=auto", source, tmp])
-    dest.chmod(0o644)
+        if not copy:
+            try:
+                tmp.unlink()
+                os.link(source, tmp)
+            except OSError:  # another filesystem, or one without hard links: a copy
+                copy = True
+        if copy:
+            run(["cp", "--sparse=always", "--reflink=auto", source, tmp])
+    dest.chmod(0o644 if copy else 0o444)

@@ -33,6 +33,7 @@ class BuildContext:
     update_lock: bool = False  # re-resolve against today's archive whatever the lock says
     lock: Lock | None = None  # a bundle's lock, used instead of the image directory's
     offline: bool = False  # no mirror at all: the package store (filled from a bundle) only
+    copy_outputs: bool = False  # out/ gets separate copies instead of read-only hard links to the cache
     results: dict[str, Entry] = field(default_factory=dict)
 
 

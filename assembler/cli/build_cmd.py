@@ -42,6 +42,8 @@ def build(
     bundle: Path | None = typer.Option(None, "--bundle", help="take the lock and every locked file from this "
                                        "bundle (`assembler bundle`)"),
     offline: bool = typer.Option(False, "--offline", help="fetch nothing: the package store and the bundle only"),
+    copy_outputs: bool = typer.Option(False, "--copy-outputs", help="out/ gets copies you may edit in place "
+                                      "(default: read-only hard links to the cache, no second copy)"),
 ) -> None:
     """Build IMAGE: rootfs -> disk -> formats -> boot test; outputs and manifest.json in out/IMAGE/."""
     from assembler.build import build as run_build
@@ -69,7 +71,7 @@ def build(
     ctx = BuildContext(
         spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
         formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
-        lock=lock, offline=offline,
+        lock=lock, offline=offline, copy_outputs=copy_outputs,
     )
     selected = _selected(phases)
     if dry_run:

@@ -1,4 +1,5 @@
-"""out/IMAGE/ publishing: copies land atomically, unchanged copies are skipped, touched ones are redone."""
+"""out/IMAGE/ publishing: read-only links (or copies) land atomically, unchanged ones are skipped, touched ones
+are redone, and an edit through a link is never reused from the cache."""
 
 from __future__ import annotations
 
@@ -41,14 +42,40 @@ def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
     assert not list(ctx.output_dir.glob(".*.part"))
 
 
-def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext) -> None:
+def test_outputs_are_read_only_links_to_the_cache_by_default(ctx: BuildContext) -> None:
+    outputs.publish(ctx)
+    raw, source = ctx.output_dir / "img.raw", ctx.results["disk"].file("disk.raw")
+    assert raw.samefile(source)
+    assert raw.stat().st_mode & 0o777 == 0o444
+
+
+def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cache")
+    with store.writer("k" * 64) as tmp:
+        (tmp / "disk.raw").write_bytes(b"\0" * 4096 + b"boot")
+        (tmp / "bom.spdx.json").write_text("{}")
+        Store.commit_meta(tmp, {"disk": {}})
+    entry = store.get("k" * 64)
+    assert entry is not None
+    spec = ImageSpec(name="img", context=tmp_path, containerfile=tmp_path / "Containerfile", config=ImageConfig())
+    ctx = BuildContext(spec=spec, store=store, output_dir=tmp_path / "out", formats=["raw"])
+    ctx.results["disk"] = entry
     outputs.publish(ctx)
     raw = ctx.output_dir / "img.raw"
+    raw.write_bytes(b"user edit")  # root writes through 0444
+    assert store.get("k" * 64) is None  # never a cache hit: built again
+    assert not entry.path.exists()
+
+
+def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext) -> None:
+    outputs.publish(ctx, copy=True)
+    raw = ctx.output_dir / "img.raw"
     first = raw.stat().st_ino
-    outputs.publish(ctx)
+    outputs.publish(ctx, copy=True)
     assert raw.stat().st_ino == first  # not copied again
+    assert not raw.samefile(ctx.results["disk"].file("disk.raw"))
     raw.write_bytes(b"user edit")
-    outputs.publish(ctx)
+    outputs.publish(ctx, copy=True)
     assert raw.read_bytes().endswith(b"boot")  # the artefact is restored from the store
     state = json.loads((ctx.output_dir / outputs.STATE).read_text())
     assert state["img.raw"]["key"] == "k-disk"
@@ -57,6 +84,7 @@ def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext)
 def test_new_store_entry_replaces_the_copy(ctx: BuildContext) -> None:
     outputs.publish(ctx)
     entry = ctx.results["disk"]
+    (entry.path / "disk.raw").unlink()  # a new entry's file, not the linked one rewritten
     (entry.path / "disk.raw").write_bytes(b"new disk")
     ctx.results["disk"] = Entry("k-disk-2", entry.path, entry.meta)
     os.utime(ctx.output_dir / "img.raw", ns=(0, (ctx.output_dir / "img.raw").stat().st_mtime_ns))
