@@ -311,6 +311,7 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     state = session.state(inrelease_urls(recipe))
     entry = cache_dir / "base" / recipe_key(recipe, state)
     if not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file():
+        session.prefetch("base")
         _build_entry(recipe, entry, session)
     image_id = (entry / "image-id").read_text().strip()
     base_lock = read_lock(entry / BASE_LOCK)

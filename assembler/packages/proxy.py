@@ -14,6 +14,7 @@ import email.utils
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,8 @@ from assembler.packages import index
 from assembler.packages.lockfile import IndexFile, Layer, Lock, LockedPackage, make_lock
 from assembler.packages.sources import Sources, Unavailable
 from assembler.packages.store import IntegrityError, PackageStore
+
+PREFETCH_WORKERS = 4  # parallel downloads of locked files the store lacks; apt asks for one at a time
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Session:
     _verified: set[str] = field(default_factory=set)  # store files hashed by this session
     _mutex: threading.RLock = field(default_factory=threading.RLock)
     _server: ThreadingHTTPServer | None = None
+    _prefetching: dict[str, Future[Path]] = field(default_factory=dict)  # sha256 -> download in flight
+    _pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------ the mirror state
 
@@ -163,9 +168,38 @@ class Session:
     def _obtain(self, url: str, sha256: str, *, what: str) -> Path:
         if sha256 in self._verified and self.store.has(sha256):
             return self.store.path(sha256)  # hashed once per session (apt asks for some files twice)
+        with self._mutex:
+            pending = self._prefetching.get(sha256)
+        if pending is not None:
+            try:
+                path = pending.result()  # hashed while it was written
+                self._verified.add(sha256)
+                return path
+            except AssemblerError:
+                pass  # fetched again below, so the request fails (or succeeds) with its own error
         path = self.store.verified(sha256) or self.sources.fetch(url, sha256, self.store, what=what)
         self._verified.add(sha256)
         return path
+
+    def prefetch(self, layer: Layer) -> int:
+        """Start downloading, in parallel and in the background, every .deb of `layer` in the replayed lock
+        that the store lacks; apt's requests for them then wait for those downloads instead of fetching one
+        file at a time. Returns how many were started."""
+        if self.lock is None or self.sources.offline:
+            return 0
+        wanted = {p.sha256: p for p in self.lock.packages if p.layer == layer and not self.store.has(p.sha256)}
+        with self._mutex:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="apt-prefetch")
+            # Largest first: the long downloads overlap everything else.
+            for pkg in sorted(wanted.values(), key=lambda p: -p.size):
+                if pkg.sha256 not in self._prefetching:
+                    self._prefetching[pkg.sha256] = self._pool.submit(
+                        self.sources.fetch, pkg.url, pkg.sha256, self.store,
+                        what=f"{pkg.name} {pkg.version} ({pkg.architecture})")
+        if wanted:
+            log.info("prefetching %d locked package(s) of the %s layer", len(wanted), layer)
+        return len(wanted)
 
     # ------------------------------------------------------------------------------ results
 
@@ -206,6 +240,9 @@ class Session:
             server.shutdown()
             server.server_close()
             self._server = None
+            if self._pool is not None:  # what was not asked for is not waited for
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
 
 def _check_fresh(release: index.Release, url: str) -> None:

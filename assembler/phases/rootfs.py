@@ -137,6 +137,7 @@ class RootfsPhase(Phase):
                                                snapshots=spec.config.snapshots)
         replay = session.lock
         with session.serving():
+            session.prefetch("image")  # while the base is checked (or bootstrapped): downloads run alongside
             # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only
             # for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another
             # mirror state installed, and every .deb must pass the proxy for the lock to be complete).

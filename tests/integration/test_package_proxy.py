@@ -107,6 +107,41 @@ def test_a_cold_store_and_a_moved_repository_make_a_stale_lock(served: Served, t
     assert "hello-a 1.0 (amd64)" in err.value.details and "assembler lock" in err.value.resolution
 
 
+def test_a_replayed_lock_prefetches_what_the_store_lacks(served: Served, tmp_path: Path) -> None:
+    lock = resolve(served, tmp_path / "cache")
+    [deb] = lock.packages
+    store = PackageStore(tmp_path / "empty")
+    replay = Session("t", store, Sources(MirrorMap()), [served.repo.keyring], lock=lock, strict=True)
+    with replay.serving():
+        assert replay.prefetch("base") == 0  # the lock has no base layer here
+        assert replay.prefetch("image") == 1
+        served.repo.requests.clear()
+        apt = apt_through(replay, served, "prefetched")
+        apt("update")
+        replay.layer = "image"
+        apt("download", "hello-a")
+    assert store.verified(deb.sha256) is not None
+    pool_requests = [r for r in served.repo.requests if "/pool/" in r]
+    assert len(pool_requests) <= 1  # fetched once, by the prefetch or (if apt came first) by the request
+    assert sha256_file(next((apt.workdir / "download").iterdir())) == deb.sha256
+
+
+def test_a_prefetched_file_that_does_not_match_is_refused(served: Served, tmp_path: Path) -> None:
+    lock = resolve(served, tmp_path / "cache")
+    pool_file = next(served.repo.archive.rglob("hello-a_1.0_amd64.deb"))
+    pool_file.write_bytes(pool_file.read_bytes() + b"tampered")
+    store = PackageStore(tmp_path / "empty")
+    replay = Session("t", store, Sources(MirrorMap()), [served.repo.keyring], lock=lock, strict=True)
+    with replay.serving():
+        replay.prefetch("image")
+        apt = apt_through(replay, served, "prefetch-tampered")
+        apt("update")
+        replay.layer = "image"
+        done = apt("download", "hello-a", check=False)
+    assert done.returncode != 0 and "does not match its pinned sha256" in done.stdout + done.stderr
+    assert not store.has(lock.packages[0].sha256)
+
+
 def test_locked_refuses_a_package_outside_the_lock(served: Served, tmp_path: Path) -> None:
     lock = resolve(served, tmp_path / "cache")
     strict = session(served, tmp_path / "cache", lock, strict=True)
