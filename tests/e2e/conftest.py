@@ -1,4 +1,4 @@
-"""One real build of debian-12 (every format, boot-tested) shared by every e2e test."""
+"""One real build of debian-12 (every format, boot-tested) shared by every e2e test; the build helpers."""
 
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ class Built:
 
 
 def build(image: str, out: Path, cache: Path, *extra: str) -> Built:
+    return build_formats(image, out, cache, ALL_FORMATS, *extra)
+
+
+def build_formats(image: str, out: Path, cache: Path, formats: tuple[str, ...], *extra: str) -> Built:
     args = ["build", image, "--output", str(out), "--cache-dir", str(cache)]
-    for fmt in ALL_FORMATS:
+    for fmt in formats:
         args += ["--format", fmt]
     started = time.monotonic()
     proc = cli(*args, *extra)

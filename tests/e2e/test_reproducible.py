@@ -22,7 +22,7 @@ from tests.helpers import REPO, cli
 pytestmark = pytest.mark.e2e
 
 
-def _copy_store(cache: Path, fresh: Path) -> None:
+def copy_store(cache: Path, fresh: Path) -> None:
     """Hard links of the package store only (no base, no phase entries): files in it are never modified."""
     for src in (cache / "packages").rglob("*"):
         dest = fresh / "packages" / src.relative_to(cache / "packages")
@@ -39,7 +39,7 @@ def rebuilt(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     image = workdir / "debian-12"
     shutil.copytree(REPO / "Containerfiles" / "debian-12", image)
     shutil.copyfile(debian12.out / "debian-12.lock.json", image / "image.lock.json")
-    _copy_store(debian12.cache, workdir / "fresh-cache")
+    copy_store(debian12.cache, workdir / "fresh-cache")
     proc = cli("build", str(image), "--phases", "rootfs,disk,convert", "--no-cache", "--no-boot-test", "--locked",
                "--format", "raw", "--format", "qcow2",
                "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"), cwd=workdir)

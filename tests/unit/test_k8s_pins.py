@@ -22,7 +22,7 @@ CONTAINERFILES = REPO / "Containerfiles"
 PUBLISHED = REPO.parent / "shared" / "data" / "k8s-checksums.yaml"
 MINORS = ["1.30", "1.31", "1.32", "1.33", "1.34", "1.35"]
 UBUNTU = [CONTAINERFILES / f"ubuntu-k8s-{m}" for m in MINORS]
-TWIN = CONTAINERFILES / "debian-12-k8s-node"
+TWINS = [CONTAINERFILES / f"debian-{r}-k8s-node" for r in ("12", "13")]
 DIGEST_REF = re.compile(r"^[a-z0-9.:/_-]+@sha256:[0-9a-f]{64}$")
 SNAPSHOT = re.compile(r"^https?://snapshot\.ubuntu\.com/ubuntu/\d{8}T\d{6}Z$")
 
@@ -71,7 +71,7 @@ def test_base_is_pinned_by_digest(image: Path) -> None:
     assert ref == f"{_table()['ubuntu']['image']}@{_table()['ubuntu']['digest']}"
 
 
-@pytest.mark.parametrize("image", [*UBUNTU, TWIN], ids=lambda p: p.name)
+@pytest.mark.parametrize("image", [*UBUNTU, *TWINS], ids=lambda p: p.name)
 def test_nothing_floats(image: Path) -> None:
     for path in (image / "Containerfile", image / "downloads.yaml", image / "packages.txt"):
         if path.name == "packages.txt" and not path.exists():
@@ -122,14 +122,18 @@ def test_apt_installs_only_from_a_dated_snapshot(image: Path) -> None:
     assert packages == _table()["ubuntu"]["packages"]
 
 
-def test_twin_installs_from_its_lock() -> None:
-    text = _run_lines(TWIN / "Containerfile")
+@pytest.mark.parametrize("twin", TWINS, ids=lambda p: p.name)
+def test_twin_installs_from_its_lock(twin: Path) -> None:
+    text = _run_lines(twin / "Containerfile")
     assert "apt-get install" in text and "APT_MIRROR" not in text  # the locking proxy applies the mirror map
-    lock = read_lock(TWIN / LOCK_FILE)
+    lock = read_lock(twin / LOCK_FILE)
     versions = {p.name: p.version for p in lock.packages}
-    assert versions["containerd"].startswith("1.6.20~ds1") and "runc" in versions
+    entry = _table()["debian_twins"][twin.name.split("-")[1]]
+    # The lock holds the containerd and runc the twin's checks expect (versions table).
+    assert versions["containerd"].startswith(f"{entry['containerd']}~ds1")
+    assert versions["runc"].startswith(f"{entry['runc']}+")
     assert {"linux-image-amd64", "cloud-init", "conntrack", "socat"} <= versions.keys()
-    assert all(i.optional for i in load_downloads(TWIN / "downloads.yaml"))
+    assert all(i.optional for i in load_downloads(twin / "downloads.yaml"))
 
 
 def test_downloads_match_the_versions_table() -> None:
@@ -139,9 +143,10 @@ def test_downloads_match_the_versions_table() -> None:
         for item in load_downloads(image / "downloads.yaml"):
             assert item.sha256 == entry["sha256"][item.name]
             assert f"v{gen.component_version(entry, item.name)}" in item.url
-    twin = table["minors"][table["debian_twin"]["minor"]]
-    for item in load_downloads(TWIN / "downloads.yaml"):
-        assert item.sha256 == twin["sha256"][item.name]
+    for release, twin_entry in table["debian_twins"].items():
+        pins = table["minors"][twin_entry["minor"]]
+        for item in load_downloads(CONTAINERFILES / f"debian-{release}-k8s-node" / "downloads.yaml"):
+            assert item.sha256 == pins["sha256"][item.name]
 
 
 def test_image_config_and_checks_name_the_versions() -> None:

@@ -1,0 +1,72 @@
+"""Debian 13 (trixie, the current stable): built from its lock, booted under BIOS and UEFI with its checks
+(grub 2.12, systemd 257, a 6.12 kernel, cloud-init 25 through the same disk phase and hygiene as bookworm),
+and rebuilt bit-identically from a cache holding only the package store, with the engine's cache off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Built, build_formats
+from tests.e2e.test_reproducible import copy_store
+from tests.helpers import REPO, cli
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def debian13(e2e_root: Path, shared_cache: Path) -> Built:
+    return build_formats("debian-13", e2e_root / "out-debian-13", shared_cache, ("raw", "qcow2"))
+
+
+@pytest.fixture(scope="module")
+def rebuilt13(debian13: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
+    workdir = tmp_path_factory.mktemp("elsewhere-13")
+    image = workdir / "debian-13"
+    shutil.copytree(REPO / "Containerfiles" / "debian-13", image)
+    shutil.copyfile(debian13.out / "debian-13.lock.json", image / "image.lock.json")
+    copy_store(debian13.cache, workdir / "fresh-cache")
+    proc = cli("build", str(image), "--phases", "rootfs,disk", "--no-cache", "--no-boot-test", "--locked",
+               "--format", "raw", "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"),
+               cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    yield json.loads((workdir / "out" / "manifest.json").read_text())
+    shutil.rmtree(workdir)
+
+
+def test_debian_13_boots_under_bios_and_uefi_and_passes_its_checks(debian13: Built) -> None:
+    boot = debian13.manifest["boot"]
+    runs = {r["firmware"]: r for r in boot["runs"]}
+    assert set(runs) == {"bios", "uefi"}
+    for run in runs.values():
+        failed = [r for r in run["results"] if not r["passed"]]
+        assert run["booted"] and not failed, failed or run["error"]
+    assert all(check["passed"] for check in boot["hygiene"]), boot["hygiene"]
+    kernel = next(r for r in runs["bios"]["results"] if r["name"].startswith("command: kernel"))
+    assert kernel["passed"]
+
+
+def test_debian_13_is_trixie_with_its_own_boot_stack(debian13: Built) -> None:
+    import tarfile
+
+    with tarfile.open(debian13.output("rootfs-tar")) as tar:
+        release = tar.extractfile("etc/os-release").read().decode()  # type: ignore[union-attr]
+        names = set(tar.getnames())
+    assert 'VERSION_CODENAME=trixie' in release
+    assert "usr/lib/grub/i386-pc/normal.mod" in names and "usr/lib/grub/x86_64-efi/normal.mod" in names
+    packages = {p["name"]: p["version"] for p in json.loads(
+        (debian13.out / "debian-13.lock.json").read_text())["packages"]}
+    assert packages["grub-pc-bin"].startswith("2.12")
+    assert packages["systemd"].split(".")[0] >= "257"
+
+
+def test_two_cold_builds_of_debian_13_are_bit_identical(debian13: Built, rebuilt13: dict) -> None:  # type: ignore[type-arg]
+    assert rebuilt13["lock"]["replayed"] is True and rebuilt13["lock"]["changes"] == []
+    assert rebuilt13["base_image"] == debian13.manifest["base_image"]
+    assert rebuilt13["rootfs"]["sha256"] == debian13.manifest["rootfs"]["sha256"]
+    raw = [o["sha256"] for o in rebuilt13["outputs"] if o["format"] == "raw"]
+    assert raw == [o["sha256"] for o in debian13.manifest["outputs"] if o["format"] == "raw"]
