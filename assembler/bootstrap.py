@@ -251,7 +251,7 @@ def base_archive(
 class BaseImage:
     """A loaded base and what it was bootstrapped from (its part of the image's lock)."""
 
-    image_id: str
+    image_id: str  # the bootstrapped image's ID, without the engine-cache label
     packages: list[LockedPackage]
     indexes: list[IndexFile]
 
@@ -313,14 +313,16 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     if not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file():
         session.prefetch("base")
         _build_entry(recipe, entry, session)
-    image_id = (entry / "image-id").read_text().strip()
+    bootstrapped = (entry / "image-id").read_text().strip()
     base_lock = read_lock(entry / BASE_LOCK)
+    # What the base *is* (manifest, BOM) is the bootstrapped image: the label only scopes the engine's layer
+    # cache to one lock, so a default build that re-resolved and a later replay of its lock record one base.
+    base = BaseImage(bootstrapped, list(base_lock.packages), list(base_lock.indexes))
     labels = {LOCK_LABEL: label} if label is not None else None
-    if labels:  # the lock the build replays: engine layers cached on another are not reused
-        image_id = labelled_image_id(entry / "image.tar", labels)
+    image_id = labelled_image_id(entry / "image.tar", labels) if labels else bootstrapped
     if engine.image_id(client, recipe.tag) == image_id:
         log.debug("base %s already loaded as %s", recipe.tag, image_id)
-        return BaseImage(image_id, list(base_lock.packages), list(base_lock.indexes))
+        return base
     with tempfile.TemporaryDirectory(prefix=".load-", dir=entry.parent) as tmp:
         archive = entry / "image.tar"
         if labels:  # written only when the engine lacks it: a copy of the whole layer
@@ -329,7 +331,7 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
         loaded = engine.load_archive(client, archive)
     if loaded != image_id:
         log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
-    return BaseImage(loaded, list(base_lock.packages), list(base_lock.indexes))
+    return base
 
 
 def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:
