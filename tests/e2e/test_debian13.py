@@ -1,9 +1,6 @@
-"""Debian 13 (trixie, the current stable): built from its lock with its own boot stack (grub 2.12, systemd 257,
-a 6.12 kernel, cloud-init 25) through the same disk phase as bookworm, and rebuilt bit-identically from a
-cache holding only the package store, with the engine's cache off.
-
-Not yet booted here: under the boot harness's isolated user network the guest stops in ifupdown's
-networking.service (issue 21 records it); the boot test joins this module once that is fixed."""
+"""Debian 13 (trixie, the current stable): built from its lock, booted under BIOS and UEFI with its checks
+(grub 2.12, systemd 257, a 6.12 kernel, cloud-init 25 through the same disk phase and hygiene as bookworm),
+and rebuilt bit-identically from a cache holding only the package store, with the engine's cache off."""
 
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def debian13(e2e_root: Path, shared_cache: Path) -> Built:
-    return build_formats("debian-13", e2e_root / "out-debian-13", shared_cache, ("raw",), "--no-boot-test")
+    return build_formats("debian-13", e2e_root / "out-debian-13", shared_cache, ("raw",))
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +36,19 @@ def rebuilt13(debian13: Built, tmp_path_factory: pytest.TempPathFactory) -> Iter
     assert proc.returncode == 0, proc.stderr[-4000:]
     yield json.loads((workdir / "out" / "manifest.json").read_text())
     shutil.rmtree(workdir)
+
+
+def test_debian_13_boots_under_bios_and_uefi_and_passes_its_checks(debian13: Built) -> None:
+    boot = debian13.manifest["boot"]
+    runs = {r["firmware"]: r for r in boot["runs"]}
+    assert set(runs) == {"bios", "uefi"}
+    for run in runs.values():
+        failed = [r for r in run["results"] if not r["passed"]]
+        assert run["booted"] and not failed, failed or run["error"]
+        print(f"debian-13 {run['firmware']}: boot {run['boot_seconds']} s, checks {run['checks_seconds']} s")
+    assert all(check["passed"] for check in boot["hygiene"]), boot["hygiene"]
+    names = {r["name"] for r in runs["uefi"]["results"]}
+    assert any("cloud-init-network" in n for n in names) and any("IPv4 lease" in n for n in names)
 
 
 def test_debian_13_is_trixie_with_its_own_boot_stack(debian13: Built) -> None:
