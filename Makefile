@@ -1,5 +1,5 @@
 # Quick start: `make image` builds the default image; `make test` runs every test. Both set up first.
-IMAGE ?= debian-12
+IMAGE ?= debian-13
 VENV := .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
