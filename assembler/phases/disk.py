@@ -8,7 +8,7 @@ from typing import Any
 
 from assembler import __version__, bom, disk, inputs, layers
 from assembler.config import parse_size
-from assembler.fsutil import sha256_file
+from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Phase
@@ -51,6 +51,9 @@ class DiskPhase(Phase):
             "source_date_epoch": cfg.source_date_epoch,
             "tools": disk.tool_versions(),
             "bom": bom.BOM_FORMAT,
+            # The embedded BOM carries the whole build context (image.yaml and checks.yaml too, which the
+            # rootfs key leaves out): an edit there must give a new disk, not reuse one with a stale BOM.
+            "context": sha256_tree(self.ctx.spec.context),
         }
 
     def execute(self, out: Path) -> dict[str, Any]:

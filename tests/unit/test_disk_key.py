@@ -1,0 +1,31 @@
+"""The disk phase's key covers what its embedded BOM carries: the whole build context."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from assembler.config import resolve_image
+from assembler.phases.disk import DiskPhase
+from assembler.phases.rootfs import RootfsPhase
+from assembler.pipeline import BuildContext
+from assembler.store import Store
+from tests.helpers import REPO
+
+
+def _materials(context: Path, tmp_path: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    spec = resolve_image(str(context))
+    ctx = BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
+    rootfs = RootfsPhase(ctx)
+    return rootfs.material(), DiskPhase(ctx, (rootfs,)).material()
+
+
+def test_an_edit_of_checks_yaml_changes_the_disk_key_not_the_rootfs_key(tmp_path: Path) -> None:
+    image = tmp_path / "debian-13"
+    shutil.copytree(REPO / "Containerfiles" / "debian-13", image)
+    rootfs_before, disk_before = _materials(image, tmp_path)
+    with (image / "checks.yaml").open("a") as handle:
+        handle.write("# an edit\n")
+    rootfs_after, disk_after = _materials(image, tmp_path)
+    assert rootfs_before == rootfs_after  # the engine build does not see checks.yaml
+    assert disk_before != disk_after  # the embedded BOM does
