@@ -46,7 +46,7 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
     store_need, out_need = space.estimate(step.phase.kind for step in plan if step.action is Action.RUN)
     space.check_free_space({ctx.store.root: store_need, ctx.output_dir: out_need})
     records = execute_plan(ctx, plan)
-    outputs = outputs_mod.publish(ctx, copy=ctx.copy_outputs)
+    outputs = outputs_mod.publish(ctx)
     manifest = make_manifest(ctx, records, outputs, round(time.monotonic() - started, 2))
     write_json(ctx.output_dir / "manifest.json", manifest)
     console.print(f"[bold green]done[/] {ctx.spec.name} -> {ctx.output_dir} ({manifest['seconds']} s)")

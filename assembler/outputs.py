@@ -61,8 +61,8 @@ def collect(ctx: BuildContext) -> list[Artefact]:
     return found
 
 
-def publish(ctx: BuildContext, *, copy: bool = False) -> list[dict[str, Any]]:
-    """Link (or with copy=True, copy) every artefact into the output directory; return the manifest's
+def publish(ctx: BuildContext) -> list[dict[str, Any]]:
+    """Link (or with ctx.copy_outputs, copy) every artefact into the output directory; return the manifest's
     `outputs` list."""
     out_dir = ctx.output_dir
     state = _load_state(out_dir)
@@ -70,7 +70,7 @@ def publish(ctx: BuildContext, *, copy: bool = False) -> list[dict[str, Any]]:
     for artefact in collect(ctx):
         dest = out_dir / artefact.name
         if not _unchanged(dest, artefact, state.get(artefact.name)):
-            _place(artefact.source, dest, copy=copy)
+            _place(artefact.source, dest, copy=ctx.copy_outputs)
         stat = dest.stat()
         state[artefact.name] = {"key": artefact.key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if artefact.fmt:

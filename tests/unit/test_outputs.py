@@ -68,14 +68,15 @@ def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None
 
 
 def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext) -> None:
-    outputs.publish(ctx, copy=True)
+    ctx.copy_outputs = True
+    outputs.publish(ctx)
     raw = ctx.output_dir / "img.raw"
     first = raw.stat().st_ino
-    outputs.publish(ctx, copy=True)
+    outputs.publish(ctx)
     assert raw.stat().st_ino == first  # not copied again
     assert not raw.samefile(ctx.results["disk"].file("disk.raw"))
     raw.write_bytes(b"user edit")
-    outputs.publish(ctx, copy=True)
+    outputs.publish(ctx)
     assert raw.read_bytes().endswith(b"boot")  # the artefact is restored from the store
     state = json.loads((ctx.output_dir / outputs.STATE).read_text())
     assert state["img.raw"]["key"] == "k-disk"
