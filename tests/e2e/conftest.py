@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,3 +55,14 @@ def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def debian12(e2e_root: Path, shared_cache: Path) -> Built:
     return build("debian-12", e2e_root / "out", shared_cache)
+
+
+def copy_store(cache: Path, fresh: Path) -> None:
+    """Hard links of the package store only (no base, no phase entries): files in it are never modified."""
+    for src in (cache / "packages").rglob("*"):
+        dest = fresh / "packages" / src.relative_to(cache / "packages")
+        if src.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        elif not src.name.startswith("."):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dest)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Built, build_formats
-from tests.e2e.test_reproducible import copy_store
+from tests.e2e.conftest import Built, build_formats, copy_store
 from tests.helpers import REPO, cli
 
 pytestmark = pytest.mark.e2e

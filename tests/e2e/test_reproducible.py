@@ -9,28 +9,15 @@ build fetched, by sha256): the base is bootstrapped again from scratch, the engi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Built
+from tests.e2e.conftest import Built, copy_store
 from tests.helpers import REPO, cli
 
 pytestmark = pytest.mark.e2e
-
-
-def copy_store(cache: Path, fresh: Path) -> None:
-    """Hard links of the package store only (no base, no phase entries): files in it are never modified."""
-    for src in (cache / "packages").rglob("*"):
-        dest = fresh / "packages" / src.relative_to(cache / "packages")
-        if src.is_dir():
-            dest.mkdir(parents=True, exist_ok=True)
-        elif not src.name.startswith("."):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, dest)
 
 
 @pytest.fixture(scope="module")
