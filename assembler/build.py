@@ -92,7 +92,7 @@ def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[d
         meta = results["rootfs"].meta
         manifest |= {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
                      "base_image": meta.get("base_image"), "downloads": meta.get("downloads", []),
-                     "lock": meta.get("lock")}
+                     "lock": meta.get("lock"), "secrets": meta.get("secrets", [])}
     if "disk" in results:
         disk = results["disk"].meta["disk"]
         manifest["disk"] = disk

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from assembler.errors import ConfigError
 
@@ -68,6 +68,22 @@ class BootConfig(_Strict):
     checks: str = "checks.yaml"
 
 
+class SecretSource(_Strict):
+    """Where a build secret's value is read on the building machine: exactly one of env and file."""
+
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="environment variable")
+    file: str | None = Field(None, min_length=1, description="path, relative to the image directory")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret names exactly one source: {env: NAME} or {file: PATH}")
+        return self
+
+
+SecretId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+
+
 class ImageConfig(_Strict):
     """Everything an image declares besides its Containerfile."""
 
@@ -76,6 +92,9 @@ class ImageConfig(_Strict):
     # Up to 9999-12-31: tar, SPDX and RFC 3339 timestamps cannot say later.
     source_date_epoch: int = Field(DEFAULT_SOURCE_DATE_EPOCH, ge=0, le=253402300799)
     build_args: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[SecretId, SecretSource] = Field(
+        default_factory=dict, description="values RUN steps mount (--mount=type=secret,id=ID) and the image "
+        "never holds; read at build time, never hashed, recorded or logged")
     formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
     disk: DiskConfig = Field(default_factory=DiskConfig)
     boot: BootConfig = Field(default_factory=BootConfig)

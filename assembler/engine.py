@@ -154,13 +154,17 @@ def build_image(
     buildargs: Mapping[str, str],
     nocache: bool = False,
     on_output: Callable[[str], None] | None = None,
+    redact: Callable[[str], str] = str,
 ) -> BuiltImage:
-    """Build context/containerfile, stream its output to on_output, return the image and its layers."""
+    """Build context/containerfile, stream its output to on_output, return the image and its layers.
+
+    Every line of output (and of an error) passes through `redact` first: the build's secret values never
+    reach a log or an error message, whatever a RUN step prints."""
     if not (context / containerfile).is_file():
         raise ConfigError(f"Containerfile not found: {context / containerfile}",
                           resolution="create it, or pass the directory that holds it")
     stream = _build_stream(client, context, containerfile, tag, dict(buildargs), nocache)
-    reported = _consume(stream, on_output or (lambda _line: None))
+    reported = _consume(stream, on_output or (lambda _line: None), redact)
     full_id = image_id(client, reported)  # the stream may only give a short ID
     if full_id is None:
         raise EngineError(f"the build reported image {reported}, which the engine does not have",
@@ -181,17 +185,18 @@ def _build_stream(client: docker.DockerClient, context: Path, containerfile: str
                           resolution="check the Containerfile syntax and that the engine is healthy") from exc
 
 
-def _consume(stream: Iterator[dict[str, Any]], on_output: Callable[[str], None]) -> str:
+def _consume(stream: Iterator[dict[str, Any]], on_output: Callable[[str], None],
+             redact: Callable[[str], str] = str) -> str:
     """Follow the build's JSON stream; return the image ID or raise with the failing step."""
     step, tail, found = "", deque[str](maxlen=TAIL_LINES), ""
     for chunk in stream:
         if "error" in chunk:
             raise EngineError(f"build failed at step: {step or '(before the first step)'}",
-                              details="\n".join([*tail, str(chunk["error"]).strip()]),
+                              details="\n".join([*tail, redact(str(chunk["error"]).strip())]),
                               resolution="fix the failing instruction in the Containerfile (output above)")
         if aux := chunk.get("aux"):
             found = str(aux.get("ID", found))
-        for line in _ANSI_RE.sub("", str(chunk.get("stream", ""))).splitlines():
+        for line in redact(_ANSI_RE.sub("", str(chunk.get("stream", "")))).splitlines():
             on_output(line)
             tail.append(line)
             if match := _STEP_RE.match(line.strip()):

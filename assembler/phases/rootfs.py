@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import docker
 from rich.markup import escape
 
-from assembler import bootstrap, engine, flatten, layers
+from assembler import bootstrap, engine, flatten, layers, secrets
 from assembler import context as build_context
 from assembler.config import cache_dir, rootfs_dir
 from assembler.errors import EngineError
@@ -64,6 +65,7 @@ class RootfsPhase(Phase):
     name = "rootfs"
     kind = "rootfs"
     version = 1
+    _redact: Callable[[str], str] = str
 
     def _recipe(self) -> bootstrap.BaseRecipe | None:
         base = self.ctx.spec.config.base
@@ -81,6 +83,9 @@ class RootfsPhase(Phase):
             "locked": self.ctx.locked or self.ctx.offline,
             "lock": self.ctx.lock.digest() if self.ctx.lock else None,  # a bundle's, instead of the directory's
             "downloads": build_context.context_material(self.ctx.spec, cache_dir(self.ctx.store.root)),
+            # Ids only, and only when declared (keys of images without secrets stay as they were): a value is
+            # never hashed into a key; as with BuildKit, a changed value alone reuses the entry.
+            **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
         }
 
     def preflight(self) -> None:
@@ -94,21 +99,27 @@ class RootfsPhase(Phase):
         spec, cfg = self.ctx.spec, self.ctx.spec.config
         # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
         prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work")
+        mounted = secrets.prepare(spec, prepared.path, out / "work")
+        self._redact = lambda text: secrets.redact(text, mounted.values)
         client = engine.connect()
         info = engine.engine_info(client)
         buildargs = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **prepared.build_args, **cfg.build_args}
         recipe = self._recipe()
         locked: dict[str, Any] | None = None
         base_id = None
-        if recipe is None:  # a registry base: its apt sources are the Containerfile's own (dated snapshots)
-            built = self._build(client, prepared.path, buildargs)
-        else:
-            built, base_id, locked = self._build_locked(client, recipe, prepared.path, buildargs, out)
+        with secrets.serving(mounted.values) as (endpoint, served):
+            if endpoint:
+                buildargs["no_proxy"] = secrets.no_proxy_with(buildargs.get("no_proxy", ""), endpoint)
+            if recipe is None:  # a registry base: its apt sources are the Containerfile's own (dated snapshots)
+                built = self._build(client, mounted.context, buildargs)
+            else:
+                built, base_id, locked = self._build_locked(client, recipe, mounted.context, buildargs, out)
         shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
         archive = out / "image.tar"
         engine.save_image(client, built.id, archive)
         result = flatten_and_index(archive, out, cfg.source_date_epoch)
         archive.unlink()
+        secrets.require_absent(out / ROOTFS_TAR, mounted.values)  # before the entry can be committed
         return {
             "engine": {"name": info.name, "version": info.version},
             "base_image": base_id,
@@ -116,6 +127,7 @@ class RootfsPhase(Phase):
                     "layers": [{"digest": s.diff_id, "step": s.created_by} for s in built.steps]},
             "downloads": prepared.downloads,
             "lock": locked,
+            "secrets": [{"id": sid, "served": served.get(sid, 0)} for sid in sorted(mounted.values)],
             "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
         }
 
@@ -124,7 +136,8 @@ class RootfsPhase(Phase):
         spec = self.ctx.spec
         return engine.build_image(
             client, context, containerfile=spec.containerfile.name, tag=f"localhost/assembler/{spec.name}:latest",
-            buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step)
+            buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step,
+            redact=self._redact)
 
     def _build_locked(self, client: docker.DockerClient, recipe: bootstrap.BaseRecipe, context: Path,
                       buildargs: dict[str, str], out: Path) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
