@@ -179,7 +179,7 @@ def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> Entry:
         with console.status(f"[bold]{step.phase.label}[/]: running", spinner="dots"), \
                 store.writer(step.key) as tmp:
             meta = step.phase.execute(tmp)
-            Store.commit_meta(tmp, {"phase": step.phase.label, "key": step.key, **meta})
+            Store.commit_meta(tmp, {"phase": step.phase.label, "key": step.key, "image": ctx.spec.name, **meta})
         built = store.get(step.key)
         assert built is not None
         return built

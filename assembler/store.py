@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,30 @@ from assembler.log import log
 META = "meta.json"
 FILES = "files"  # in meta.json: {path: [size, mtime_ns]} of every file of the entry
 LOCK_SUFFIX = ".lock"
+USE_SUFFIX = ".use"  # <cache>/locks/KEY.use: shared-locked by every build using the entry
 
 
-def _damaged(path: Path, files: Any) -> str:
+def recorded_digests(meta: dict[str, Any]) -> dict[str, str]:
+    """{file of the entry: sha256} for every {path|file, sha256} its phase recorded in meta.json."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            name = node.get("path") or node.get("file")
+            if isinstance(name, str) and isinstance(node.get("sha256"), str) and "/" not in name:
+                found[name] = node["sha256"]
+            for key, value in node.items():
+                if key != FILES:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(meta)
+    return found
+
+
+def damaged(path: Path, files: Any) -> str:
     """Why an entry's files differ from what was committed ('' when they do not, or nothing was recorded)."""
     if not isinstance(files, dict):
         return ""  # written before entries recorded their files
@@ -57,6 +78,42 @@ class Entry:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._held: dict[str, int] = {}  # key -> fd with a shared lock: entries this process uses
+
+    def _use_lock(self, key: str) -> Path:
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return locks / f"{key}{USE_SUFFIX}"
+
+    def _hold(self, key: str) -> bool:
+        """Mark the entry in use until this process ends (`gc` skips it); False when the cache is read-only."""
+        if key in self._held:
+            return True
+        try:
+            fd = os.open(self._use_lock(key), os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return True  # nobody can gc a cache we cannot write either
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits while gc removes it; then get() finds it gone
+        self._held[key] = fd
+        return True
+
+    @contextmanager
+    def exclusive(self, key: str) -> Iterator[bool]:
+        """For removing an entry: True when no build uses or writes it (held until the block ends)."""
+        fds = []
+        try:
+            for path in (self._use_lock(key), self.root / "locks" / f"{key}.lock"):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    yield False
+                    return
+            yield True
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def object_dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -66,12 +123,14 @@ class Store:
         mtime, a missing file) is removed and reported absent, so it is built again instead of used."""
         path = self.object_dir(key)
         meta = path / META
-        if not meta.is_file():
+        if not meta.is_file() or not self._hold(key) or not meta.is_file():  # again: gc may have just won
             return None
         data = json.loads(meta.read_text())
-        damaged = _damaged(path, data.get(FILES))
-        if damaged:
-            log.warning("cache entry %s is damaged (%s); building it again", key[:12], damaged)
+        with suppress(OSError):  # a read-only cache still serves; `cache ls` then shows the commit time
+            os.utime(meta)  # last use, what `assembler cache gc` removes the oldest by
+        why = damaged(path, data.get(FILES))
+        if why:
+            log.warning("cache entry %s is damaged (%s); building it again", key[:12], why)
             _discard(path)
             return None
         return Entry(key, path, data)

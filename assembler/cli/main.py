@@ -11,6 +11,7 @@ from assembler.cli import (
     boot_cmd,
     build_cmd,
     bundle_cmd,
+    cache_cmd,
     convert_cmd,
     diff_cmd,
     inspect_cmd,
@@ -50,6 +51,7 @@ app.command("boot")(boot_cmd.boot)
 app.command("rebuild")(rebuild_cmd.rebuild)
 app.command("lock")(lock_cmd.lock)
 app.command("bundle")(bundle_cmd.bundle)
+app.add_typer(cache_cmd.app, name="cache")
 
 
 def _fail(exc: AssemblerError) -> NoReturn:
