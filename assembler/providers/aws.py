@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from assembler.errors import AssemblerError, ConfigError
+from assembler.log import log
 from assembler.providers.base import (
     Artifact,
     BaseProvider,
@@ -109,6 +110,21 @@ class AwsProvider(BaseProvider):
                                resolution="check credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID), region and "
                                           "permissions; re-running resumes where it stopped") from exc
 
+    def usable(self, ec2: Any, ami: dict[str, Any]) -> dict[str, Any] | None:
+        """The AMI of this name if it is (or becomes) available; a failed one is deregistered (None)."""
+        state = ami.get("State")
+        if state == "pending":
+            log.info("AMI %s is pending; waiting until it is available", ami["ImageId"])
+            ec2.get_waiter("image_available").wait(ImageIds=[ami["ImageId"]],
+                                                   WaiterConfig={"Delay": 15, "MaxAttempts": 240})
+            return dict(ec2.describe_images(ImageIds=[ami["ImageId"]])["Images"][0])
+        if state != "available":
+            log.warning("AMI %s named %s is %s: deregistering it and registering the image again",
+                        ami["ImageId"], ami.get("Name"), state)
+            ec2.deregister_image(ImageId=ami["ImageId"])
+            return None
+        return ami
+
     def _publish(self, ctx: PublishContext) -> Receipt:
         import boto3  # lazily: only this provider needs it
 
@@ -118,8 +134,8 @@ class AwsProvider(BaseProvider):
         name = self.ami_name(ctx, art)
         tags = aws_tags(ctx.outputs.labels(art), name)
         found = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
-        if found:
-            ami = found[0]
+        ami = self.usable(ec2, found[0]) if found else None
+        if ami is not None:
             snap = ami.get("BlockDeviceMappings", [{}])[0].get("Ebs", {}).get("SnapshotId", "")
             items = [PublishedItem(kind="ami", id=ami["ImageId"], digest=art.sha256, reused=True,
                                    url=self.console_url(session, ami["ImageId"]))]

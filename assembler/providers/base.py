@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from assembler import __version__
 from assembler.errors import ConfigError
@@ -90,13 +91,20 @@ class BuildOutputs:
         return tuple(disk.get("firmware") or ("bios", "uefi"))
 
     def find(self, fmt: str) -> Artifact | None:
+        """The output in `fmt`, its digest computed from the file: what is published is what is named."""
         for entry in self.manifest.get("outputs", []):
             if entry.get("format") == fmt:
                 path = self.directory / entry["path"]
                 if not path.is_file():
                     raise ConfigError(f"{path} is listed in manifest.json but missing",
                                       resolution=f"rebuild: `assembler build {self.image}`")
-                return Artifact(fmt, path, str(entry["sha256"]))
+                actual = sha256_file(path)
+                if actual != entry.get("sha256"):
+                    raise ConfigError(f"{path} changed since the build: its sha256 is {actual[:12]}, "
+                                      f"manifest.json says {str(entry.get('sha256'))[:12]}",
+                                      resolution=f"rebuild: `assembler build {self.image}` (out/ holds what the "
+                                                 "build made; publish never sends a file it did not make)")
+                return Artifact(fmt, path, actual)
         return None
 
     def artifact(self, fmt: str) -> Artifact:
@@ -164,6 +172,22 @@ def chunks(path: Path, size: int, start: int = 0) -> Iterator[tuple[int, bytes]]
 # ---------------------------------------------------------------------------------------------- receipt
 
 
+# Query parameters that carry credentials: an Azure SAS token (sig and the fields it signs), pre-signed S3
+# and GCS URLs, OAuth tokens, API keys.
+_CREDENTIAL_PARAM = re.compile(r"^(sig|se|st|sp|sv|spr|sr|srt|ss|sk[a-z]*|saoid|suoid|scid|sdd|ses|signature|"
+                               r"expires|awsaccesskeyid|x-amz-.*|x-goog-.*|.*token.*|.*key)$", re.IGNORECASE)
+
+
+def bare_url(url: str) -> str:
+    """The URL without what authenticates it (user:password@, credential query parameters), which a receipt
+    must never carry; everything else (a console URL's region, its fragment) stays."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if not _CREDENTIAL_PARAM.match(k)])
+    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
+
+
 class PublishedItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -172,6 +196,11 @@ class PublishedItem(BaseModel):
     url: str = ""
     digest: str = ""  # sha256 of the artefact or the registry manifest digest
     reused: bool = False  # it was already there: nothing was uploaded or created
+
+    @field_validator("url", "id")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return bare_url(value) if "://" in value else value
 
 
 class Receipt(BaseModel):

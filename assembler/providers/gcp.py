@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import IO, Any, ClassVar
 
 from pydantic import Field
 
 from assembler.errors import AssemblerError, ConfigError
+from assembler.log import log
 from assembler.providers.base import (
     Artifact,
     BaseProvider,
@@ -124,7 +126,7 @@ class GcpProvider(BaseProvider):
         image_name, obj = self.names(ctx, art)
         items = [self.upload(self.storage_client(project), obj, art, ctx)]
         images = self.images_client()
-        existing = self.get_image(images, project, image_name)
+        existing = self.ready_image(images, project, image_name)
         url = f"https://console.cloud.google.com/compute/imagesDetail/projects/{project}/global/images/{image_name}"
         if existing is not None:
             items.append(PublishedItem(kind="image", id=image_name, url=url, digest=art.sha256, reused=True))
@@ -162,6 +164,24 @@ class GcpProvider(BaseProvider):
         finally:
             task.close()
         return PublishedItem(kind="gcs-object", id=url, digest=art.sha256)
+
+    def ready_image(self, images: Any, project: str, name: str, *, poll: float = 10,
+                    timeout: float = 3600) -> Any:
+        """The image of this name once READY; None when there is none, or it failed (it is deleted first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            image = self.get_image(images, project, name)
+            status = getattr(image, "status", "READY") if image is not None else None
+            if status is None or status == "READY":
+                return image
+            if status == "FAILED":
+                log.warning("GCE image %s failed earlier: deleting it and creating it again", name)
+                images.delete(project=project, image=name).result(timeout=600)
+                return None
+            if time.monotonic() > deadline:  # PENDING or DELETING for too long
+                raise PublishError(f"GCE image {name} stayed {status} for {timeout:.0f} s",
+                                   resolution="look at the image in the console; re-run once it settled")
+            time.sleep(poll)
 
     def get_image(self, images: Any, project: str, name: str) -> Any:
         from google.api_core.exceptions import NotFound

@@ -47,6 +47,27 @@ def test_vhd_page_blob_equals_file_and_rerun_is_noop(azure_env: Server, tmp_path
     assert again.noop
 
 
+def test_a_sas_credential_never_reaches_the_receipt(azurite: Server, tmp_path: Path,  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    BlobServiceClient.from_connection_string(azurite_connection_string(azurite)).create_container("sas")
+    sas = generate_account_sas("devstoreaccount1", AZURITE_KEY, ResourceTypes(container=True, object=True),
+                               AccountSasPermissions(read=True, write=True, create=True, list=True, add=True),
+                               expiry=datetime.now(UTC) + timedelta(hours=1))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",  # a SAS, as CI systems hand them out: not a *KEY name
+                       f"BlobEndpoint=http://127.0.0.1:{azurite.port}/devstoreaccount1;SharedAccessSignature={sas}")
+    out = make_outputs(tmp_path / "out", "sasdemo", ["vhd"])
+    receipt, path = providers.publish(out, "azure", {"container": "sas"})
+    name = receipt.items[0].id.split("/", 1)[1]
+    assert blob_bytes(azurite, "sas", name) == (out / "sasdemo.vhd").read_bytes()
+    text = path.read_text()
+    signature = dict(part.split("=", 1) for part in sas.split("&"))["sig"]
+    assert "sig=" not in text and signature not in text and name in text
+
+
 class StopAfterPages:
     """Progress reporter that stops Azurite once some page data has gone out."""
 

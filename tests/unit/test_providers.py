@@ -388,3 +388,73 @@ def test_cli_dry_run_and_errors(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "unknown provider: nope" in bad.stderr
     wrong = cli("publish", "demo", "--provider", "aws", "--registry", "x:1", "--out", str(tmp_path), timeout=60)
     assert wrong.returncode == 1 and "invalid options for provider aws" in wrong.stderr
+
+
+# ------------------------------------------------------------------- publish state and what receipts carry
+
+
+def test_a_failed_or_pending_ami_of_the_name_is_not_reported_as_published() -> None:
+    ec2, stub = stubbed("ec2")
+    provider = AwsProvider(AwsOptions.model_validate({"region": "us-east-1"}))
+    available = {"ImageId": "ami-1", "Name": "demo-x", "State": "available"}
+    with stub:
+        assert provider.usable(ec2, available) == available  # no call: reused as it is
+        stub.add_response("deregister_image", {}, {"ImageId": "ami-2"})
+        assert provider.usable(ec2, {"ImageId": "ami-2", "Name": "demo-x", "State": "failed"}) is None
+        stub.add_response("describe_images", {"Images": [{"ImageId": "ami-3", "State": "available"}]},
+                          {"ImageIds": ["ami-3"]})  # the waiter's poll
+        stub.add_response("describe_images", {"Images": [{"ImageId": "ami-3", "State": "available"}]},
+                          {"ImageIds": ["ami-3"]})
+        assert provider.usable(ec2, {"ImageId": "ami-3", "State": "pending"}) == {"ImageId": "ami-3",
+                                                                                  "State": "available"}
+        stub.assert_no_pending_responses()
+
+
+class StatefulImages(FakeImages):
+    def __init__(self, statuses: list[str]) -> None:
+        super().__init__()
+        self.statuses, self.deleted = statuses, []  # type: ignore[var-annotated]
+
+    def get(self, project: str, image: str) -> Any:
+        if self.statuses:
+            return SimpleNamespace(name=image, status=self.statuses.pop(0))
+        return super().get(project, image)
+
+    def delete(self, project: str, image: str) -> Any:
+        self.deleted.append(image)
+        return SimpleNamespace(result=lambda timeout: None)
+
+
+def test_a_failed_gce_image_is_replaced_and_a_pending_one_waited_for() -> None:
+    provider = GcpProvider()
+    failed = StatefulImages(["FAILED"])
+    assert provider.ready_image(failed, "p", "img", poll=0) is None and failed.deleted == ["img"]
+    pending = StatefulImages(["PENDING", "PENDING", "READY"])
+    assert provider.ready_image(pending, "p", "img", poll=0).status == "READY" and not pending.deleted
+    stuck = StatefulImages(["DELETING"] * 5)
+    with pytest.raises(providers.PublishError, match="stayed DELETING"):
+        provider.ready_image(stuck, "p", "img", poll=0, timeout=0)
+
+
+def test_receipts_never_carry_url_credentials(tmp_path: Path) -> None:
+    from assembler.providers.base import PublishedItem, bare_url
+
+    sas = ("https://acct.blob.core.windows.net/vhds/demo.vhd?sv=2023-11-03&ss=b&srt=sco&sp=rwdlac"
+           "&se=2026-12-31T00:00:00Z&st=2026-12-01T00:00:00Z&spr=https&sig=c2VjcmV0JTJCc2lnbmF0dXJl")
+    assert bare_url(sas) == "https://acct.blob.core.windows.net/vhds/demo.vhd"
+    console = "https://console.aws.amazon.com/ec2/home?region=eu-west-1#ImageDetails:imageId=ami-1"
+    assert bare_url(console) == console
+    assert bare_url("https://user:pw@host/p?X-Amz-Signature=abc&X-Amz-Credential=k&part=2") == "https://host/p?part=2"
+    receipt = Receipt(provider="azure", image="demo", items=[PublishedItem(kind="blob", id="vhds/demo.vhd", url=sas)])
+    text = write_receipt(tmp_path, receipt).read_text()
+    assert "sig=" not in text and "c2VjcmV0" not in text and "demo.vhd" in text
+
+
+def test_publish_refuses_an_output_changed_since_the_build(tmp_path: Path) -> None:
+    out = fake_outputs(tmp_path)
+    with (out / "demo.raw").open("r+b") as handle:
+        handle.write(b"X")  # same size, other bytes: the manifest's digest no longer describes the file
+    with pytest.raises(ConfigError, match="changed since the build"):
+        BuildOutputs.load(out).artifact("raw")
+    qcow2 = BuildOutputs.load(out).artifact("qcow2")
+    assert qcow2.sha256 == hashlib.sha256((out / "demo.qcow2").read_bytes()).hexdigest()
