@@ -70,7 +70,8 @@ def _tree() -> Overlay[_Node]:
 
 
 def _implicit_dir(path: str, index: int) -> _Node:
-    """A directory a layer implies without an entry (an opaque marker's): root-owned 0755, clamped time."""
+    """A directory a layer implies without an entry (a parent it omits, an opaque marker's): root-owned
+    0755, clamped time, as the engine creates it when it extracts the layer."""
     info = tarfile.TarInfo(path)
     info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, 0, 0, 0
     return _Node(index, info)
@@ -178,6 +179,9 @@ def _norm(name: str) -> str:
 def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tuple[int, int]:
     """Apply one layer: its whiteouts against the lower layers first, then its entries."""
     members = layer.getmembers()
+    in_layer: dict[str, _Node] = {}
+    named: set[str] = set()
+    implied = functools.partial(_implicit_dir, index=index)
     whiteouts = 0
     for member in members:
         path = _norm(member.name)
@@ -185,19 +189,22 @@ def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tu
         if base == OPAQUE:
             directory = posixpath.dirname(path)
             tree.opaque(directory, functools.partial(_implicit_dir, directory, index))
+            tree.imply(directory, named, implied)
             whiteouts += 1
         elif base.startswith(WHITEOUT):
             if not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh.* are AUFS metadata
                 tree.whiteout(posixpath.join(posixpath.dirname(path), base[len(WHITEOUT):]))
+            tree.imply(posixpath.dirname(path), named, implied)
             whiteouts += 1
-    in_layer: dict[str, _Node] = {}
     entries = 0
     for member in members:
         path = _norm(member.name)
         if not path or posixpath.basename(path).startswith(WHITEOUT) or path in BUILD_ONLY_PATHS:
             continue
+        tree.imply(posixpath.dirname(path), named, implied)
         node = _link_node(tree, in_layer, member) if member.islnk() else _Node(index, member)
         in_layer[path] = node
+        named.add(path)
         tree.add(path, node)
         entries += 1
     return entries, whiteouts

@@ -255,14 +255,20 @@ def merge(index: LayerIndex) -> dict[str, Placed]:
     """The container's view: layers applied bottom-up with whiteouts (the flatten rules: assembler.overlay)."""
     tree: Overlay[Placed] = Overlay(is_dir=lambda placed: placed.entry.type == "dir")
     for layer in index.layers:
+        named: set[str] = set()
+        implied = functools.partial(_implicit_dir, layer=layer.index)
         for directory in layer.opaque:
             tree.opaque(directory, functools.partial(_implicit_dir, directory, layer.index))
+            tree.imply(directory, named, implied)
         for path in layer.whiteouts:
             tree.whiteout(path)
+            tree.imply(posixpath.dirname(path), named, implied)
         for entry in layer.entries:
             if entry.type == "hardlink" and entry.sha256 is None and entry.link in tree.nodes:
                 target = tree.nodes[entry.link].entry
                 entry = FileEntry(**{**asdict(entry), "sha256": target.sha256, "size": 0})
+            tree.imply(posixpath.dirname(entry.path), named, implied)
+            named.add(entry.path)
             tree.add(entry.path, Placed(entry, layer.index))
     return tree.nodes
 

@@ -3,7 +3,8 @@
 Layers are applied bottom-up: a whiteout removes a path and everything below it, an opaque marker empties a
 directory (which stays, as a directory), a non-directory replaces whatever was at its path (subtree
 included), and a path below a lower non-directory turns that into a directory. Parents are often implicit
-(images built by other tools omit their entries): every rule applies to them as to explicit ones.
+(images built by other tools omit their entries): every rule applies to them as to explicit ones, and a
+layer's implicit directories are the fresh ones the engine makes when it extracts it (`imply`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class Overlay(Generic[T]):
             if above is not None and not self.is_dir(above):
                 del self.nodes[parent]  # it is a directory now (implicit until a layer names it)
         self.nodes[path] = node
+
+    def imply(self, directory: str, named: set[str], make_dir: Callable[[str], T]) -> None:
+        """A layer that holds something under `directory` (an entry, a whiteout, an opaque marker) without
+        naming it or its parents: the engine extracting it makes each of them a fresh root-owned 0755
+        directory over whatever the lower layers had there (their children stay). `named` holds the paths
+        this layer names or already implied; an entry of the layer given later still replaces the implied one."""
+        for path in reversed([d for d in (directory, *ancestors(directory)) if d]):
+            if path not in named:
+                named.add(path)
+                self.add(path, make_dir(path))
 
     def whiteout(self, path: str) -> None:
         self.remove_children(path)

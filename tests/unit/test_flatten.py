@@ -278,7 +278,8 @@ IMPLICIT_CASES = {
     "a file replaces an implicit directory": ([[E("a/b/c", b"c")], [E("a", b"f")]], {"a": "file"}),
     "a symlink replaces an implicit directory": ([[E("a/b/c", b"c")], [E("a", kind="sym", target="x")]],
                                                  {"a": "sym"}),
-    "a path below a lower file makes it a directory": ([[E("a", b"f")], [E("a/c", b"c")]], {"a/c": "file"}),
+    "a path below a lower file makes it a directory": ([[E("a", b"f")], [E("a/c", b"c")]],
+                                                       {"a": "dir", "a/c": "file"}),
 }
 
 
