@@ -26,6 +26,8 @@ class ConvertPhase(Phase):
     def material(self) -> dict[str, Any]:
         return {
             "format": self.fmt,
+            # The effective options (a profile's formats/NAME.yaml over the plugin's defaults): what convert uses.
+            "options": formats.resolve(self.fmt).options.model_dump(mode="json"),
             "image": self.ctx.spec.name,
             "properties": self.ctx.spec.config.properties,
             "source_date_epoch": self.ctx.spec.config.source_date_epoch,
