@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +25,7 @@ from assembler.packages.store import PackageStore
 from assembler.pipeline import Phase
 
 ROOTFS_TAR = "rootfs.tar"
+_STEP_LINE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+", re.IGNORECASE)
 LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attributes changes with
 # Files of the build context that do not reach the engine's build and so must not bust the cache.
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
@@ -35,8 +37,9 @@ def context_hash(context: Path) -> str:
 
 
 def _show_step(line: str) -> None:
-    # The engine streams every line of every RUN; the step headers are enough to follow progress.
-    if line.startswith(("Step ", "Successfully built")):
+    # The engine streams every line of every RUN; the step headers are enough to follow progress
+    # (Docker's "Step 3/9 : RUN ...", Podman's "[1/2] STEP 3/9: RUN ...").
+    if _STEP_LINE.match(line) or line.startswith("Successfully built"):
         console.print(f"    [dim]{escape(line.strip()[:150])}[/]", highlight=False)
     else:
         log.debug("%s", line.rstrip())
