@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +42,18 @@ TOOL_PACKAGES: dict[str, str] = {
     "ssh-keygen": "openssh-client",
     "setpriv": "util-linux",
 }
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """For a forked worker: be SIGKILLed when `parent` dies (even by SIGKILL). Otherwise an orphaned worker
+    waits on its pipe forever, holding the cache locks it inherited, and the next build waits on them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def require_tool(name: str, hint: str = "") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from assembler.packages import lockfile, locking
 from assembler.packages.lockfile import LOCK_FILE, write_lock
 from assembler.packages.store import PackageStore
 from assembler.pipeline import Phase
+from assembler.run import die_with_parent
 
 ROOTFS_TAR = "rootfs.tar"
 _STEP_LINE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+", re.IGNORECASE)
@@ -57,7 +59,8 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int) -> flatt
     re-imports the caller's __main__, which fails for `python -c` and notebooks; the child touches no lock
     the parent's threads (the progress spinner) may hold, only the archive and its own output file.
     """
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX)
         result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch)
         indexing.result()
