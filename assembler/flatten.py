@@ -170,6 +170,12 @@ def _open_layer(archive: tarfile.TarFile, name: str, scratch: Path) -> Iterator[
 # ------------------------------------------------------------------------------------ applying the layers
 
 
+# Files the engine bind-mounts into every RUN step. Podman (buildah) leaves an empty placeholder of each in
+# the step's layer when the image had none; Docker leaves nothing. Dropped (only as such: empty, and new in
+# that layer), a Podman build gives Docker's bits: same pinned inputs, same rootfs, whichever engine.
+ENGINE_MOUNT_POINTS = frozenset({"etc/resolv.conf", "etc/hosts", "etc/hostname", "run/.containerenv"})
+
+
 def _norm(name: str) -> str:
     """Canonical relative path: no leading ./ or /, no trailing /, '' for the root."""
     path = posixpath.normpath("/" + name).lstrip("/")
@@ -200,6 +206,8 @@ def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tu
     for member in members:
         path = _norm(member.name)
         if not path or posixpath.basename(path).startswith(WHITEOUT) or path in BUILD_ONLY_PATHS:
+            continue
+        if path in ENGINE_MOUNT_POINTS and member.isreg() and member.size == 0 and path not in tree.nodes:
             continue
         tree.imply(posixpath.dirname(path), named, implied)
         node = _link_node(tree, in_layer, member) if member.islnk() else _Node(index, member)

@@ -70,7 +70,7 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int) -> flatt
 class RootfsPhase(Phase):
     name = "rootfs"
     kind = "rootfs"
-    version = 1
+    version = 2  # 2: a Podman build's empty mount-point placeholders are dropped (flatten.ENGINE_MOUNT_POINTS)
     _redact: Callable[[str], str] = str
 
     def _recipe(self) -> bootstrap.BaseRecipe | None:

@@ -297,3 +297,15 @@ def test_implicit_parents_follow_the_engines_rules(tmp_path: Path, case: str) ->
     merged = layer_index.merge(layer_index.read_archive(tmp_path / "image.tar"))
     kinds = {"symlink": "sym"}
     assert {p: kinds.get(m.entry.type, m.entry.type) for p, m in merged.items()} == expected
+
+
+def test_an_engines_empty_mount_point_placeholders_are_dropped_real_files_kept(tmp_path: Path) -> None:
+    out = run_flatten(tmp_path, [
+        [E("etc", kind="dir"), E("etc/hostname", b"base-host\n")],
+        [E("etc/resolv.conf", b""), E("etc/hosts", b""), E("etc/hostname", b""), E("etc/issue", b"")],
+        [E("run", kind="dir"), E("run/.containerenv", b""), E("etc/hosts", b"127.0.0.1 localhost\n")],
+    ])
+    assert "etc/resolv.conf" not in out and "run/.containerenv" not in out  # Podman's placeholders
+    assert "etc/issue" in out  # any other empty file stays
+    assert out["etc/hosts"][1] == b"127.0.0.1 localhost\n"  # written by a step: kept
+    assert out["etc/hostname"][1] == b""  # emptied over a lower file: the engine's view is empty too
