@@ -57,6 +57,13 @@ def debian12(e2e_root: Path, shared_cache: Path) -> Built:
     return build("debian-12", e2e_root / "out", shared_cache)
 
 
+@pytest.fixture(scope="session")
+def debian13(e2e_root: Path, shared_cache: Path) -> Built:
+    """debian-13 built from its lock and boot-tested under BIOS and UEFI (raw only): the reference later
+    e2e modules compare their rebuilds with."""
+    return build_formats("debian-13", e2e_root / "out-debian-13", shared_cache, ("raw",))
+
+
 def copy_store(cache: Path, fresh: Path) -> None:
     """Hard links of the package store only (no base, no phase entries): files in it are never modified."""
     for src in (cache / "packages").rglob("*"):

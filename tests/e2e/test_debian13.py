@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Built, build_formats, copy_store
+from tests.e2e.conftest import Built, copy_store
 from tests.helpers import REPO, cli
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def debian13(e2e_root: Path, shared_cache: Path) -> Built:
-    return build_formats("debian-13", e2e_root / "out-debian-13", shared_cache, ("raw",))
 
 
 @pytest.fixture(scope="module")
