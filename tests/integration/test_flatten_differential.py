@@ -147,6 +147,12 @@ def layer_tar(layer: Layer) -> bytes:
     return buffer.getvalue()
 
 
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
 def add_image(archive: tarfile.TarFile, tag: str, layers: list[Layer], done: set[str]) -> dict[str, object]:
     """Write the layers (once each) and the config of one image; return its manifest.json entry."""
     names, diff_ids = [], []
@@ -155,9 +161,7 @@ def add_image(archive: tarfile.TarFile, tag: str, layers: list[Layer], done: set
         digest = hashlib.sha256(data).hexdigest()
         name = f"{digest}/layer.tar"
         if name not in done:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
+            _add(archive, name, data)
             done.add(name)
         names.append(name)
         diff_ids.append(f"sha256:{digest}")
@@ -166,9 +170,7 @@ def add_image(archive: tarfile.TarFile, tag: str, layers: list[Layer], done: set
                          "history": [{"created_by": f"layer {i}"} for i in range(len(layers))]}).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     if config_name not in done:
-        info = tarfile.TarInfo(config_name)
-        info.size = len(config)
-        archive.addfile(info, io.BytesIO(config))
+        _add(archive, config_name, config)
         done.add(config_name)
     return {"Config": config_name, "RepoTags": [tag], "Layers": names}
 
@@ -177,10 +179,7 @@ def write_archive(path: Path, images: dict[str, list[Layer]]) -> None:
     done: set[str] = set()
     with tarfile.open(path, "w") as archive:
         manifest = [add_image(archive, tag, layers, done) for tag, layers in images.items()]
-        data = json.dumps(manifest).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
+        _add(archive, "manifest.json", json.dumps(manifest).encode())
 
 
 def comparable(path: Path) -> tuple[dict[str, Entry], set[frozenset[str]]]:
