@@ -80,17 +80,18 @@ class Store:
         self.root = root
         self._held: dict[str, int] = {}  # key -> fd with a shared lock: entries this process uses
 
-    def _use_lock(self, key: str) -> Path:
+    def _lock_file(self, key: str, suffix: str) -> Path:
+        """<cache>/locks/KEY.lock (writing the entry) or KEY.use (using it)."""
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        return locks / f"{key}{USE_SUFFIX}"
+        return locks / f"{key}{suffix}"
 
     def _hold(self, key: str) -> bool:
         """Mark the entry in use until this process ends (`gc` skips it); False when the cache is read-only."""
         if key in self._held:
             return True
         try:
-            fd = os.open(self._use_lock(key), os.O_RDONLY | os.O_CREAT, 0o644)
+            fd = os.open(self._lock_file(key, USE_SUFFIX), os.O_RDONLY | os.O_CREAT, 0o644)
         except OSError:
             return True  # nobody can gc a cache we cannot write either
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits while gc removes it; then get() finds it gone
@@ -102,7 +103,7 @@ class Store:
         """For removing an entry: True when no build uses or writes it (held until the block ends)."""
         fds = []
         try:
-            for path in (self._use_lock(key), self.root / "locks" / f"{key}.lock"):
+            for path in (self._lock_file(key, USE_SUFFIX), self._lock_file(key, LOCK_SUFFIX)):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 fds.append(fd)
                 try:
@@ -138,9 +139,7 @@ class Store:
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Two builds never write the same entry: the second waits and then finds it done."""
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with (locks / f"{key}.lock").open("w") as handle:
+        with self._lock_file(key, LOCK_SUFFIX).open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
