@@ -17,3 +17,12 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
         [sys.executable, "-m", "assembler.cli.main", *args],
         cwd=cwd or REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def process_alive(pid: int) -> bool:
+    """True while pid runs (a zombie awaiting its parent's wait() counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -11,7 +11,6 @@ give the reference build's rootfs and raw disk sha256 and reuse each phase the k
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 from assembler.cache import inventory, verify
 from assembler.store import Store
 from tests.e2e.conftest import Built, copy_store
-from tests.helpers import REPO, cli
+from tests.helpers import REPO, cli, process_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -96,9 +95,9 @@ def test_sigkill_in_every_phase_then_the_next_build_succeeds_with_the_same_bits(
 
     build_killed_when(booting, cache, out, tmp_path / "boot.log")
     deadline = time.monotonic() + 15
-    while _alive(holder["qemu"]) and time.monotonic() < deadline:
+    while process_alive(holder["qemu"]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(holder["qemu"]), "QEMU outlived the killed build"
+    assert not process_alive(holder["qemu"]), "QEMU outlived the killed build"
     assert not verify(Store(cache))[2]
 
     proc = cli(*ARGS, "--no-boot-test", "--cache-dir", str(cache), "--output", str(out))
@@ -110,14 +109,6 @@ def test_sigkill_in_every_phase_then_the_next_build_succeeds_with_the_same_bits(
     raw = {o["format"]: o["sha256"] for o in manifest["outputs"]}["raw"]
     assert raw == {o["format"]: o["sha256"] for o in debian13.manifest["outputs"]}["raw"]
     assert not [p for p in (cache / "tmp").iterdir() if not p.name.endswith(".lock")]  # orphans removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
 
 
 @pytest.mark.parametrize("builds", [2, 4])

@@ -25,7 +25,7 @@ import pytest
 
 from assembler import layers as layer_index
 from assembler.flatten import flatten
-from tests.integration.test_flatten_engine import Entry, view
+from tests.integration.test_flatten_engine import Entry, export, view
 
 pytestmark = pytest.mark.integration
 
@@ -221,14 +221,7 @@ def test_generated_stacks_flatten_like_the_engine(engine_client: docker.DockerCl
             single = tmp_path / f"{seed}.tar"
             write_archive(single, {tag: stacks[tag]})
             ours = flatten(single, tmp_path / f"{seed}-ours.tar", source_date_epoch=SDE).path
-            theirs = tmp_path / f"{seed}-engine.tar"
-            container = engine_client.containers.create(tag)
-            try:
-                with theirs.open("wb") as out:
-                    for chunk in container.export():
-                        out.write(chunk)
-            finally:
-                container.remove(force=True)
+            theirs = export(engine_client, tag, tmp_path / f"{seed}-engine.tar")
             (our_entries, our_links), (their_entries, their_links) = comparable(ours), comparable(theirs)
             indexed = index_view(single)
             if indexed != {p: (e.kind, e.mode, e.owner[0]) for p, e in their_entries.items()}:

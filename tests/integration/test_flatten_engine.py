@@ -63,8 +63,12 @@ def view(path: Path) -> tuple[dict[str, Entry], set[frozenset[str]]]:
 @pytest.fixture(scope="module")
 def exported(engine_client: docker.DockerClient, layers_image: engine.BuiltImage, tmp_path_factory:
              pytest.TempPathFactory) -> Path:
-    container = engine_client.containers.create(layers_image.id, command=["true"])
-    dest = tmp_path_factory.mktemp("export") / "export.tar"
+    return export(engine_client, layers_image.id, tmp_path_factory.mktemp("export") / "export.tar")
+
+
+def export(client: docker.DockerClient, image: str, dest: Path) -> Path:
+    """The engine's own view of an image: `docker export` of a container created (never started) from it."""
+    container = client.containers.create(image, command=["true"])
     try:
         with dest.open("wb") as out:
             for chunk in container.export():

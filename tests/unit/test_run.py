@@ -7,9 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from tests.helpers import REPO
+from tests.helpers import REPO, process_alive
 
 WORKER = """
 import multiprocessing, os, sys, time
@@ -28,27 +27,19 @@ if __name__ == "__main__":
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def test_a_forked_worker_dies_with_its_killed_parent() -> None:
     parent = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
-        assert _alive(worker)
+        assert process_alive(worker)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while process_alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(worker), "the worker outlived its parent (it would hold the cache's locks)"
+        assert not process_alive(worker), "the worker outlived its parent (it would hold the cache's locks)"
     finally:
         parent.kill()
         parent.wait()
