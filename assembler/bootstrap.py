@@ -14,6 +14,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import tarfile
@@ -27,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assembler import engine
-from assembler.errors import ConfigError
+from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import atomic_dir, atomic_path, canonical_json, sha256_bytes, sha256_file
 from assembler.log import log
 from assembler.packages import BUILD_ONLY_APT_CONF
@@ -35,6 +36,7 @@ from assembler.packages.index import DEBIAN_KEYRING
 from assembler.packages.lockfile import IndexFile, LockedPackage, read_lock, write_lock
 from assembler.packages.locking import live_session
 from assembler.packages.proxy import Session
+from assembler.remote import PushResult, RegistryStore, RemoteError
 from assembler.run import require_tool, run, tool_version
 
 MIRROR_ENV = "ASSEMBLER_DEBIAN_MIRROR"
@@ -254,6 +256,7 @@ class BaseImage:
     image_id: str  # the bootstrapped image's ID, without the engine-cache label
     packages: list[LockedPackage]
     indexes: list[IndexFile]
+    key: str  # its entry under <cache>/base/ (and tag base-KEY in a registry store)
 
 
 def _labelled_config(src: tarfile.TarFile, labels: dict[str, str]) -> tuple[dict[str, Any], bytes]:
@@ -296,28 +299,35 @@ def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
 
 
 def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path,
-                session: Session | None = None, *, label: str | None = None) -> BaseImage:
+                session: Session | None = None, *, label: str | None = None,
+                cache_from: RegistryStore | None = None, cache_to: RegistryStore | None = None) -> BaseImage:
     """Make sure the engine has the recipe's base image under recipe.tag.
 
     The base is keyed by the recipe and the mirror state the session pins (the lock's when it replays one,
     today's otherwise); the bootstrap runs only when no cache entry exists for that key, and fetches every
     .deb through the session. Loading runs only when the engine lacks that exact image under the tag.
+    With registry stores the entry is pulled (verified) before bootstrapping, and pushed once present.
     """
     recipe = effective(recipe)
     if session is None:
         with live_session(recipe.name, cache_dir, recipe_keyrings(recipe)).serving() as live:
-            return ensure_base(client, recipe, cache_dir, live)
+            return ensure_base(client, recipe, cache_dir, live, label=label, cache_from=cache_from,
+                               cache_to=cache_to)
     session.layer = "base"
     state = session.state(inrelease_urls(recipe))
-    entry = cache_dir / "base" / recipe_key(recipe, state)
-    if not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file():
+    key = recipe_key(recipe, state)
+    entry = cache_dir / "base" / key
+    missing = not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file()
+    if missing and (cache_from is None or not _pull_entry(cache_from, key, entry)):
         session.prefetch("base")
         _build_entry(recipe, entry, session)
+    if cache_to is not None:
+        push_base(cache_to, key, cache_dir)
     bootstrapped = (entry / "image-id").read_text().strip()
     base_lock = read_lock(entry / BASE_LOCK)
     # What the base *is* (manifest, BOM) is the bootstrapped image: the label only scopes the engine's layer
     # cache to one lock, so a default build that re-resolved and a later replay of its lock record one base.
-    base = BaseImage(bootstrapped, list(base_lock.packages), list(base_lock.indexes))
+    base = BaseImage(bootstrapped, list(base_lock.packages), list(base_lock.indexes), key)
     labels = {LOCK_LABEL: label} if label is not None else None
     image_id = labelled_image_id(entry / "image.tar", labels) if labels else bootstrapped
     if engine.image_id(client, recipe.tag) == image_id:
@@ -332,6 +342,46 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     if loaded != image_id:
         log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
     return base
+
+
+def _remote_tag(key: str) -> str:
+    return f"base-{key}"  # beside the phase entries (tag = phase key) in one registry repository
+
+
+def _pull_entry(remote: RegistryStore, key: str, entry: Path) -> bool:
+    try:
+        with atomic_dir(entry) as tmp:
+            if remote.pull(_remote_tag(key), tmp) is None:
+                raise _NotThere
+            if not (tmp / "image-id").is_file() or not (tmp / BASE_LOCK).is_file():
+                raise RemoteError(f"{remote.name}:{_remote_tag(key)[:17]} lacks image-id or {BASE_LOCK}")
+    except _NotThere:
+        return False
+    except AssemblerError as exc:
+        log.warning("base %s from %s refused: %s; bootstrapping it here", key[:12], remote.name, exc.brief)
+        return False
+    log.info("base %s pulled from %s", key[:12], remote.name)
+    return True
+
+
+def push_base(remote: RegistryStore, key: str, cache_dir: Path) -> None:
+    """Share the base entry `key` (when this cache has it) through the registry store."""
+    if not re.fullmatch(r"[0-9a-f]{64}", key):  # read from an entry's metadata, maybe a pulled one
+        return
+    entry = cache_dir / "base" / key
+    if not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file():
+        return
+    with tempfile.TemporaryDirectory(prefix=".push-", dir=entry.parent) as scratch:
+        pushed = remote.push(_remote_tag(key), entry, {"phase": "base", "key": _remote_tag(key)}, Path(scratch))
+    if pushed.result is PushResult.CONFLICT:
+        log.error("reproducibility failure: base %s in %s differs: %s", key[:12], remote.name,
+                  "; ".join(pushed.differences))
+    else:
+        log.info("base %s %s: %s", key[:12], pushed.result.value, remote.name)
+
+
+class _NotThere(Exception):
+    pass
 
 
 def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:

@@ -43,7 +43,8 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
         console.print(f"[dim]removed {orphan.name}, left in the cache by a killed build[/]")
     plan = plan_build(ctx, selected)
     print_plan(plan)
-    store_need, out_need = space.estimate(step.phase.kind for step in plan if step.action is Action.RUN)
+    store_need, out_need = space.estimate(step.phase.kind for step in plan
+                                          if step.action in (Action.RUN, Action.PULL))
     space.check_free_space({ctx.store.root: store_need, ctx.output_dir: out_need})
     records = execute_plan(ctx, plan)
     outputs = outputs_mod.publish(ctx)
@@ -55,7 +56,7 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
 
 def print_plan(plan: list[PhaseRun]) -> None:
     table = Table("phase", "key", "action", "reason", title="plan")
-    colours = {Action.RUN: "cyan", Action.CACHED: "green", Action.SKIP: "dim"}
+    colours = {Action.RUN: "cyan", Action.CACHED: "green", Action.PULL: "green", Action.SKIP: "dim"}
     for step in plan:
         colour = colours[step.action]
         table.add_row(step.phase.label, step.key[:12], f"[{colour}]{step.action.value}[/]", step.reason)

@@ -18,6 +18,8 @@ User override, first found wins: the YAML file named by $ASSEMBLER_MIRRORS, then
     snapshots:   # where locked .debs and index files are found once the archive has moved on
       http://deb.debian.org/debian: http://snapshot.debian.org/archive/debian/{timestamp}
     package_registry: http://registry.internal:5000/assembler/packages   # a shared package store
+    cache_from: http://registry.internal:5000/assembler/phases   # a shared phase store (as --cache-from)
+    cache_to: http://registry.internal:5000/assembler/phases     # (as --cache-to)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from assembler.errors import ConfigError
 
 MIRRORS_ENV = "ASSEMBLER_MIRRORS"
+REGISTRY_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?/[a-z0-9][a-z0-9._/-]*$"  # a repository, as registry.repository
 USER_MIRRORS = Path("~/.config/assembler/mirrors.yaml")
 
 # The upstream locations the shipped images use; listed so `assembler` can show them and so a user's
@@ -94,7 +97,10 @@ class MirrorMap(BaseModel):
     snapshots: dict[str, str] = Field(default_factory=dict)
     # An OCI registry repository where a team shares the package store (blobs by sha256, pushed by
     # `assembler bundle --push`): the last source of a locked file, e.g. http://127.0.0.1:5000/assembler/packages
-    package_registry: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?/[a-z0-9][a-z0-9._/-]*$")
+    package_registry: str | None = Field(None, pattern=REGISTRY_URL)
+    # The phase store shared through a registry (`--cache-from`/`--cache-to` and $ASSEMBLER_CACHE_FROM/_TO win).
+    cache_from: str | None = Field(None, pattern=REGISTRY_URL)
+    cache_to: str | None = Field(None, pattern=REGISTRY_URL)
     source: str = Field("built-in defaults", exclude=True, description="where the map was read from")
 
     @field_validator("urls")

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from assembler.config import ImageSpec
+from assembler.errors import AssemblerError
 from assembler.fsutil import canonical_json, sha256_bytes
-from assembler.log import console
+from assembler.log import console, log
 from assembler.packages.lockfile import Lock
+from assembler.remote import PushResult, RegistryStore
 from assembler.store import Entry, Store
 
 PHASE_ORDER = ("rootfs", "disk", "convert", "boot", "publish")
@@ -34,6 +36,8 @@ class BuildContext:
     lock: Lock | None = None  # a bundle's lock, used instead of the image directory's
     offline: bool = False  # no mirror at all: the package store (filled from a bundle) only
     copy_outputs: bool = False  # out/ gets separate copies instead of read-only hard links to the cache
+    cache_from: RegistryStore | None = None  # a shared phase store: entries this build lacks are pulled from it
+    cache_to: RegistryStore | None = None  # every entry this build makes or reuses is pushed to it
     results: dict[str, Entry] = field(default_factory=dict)
 
 
@@ -76,6 +80,10 @@ class Phase(ABC):
         """Checks that must pass before any phase runs (fail in seconds, nothing written)."""
         return None  # most phases have none
 
+    def share(self, entry: Entry, remote: RegistryStore) -> None:
+        """Push what else a build on another machine needs to build on this entry (--cache-to)."""
+        return None  # most phases: their entry alone
+
     def cacheable(self) -> bool:
         return not self.ctx.nocache
 
@@ -83,6 +91,7 @@ class Phase(ABC):
 class Action(StrEnum):
     RUN = "run"
     CACHED = "cached"
+    PULL = "pull"  # in the registry store (--cache-from): pulled and verified, not built
     SKIP = "skip"
 
 
@@ -94,6 +103,9 @@ class PhaseRun:
     reason: str
 
 
+LOCAL, BUILT = "local cache", "built"
+
+
 @dataclass
 class PhaseRecord:
     name: str
@@ -101,6 +113,12 @@ class PhaseRecord:
     cached: bool
     seconds: float
     reason: str
+    source: str = BUILT  # "built", "local cache" or "registry HOST/REPO": where the entry came from
+    pushed: str | None = None  # with --cache-to: what the push did (PushResult)
+
+
+class _Absent(Exception):
+    """The registry lost the entry between plan and pull."""
 
 
 def _reason(ctx: BuildContext, phase: Phase, key: str) -> tuple[Action, str]:
@@ -108,10 +126,20 @@ def _reason(ctx: BuildContext, phase: Phase, key: str) -> tuple[Action, str]:
         return Action.RUN, "cache disabled (--no-cache)"
     if ctx.store.get(key) is not None:
         return Action.CACHED, "cached"
+    if ctx.cache_from is not None and _remote_has(ctx.cache_from, key):
+        return Action.PULL, "in the registry store"
     previous = ctx.store.ref(ctx.spec.name, phase.label)
     if previous is None:
         return Action.RUN, "not built before"
     return Action.RUN, "inputs changed"
+
+
+def _remote_has(remote: RegistryStore, key: str) -> bool:
+    try:
+        return remote.lookup(key) is not None
+    except AssemblerError as exc:  # an unreachable or foreign store is not a reason to fail: build instead
+        log.warning("registry store %s: %s; building instead", remote.name, exc.brief)
+        return False
 
 
 def make_plan(ctx: BuildContext, phases: list[Phase], selected: set[str] | None = None) -> list[PhaseRun]:
@@ -155,31 +183,80 @@ def execute_plan(ctx: BuildContext, plan: list[PhaseRun]) -> list[PhaseRecord]:
         if step.action is Action.SKIP:
             continue
         started = time.monotonic()
-        entry = _run_or_reuse(ctx, step)
+        entry, source, reason = _run_or_reuse(ctx, step)
         ctx.results[step.phase.label] = entry
         ctx.store.set_ref(ctx.spec.name, step.phase.label, step.key)
         seconds = round(time.monotonic() - started, 2)
-        cached = step.action is Action.CACHED
-        records.append(PhaseRecord(step.phase.label, step.key, cached, seconds, step.reason))
-        verb = "[green]reused[/]" if cached else "[cyan]built[/]"
-        console.print(f"  {verb} {step.phase.label:<16} {step.key[:12]}  {seconds:7.1f}s  ({step.reason})")
+        cached = source != BUILT
+        verb = "[green]reused[/]" if source == LOCAL else "[green]pulled[/]" if cached else "[cyan]built[/]"
+        console.print(f"  {verb} {step.phase.label:<16} {step.key[:12]}  {seconds:7.1f}s  ({reason})")
+        pushed = None
+        if ctx.cache_to is not None:
+            pushed = _push(ctx, entry)
+            step.phase.share(entry, ctx.cache_to)
+        records.append(PhaseRecord(step.phase.label, step.key, cached, seconds, reason, source, pushed))
     return records
 
 
-def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> Entry:
+def _push(ctx: BuildContext, entry: Entry) -> str:
+    remote = ctx.cache_to
+    assert remote is not None
+    with ctx.store.scratch("push") as scratch:
+        pushed = remote.push(entry.key, entry.path, entry.meta, scratch)
+    if pushed.result is PushResult.CONFLICT:
+        console.print(f"[bold red]reproducibility failure[/]: {entry.meta.get('phase')} {entry.key[:12]} in "
+                      f"{remote.name} holds other files than this build made (the registry keeps the first):")
+        for line in pushed.differences:
+            console.print(f"    {line}", highlight=False)
+        return f"{pushed.result.value}: " + "; ".join(pushed.differences)
+    console.print(f"  [dim]{pushed.result.value}: {remote.name}:{entry.key[:12]}[/]")
+    return pushed.result.value
+
+
+def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> tuple[Entry, str, str]:
+    """The phase's entry, where it came from and why."""
     store = ctx.store
     if step.action is Action.CACHED:
         entry = store.get(step.key)
         if entry is not None:
-            return entry
+            return entry, LOCAL, step.reason
+    reason = step.reason
     with store.lock(step.key):
         entry = store.get(step.key)
         if entry is not None and not ctx.nocache:
-            return entry
+            return entry, LOCAL, "cached"
+        if step.action is Action.PULL and ctx.cache_from is not None:
+            pulled = _pull(ctx, step, ctx.cache_from)
+            if pulled is not None:
+                return pulled, f"registry {ctx.cache_from.name}", reason
+            reason = f"refused from {ctx.cache_from.name}"
         with console.status(f"[bold]{step.phase.label}[/]: running", spinner="dots"), \
                 store.writer(step.key) as tmp:
             meta = step.phase.execute(tmp)
             Store.commit_meta(tmp, {"phase": step.phase.label, "key": step.key, "image": ctx.spec.name, **meta})
         built = store.get(step.key)
         assert built is not None
-        return built
+        return built, BUILT, reason
+
+
+def _pull(ctx: BuildContext, step: PhaseRun, remote: RegistryStore) -> Entry | None:
+    """The entry pulled into the local store, every file verified; None (with the reason logged) otherwise."""
+    try:
+        with console.status(f"[bold]{step.phase.label}[/]: pulling from {remote.name}", spinner="dots"), \
+                ctx.store.writer(step.key) as tmp:
+            meta = remote.pull(step.key, tmp)
+            if meta is None:
+                raise _Absent
+            if meta.get("phase") != step.phase.label:
+                raise AssemblerError(f"the entry is a {meta.get('phase')!r} phase's, not {step.phase.label}'s")
+            Store.commit_meta(tmp, meta)
+    except _Absent:
+        log.warning("%s %s left %s since the plan; building it", step.phase.label, step.key[:12], remote.name)
+        return None
+    except AssemblerError as exc:
+        console.print(f"[bold yellow]refused[/] {step.phase.label} {step.key[:12]} from {remote.name}: "
+                      f"{exc.brief}; building it here", highlight=False)
+        if exc.details:
+            console.print(f"    [dim]{exc.details}[/]", highlight=False)
+        return None
+    return ctx.store.get(step.key)

@@ -8,6 +8,7 @@ standard container auth files ($REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -161,6 +162,26 @@ class Registry:
             return None
         self.check(resp, f"manifest lookup {repo}:{ref}", (200,))
         return resp.headers.get("Docker-Content-Digest")
+
+    def get_manifest(self, repo: str, ref: str, *, limit: int) -> bytes | None:
+        """The OCI manifest `ref` names (None when the registry lacks it); at most `limit` bytes are read."""
+        resp = self.request("GET", f"{repo}/manifests/{ref}", headers={"Accept": OCI_MANIFEST}, stream=True)
+        try:
+            if resp.status_code == 404:
+                return None
+            self.check(resp, f"manifest lookup {repo}:{ref}", (200,))
+            body = b""
+            for chunk in resp.iter_content(CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise PublishError(f"registry {self.host}: manifest {repo}:{ref} is over {limit} bytes",
+                                       resolution="that tag is not what assembler wrote; delete it")
+            return body
+        finally:
+            resp.close()
+
+    def push_bytes(self, repo: str, digest: str, data: bytes) -> None:
+        self.push_blob(repo, digest, len(data), lambda: io.BytesIO(data), NullTask())
 
     def put_manifest(self, repo: str, ref: str, body: bytes) -> str:
         resp = self.request("PUT", f"{repo}/manifests/{ref}", data=body, headers={"Content-Type": OCI_MANIFEST})

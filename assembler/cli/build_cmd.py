@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -26,6 +27,21 @@ def _selected(phases: str | None) -> set[str] | None:
     return chosen
 
 
+def registry_stores(cache_from: str | None, cache_to: str | None, *, offline: bool = False) -> dict[str, Any]:
+    """BuildContext's cache_from/cache_to: the options (or their environment variables), else mirrors.yaml."""
+    from assembler.mirrors import load_mirror_map
+    from assembler.remote import RegistryStore
+
+    if offline:
+        if cache_from or cache_to:
+            raise ConfigError("--offline fetches nothing: it cannot use a registry store",
+                              resolution="drop --cache-from/--cache-to, or --offline")
+        return {}
+    mirrors = load_mirror_map()
+    urls = {"cache_from": cache_from or mirrors.cache_from, "cache_to": cache_to or mirrors.cache_to}
+    return {name: RegistryStore(url) if url else None for name, url in urls.items()}
+
+
 def build(
     image: str = typer.Argument(..., help="name under Containerfiles/ or a directory with a Containerfile"),
     fmt: list[str] = typer.Option(None, "--format", "-f", help="output format (repeatable); default from image.yaml"),
@@ -44,6 +60,11 @@ def build(
     offline: bool = typer.Option(False, "--offline", help="fetch nothing: the package store and the bundle only"),
     copy_outputs: bool = typer.Option(False, "--copy-outputs", help="out/ gets copies you may edit in place "
                                       "(default: read-only hard links to the cache, no second copy)"),
+    cache_from: str | None = typer.Option(None, "--cache-from", envvar="ASSEMBLER_CACHE_FROM",
+                                          help="pull the phases this build lacks from this registry store, "
+                                               "http(s)://HOST[:PORT]/REPO (verified by digest)"),
+    cache_to: str | None = typer.Option(None, "--cache-to", envvar="ASSEMBLER_CACHE_TO",
+                                        help="push every phase this build makes or reuses to this registry store"),
 ) -> None:
     """Build IMAGE: rootfs -> disk -> formats -> boot test; outputs and manifest.json in out/IMAGE/."""
     from assembler.build import build as run_build
@@ -72,6 +93,7 @@ def build(
         spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
         formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
         lock=lock, offline=offline, copy_outputs=copy_outputs,
+        **registry_stores(cache_from, cache_to, offline=offline),
     )
     selected = _selected(phases)
     if dry_run:

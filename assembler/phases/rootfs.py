@@ -24,7 +24,9 @@ from assembler.packages import lockfile, locking
 from assembler.packages.lockfile import LOCK_FILE, write_lock
 from assembler.packages.store import PackageStore
 from assembler.pipeline import Phase
+from assembler.remote import RegistryStore
 from assembler.run import die_with_parent
+from assembler.store import Entry
 
 ROOTFS_TAR = "rootfs.tar"
 _STEP_LINE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+", re.IGNORECASE)
@@ -72,6 +74,7 @@ class RootfsPhase(Phase):
     kind = "rootfs"
     version = 2  # 2: a Podman build's empty mount-point placeholders are dropped (flatten.ENGINE_MOUNT_POINTS)
     _redact: Callable[[str], str] = str
+    _base_key: str | None = None
 
     def _recipe(self) -> bootstrap.BaseRecipe | None:
         base = self.ctx.spec.config.base
@@ -93,6 +96,12 @@ class RootfsPhase(Phase):
             # never hashed into a key; as with BuildKit, a changed value alone reuses the entry.
             **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
         }
+
+    def share(self, entry: Entry, remote: RegistryStore) -> None:
+        """The bootstrapped base too: another machine building an image on the same base reuses it."""
+        key = entry.meta.get("base_entry")
+        if isinstance(key, str):
+            bootstrap.push_base(remote, key, cache_dir(self.ctx.store.root))
 
     def preflight(self) -> None:
         """--locked: every locked file must be servable before anything runs or is written."""
@@ -134,6 +143,7 @@ class RootfsPhase(Phase):
             "downloads": prepared.downloads,
             "lock": locked,
             "secrets": [{"id": sid, "served": served.get(sid, 0)} for sid in sorted(mounted.values)],
+            "base_entry": self._base_key,  # what share() pushes beside the entry (--cache-to)
             "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
         }
 
@@ -161,7 +171,8 @@ class RootfsPhase(Phase):
             # for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another
             # mirror state installed, and every .deb must pass the proxy for the lock to be complete).
             base = bootstrap.ensure_base(client, recipe, cache, session,
-                                         label=replay.digest() if replay else None)
+                                         label=replay.digest() if replay else None,
+                                         cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
             session.layer = "image"
             try:
                 built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url},
@@ -180,4 +191,5 @@ class RootfsPhase(Phase):
         meta = {"path": LOCK_FILE, "sha256": effective.digest(), "replayed": session.lock is not None,
                 "committed": committed.digest() if committed else None, "missing": missing[:100],
                 "changes": [str(c) for c in moved], "packages": len(effective.packages)}
+        self._base_key = base.key
         return built, base.image_id, meta
