@@ -11,6 +11,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from assembler.errors import MissingToolError, ToolError
 from assembler.log import log
@@ -54,6 +55,14 @@ def die_with_parent(parent: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # it died before the line above
         os._exit(1)
+
+
+def spawn(cmd: Sequence[StrPath], *, env: Mapping[str, str], output: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    """A long-running child (a matrix worker's build) that never outlives us: it is SIGKILLed when we die."""
+    parent = os.getpid()
+    log.debug("$ %s", shlex.join(map(str, cmd)))
+    return subprocess.Popen([str(c) for c in cmd], env=dict(env), stdout=output, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(parent))
 
 
 def require_tool(name: str, hint: str = "") -> str:

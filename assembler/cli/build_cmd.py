@@ -107,3 +107,26 @@ def build(
     manifest = run_build(ctx, selected)
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
+
+
+def pull_outputs(image: str, output: Path, cache: Path | None, cache_from: str, formats: list[str] | None) -> None:
+    """out/IMAGE from the registry store alone (for `publish --cache-from` on a machine that built nothing):
+    every phase must be there; none is computed here."""
+    from assembler.build import build as run_build
+    from assembler.build import plan_build
+    from assembler.config import cache_dir, resolve_image
+    from assembler.formats import validate_format_names
+    from assembler.pipeline import Action, BuildContext
+    from assembler.remote import RegistryStore
+    from assembler.store import Store
+
+    spec = resolve_image(image)
+    remote = RegistryStore(cache_from)
+    ctx = BuildContext(spec=spec, store=Store(cache_dir(cache)), output_dir=output,
+                       formats=validate_format_names(formats or spec.config.formats), cache_from=remote)
+    missing = [step.phase.label for step in plan_build(ctx) if step.action is Action.RUN]
+    if missing:
+        raise ConfigError(f"{spec.name}: {', '.join(missing)} not in the registry store {remote.name}",
+                          resolution=f"build it there first (`assembler build {spec.name} --cache-to "
+                                     f"{cache_from}` with the same formats), or publish from an out/ directory")
+    run_build(ctx)

@@ -17,6 +17,7 @@ from assembler.cli import (
     inspect_cmd,
     list_cmd,
     lock_cmd,
+    matrix_cmd,
     publish_cmd,
     rebuild_cmd,
 )
@@ -51,6 +52,7 @@ app.command("boot")(boot_cmd.boot)
 app.command("rebuild")(rebuild_cmd.rebuild)
 app.command("lock")(lock_cmd.lock)
 app.command("bundle")(bundle_cmd.bundle)
+app.command("matrix")(matrix_cmd.matrix)
 app.add_typer(cache_cmd.app, name="cache")
 
 

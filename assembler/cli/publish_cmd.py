@@ -89,6 +89,13 @@ def publish(
                                        rich_help_panel="vsphere"),
     datastore: str | None = typer.Option(None, help="datastore", rich_help_panel="vsphere"),
     folder: str | None = typer.Option(None, help="VM folder for inventory import", rich_help_panel="vsphere"),
+    cache_from: str | None = typer.Option(None, "--cache-from", help="take IMAGE's outputs from this registry "
+                                          "store into out/IMAGE first (a publish job on another machine than "
+                                          "the build); every phase must be there", rich_help_panel="source"),
+    fmt: list[str] = typer.Option(None, "--format", "-f", help="with --cache-from: the formats to take "
+                                  "(default from image.yaml)", rich_help_panel="source"),
+    cache: Path | None = typer.Option(None, "--cache-dir", help="with --cache-from: the local cache",
+                                      rich_help_panel="source"),
 ) -> None:
     """Publish IMAGE's build outputs with one provider; receipt in out/IMAGE/publish-PROVIDER.json."""
     from assembler import providers
@@ -103,6 +110,10 @@ def publish(
     }
     options = {k: v for k, v in given.items() if v is not None} | _extra(option)
     out_dir = out / image
+    if cache_from:
+        from assembler.cli.build_cmd import pull_outputs
+
+        pull_outputs(image, out_dir, cache, cache_from, fmt)
     if dry_run:
         steps = providers.plan(out_dir, provider, options)
         if as_json:
