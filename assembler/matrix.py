@@ -91,6 +91,7 @@ class EntryPlan:
     phases: tuple[tuple[str, str], ...]  # (label, key) of every phase the entry's build runs
     after: tuple[int, ...]  # entries computing a phase this one reuses: it starts once they are done
     shared: tuple[str, ...]  # labels of its phases that another entry computes (reused through the store)
+    stored: tuple[str, ...] = ()  # labels of its phases already in the registry store: nobody computes them
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ class MatrixPlan:
     entries: tuple[EntryPlan, ...]
 
     def computed(self) -> int:
-        """Phases computed once across the matrix (distinct keys)."""
-        return len({key for plan in self.entries for _, key in plan.phases})
+        """Phases computed once across the matrix (distinct keys not already in the store)."""
+        return len({key for plan in self.entries for label, key in plan.phases if label not in plan.stored})
 
     def total(self) -> int:
         """Phases the entries would compute if each built alone."""
@@ -134,23 +135,30 @@ def expand(spec: MatrixFile) -> list[MatrixEntry]:
     return [MatrixEntry(n, e.image, e.format, e.provider) for n, e in enumerate(seen)]
 
 
-def make_plan(spec: MatrixFile, keys_of: Callable[[MatrixEntry], list[tuple[str, str]]]) -> MatrixPlan:
-    """Each entry's phases; the first entry with a key computes it and later ones wait for it."""
+def make_plan(spec: MatrixFile, keys_of: Callable[[MatrixEntry], list[tuple[str, str]]],
+              in_store: Callable[[str], bool] = lambda key: False) -> MatrixPlan:
+    """Each entry's phases; the first entry with a key the store lacks computes it, later ones wait for it."""
     producer: dict[str, int] = {}
     plans = []
+    stored_keys: dict[str, bool] = {}
     for entry in expand(spec):
         phases = tuple(keys_of(entry))
-        after = sorted({producer[key] for _, key in phases if key in producer})
-        shared = tuple(label for label, key in phases if key in producer)
         for _, key in phases:
-            producer.setdefault(key, entry.index)
-        plans.append(EntryPlan(entry, phases, tuple(after), shared))
-    for plan in plans:  # shared also when a later entry reuses it
-        reused = {key for other in plans if other is not plan for _, key in other.phases}
-        extra = tuple(label for label, key in plan.phases if key in reused and label not in plan.shared)
-        if extra:
-            plans[plan.entry.index] = EntryPlan(plan.entry, plan.phases, plan.after, plan.shared + extra)
-    return MatrixPlan(spec, tuple(plans))
+            if key not in stored_keys:
+                stored_keys[key] = in_store(key)
+        stored = tuple(label for label, key in phases if stored_keys[key])
+        after = sorted({producer[key] for _, key in phases if key in producer})
+        for label, key in phases:
+            if label not in stored:
+                producer.setdefault(key, entry.index)
+        plans.append(EntryPlan(entry, phases, tuple(after), (), stored))
+    users: dict[str, int] = {}
+    for plan in plans:
+        for _, key in plan.phases:
+            users[key] = users.get(key, 0) + 1
+    return MatrixPlan(spec, tuple(
+        EntryPlan(p.entry, p.phases, p.after, tuple(label for label, key in p.phases if users[key] > 1), p.stored)
+        for p in plans))
 
 
 def commands(spec: MatrixFile, entry: MatrixEntry, out: str) -> list[list[str]]:

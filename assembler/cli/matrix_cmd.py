@@ -59,7 +59,15 @@ def matrix(
                            formats=validate_format_names([entry.format]), boot_test=spec.boot_test)
         return [(phase.label, phase.key()) for phase in phases_for(ctx)]
 
-    plan = matrix_mod.make_plan(spec, keys_of)
+    from assembler.remote import RegistryStore
+
+    # What the store holds matters to the plan shown and run here; an emitted matrix is the same either way.
+    remote = RegistryStore(spec.store) if spec.store and emit is Emit.PLAN else None
+
+    def in_store(key: str) -> bool:
+        return remote is not None and remote.lookup(key) is not None
+
+    plan = matrix_mod.make_plan(spec, keys_of, in_store)
     if emit is Emit.GITHUB:
         typer.echo(json.dumps(matrix_mod.github_matrix(plan)))
         return
@@ -98,10 +106,11 @@ def _print_plan(plan: MatrixPlan) -> None:
 
     from assembler.log import console
 
-    table = Table("#", "entry", "phases (* shared with another entry)", "after", title="matrix plan")
+    table = Table("#", "entry", "phases (* shared with another entry, = in the store)", "after", title="matrix plan")
     for p in plan.entries:
-        shown = [f"{label}{'*' if label in p.shared else ''} {key[:8]}" for label, key in p.phases]
+        shown = [f"{label}{'*' if label in p.shared else ''}{'=' if label in p.stored else ''} {key[:8]}"
+                 for label, key in p.phases]
         table.add_row(str(p.entry.index), p.entry.name, ", ".join(shown), ", ".join(map(str, p.after)) or "-")
     console.print(table)
-    console.print(f"{len(plan.entries)} entries: {plan.computed()} phases computed once "
-                  f"({plan.total()} if each entry built alone)")
+    console.print(f"{len(plan.entries)} entries: {plan.computed()} phases to compute, each once "
+                  f"({plan.total()} if each entry built alone and nothing were in the store)")

@@ -161,3 +161,34 @@ def test_two_workers_push_at_once_then_a_killed_push(worker_a: Built, registry: 
         dest = tmp_path / "pulled" / tag
         dest.mkdir(parents=True)
         assert remote.pull(tag, dest) is not None
+
+
+def test_matrix_run_computes_each_shared_phase_once(worker_a: Built, registry: Server,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    """Three entries, two workers with empty caches: the store holds A's phases; the VHD conversion two entries
+    need is computed by one and pulled by the other, which then publishes it (oci, the same registry)."""
+    spec = {
+        "include": [{"image": "debian-12", "format": "qcow2"}, {"image": "debian-12", "format": "vhd"},
+                    {"image": "debian-12", "format": "vhd", "provider": "oci"}],
+        "publish": {"oci": {"registry": f"127.0.0.1:{registry.port}/e2e-matrix", "insecure": "true",
+                            "containerdisk": "false", "artifacts": "vhd"}},
+        "store": store_url(registry, "e2e/phases"),
+    }
+    (tmp_path / "matrix.yaml").write_text(json.dumps(spec))
+    proc = cli("matrix", str(tmp_path / "matrix.yaml"), "--run", "--workers", "2", "--workdir", str(tmp_path / "w"),
+               "--json")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    entries = {e["name"]: e for e in report["entries"]}
+    assert [(n, e["built"]) for n, e in entries.items() if e["built"]] == [("debian-12/vhd", ["convert:vhd"])]
+    assert "convert:vhd" in entries["debian-12/vhd/oci"]["pulled"]
+    assert {e["worker"] for e in entries.values()} == {0, 1}  # both workers took entries
+    vhd = []
+    for entry in entries.values():
+        if entry["name"].startswith("debian-12/vhd"):
+            out = tmp_path / "w" / "out" / str(entry["index"]) / "debian-12"
+            outputs = json.loads((out / "manifest.json").read_text())["outputs"]
+            vhd.append(out / next(o["path"] for o in outputs if o["format"] == "vhd"))
+    assert len(vhd) == 2 and sha256_file(vhd[0]) == sha256_file(vhd[1])
+    receipt = json.loads((tmp_path / "w" / "out" / "2" / "debian-12" / "publish-oci.json").read_text())
+    assert any(item["kind"] == "artifact" for item in receipt["items"])

@@ -94,3 +94,12 @@ def test_bad_matrix_file_is_one_clear_error(tmp_path: Path) -> None:
     assert "format" in err.value.details
     with pytest.raises(ConfigError, match="cannot read"):
         matrix.load(tmp_path / "missing.yaml")
+
+
+def test_phases_in_the_store_make_no_entry_wait() -> None:
+    spec = MatrixFile(include=[{"image": "debian-12", "format": "qcow2"}, {"image": "debian-12", "format": "vhd"},
+                               {"image": "debian-12", "format": "vhd", "provider": "oci"}])
+    stored = {"r-debian-12", "d-debian-12", "b-debian-12", "c-debian-12-qcow2"}
+    plan = matrix.make_plan(spec, keys, lambda key: key in stored)
+    assert [p.after for p in plan.entries] == [(), (), (1,)]  # only the vhd conversion is waited for
+    assert plan.entries[1].stored == ("rootfs", "disk", "boot") and plan.computed() == 1
