@@ -202,6 +202,7 @@ def repository(target: str) -> tuple[Registry, str]:
     """A client and the repository for http(s)://HOST[:PORT]/REPO (http: a local registry without TLS)."""
     match = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+(?::[0-9]+)?)/([a-z0-9][a-z0-9._/-]*)", target)
     if not match:
-        raise ConfigError(f"not a registry repository URL: {target}",
+        shown = re.sub(r"//[^/@]*@", "//", target)  # never echo credentials written into a URL
+        raise ConfigError(f"not a registry repository URL: {shown}",
                           resolution="use http(s)://HOST[:PORT]/REPO, e.g. http://127.0.0.1:5000/assembler/packages")
     return Registry(match.group(2), insecure=match.group(1) == "http"), match.group(3)

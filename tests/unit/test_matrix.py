@@ -103,3 +103,11 @@ def test_phases_in_the_store_make_no_entry_wait() -> None:
     plan = matrix.make_plan(spec, keys, lambda key: key in stored)
     assert [p.after for p in plan.entries] == [(), (), (1,)]  # only the vhd conversion is waited for
     assert plan.entries[1].stored == ("rootfs", "disk", "boot") and plan.computed() == 1
+
+
+def test_registry_url_error_never_echoes_credentials() -> None:
+    from assembler.registry import repository
+
+    with pytest.raises(ConfigError) as err:
+        repository("http://user:s3cret@registry.internal:5000")
+    assert "s3cret" not in str(err.value.brief) and "registry.internal" in err.value.brief
