@@ -161,6 +161,12 @@ def test_two_workers_push_at_once_then_a_killed_push(worker_a: Built, registry: 
         dest = tmp_path / "pulled" / tag
         dest.mkdir(parents=True)
         assert remote.pull(tag, dest) is not None
+    # Building again from that store: what is complete is pulled, the rest built; the same disk either way.
+    again = build_formats("debian-12", tmp_path / "o4", tmp_path / "w4", ("raw",), "--no-boot-test",
+                          "--cache-from", target)
+    came = sources(again)
+    assert came["rootfs"].startswith("registry") and came["disk"] in ("built", came["rootfs"]), came
+    assert sha256_file(again.output("raw")) == sha256_file(worker_a.output("raw"))
 
 
 def test_matrix_run_computes_each_shared_phase_once(worker_a: Built, registry: Server,  # noqa: F811
