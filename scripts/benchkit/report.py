@@ -99,6 +99,13 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.append(("  of which: hygiene / boot / checks",
                      " / ".join(fmt_s(t.get(f"assembler_{k}_median"))
                                 for k in ("hygiene_seconds", "boot_seconds", "checks_seconds")), "", "", ""))
+    m = results.get("matrix", {})
+    if m.get("workers_1") and m.get("workers_2"):
+        one, two = m["workers_1"], m["workers_2"]
+        rows.append(("matrix --run, 3 entries: 2 workers vs 1", fmt_s(two.get("seconds")),
+                     f"1 worker {fmt_s(one.get('seconds'))}", fmt_r(m.get("ratio_2_vs_1"), 1.0), "< 1x"))
+        rows.append(("  phases built / distinct in the plan", f"{two.get('built')} / {two.get('computed_once')}",
+                     f"1 worker: {one.get('built')} / {one.get('computed_once')}", "", "equal"))
     p = results.get("profile", {})
     if "flatten_s" in p:
         rows.append(("  rootfs post-build: save / flatten / index",
