@@ -465,13 +465,13 @@ def build_spdx(rootfs_tar: Path, **kwargs: Any) -> dict[str, Any]:
     return spdx_document(bom_input(rootfs_tar, **kwargs))
 
 
-def spdx_bytes(doc: Mapping[str, Any]) -> bytes:
+def document_bytes(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-def write_spdx(doc: Mapping[str, Any], dest: Path) -> Path:
+def write_document(doc: Mapping[str, Any], dest: Path) -> Path:
     with atomic_path(dest) as tmp:
-        tmp.write_bytes(spdx_bytes(doc))
+        tmp.write_bytes(document_bytes(doc))
     dest.chmod(0o644)
     return dest
 
@@ -490,14 +490,14 @@ def release_text(doc: Mapping[str, Any]) -> str:
         "LAYERS": len(facts.get("layers", [])),
         "PACKAGES": len(deb),
         "BOM": "/" + BOM_PATH,
-        "BOM_SHA256": sha256_bytes(spdx_bytes(doc)),
+        "BOM_SHA256": sha256_bytes(document_bytes(doc)),
     }
     return "".join(f'{k}="{v}"\n' for k, v in lines.items())
 
 
 def embedded_files(doc: Mapping[str, Any]) -> dict[str, bytes]:
     """The files to add to the disk's root filesystem (paths relative to /)."""
-    return {BOM_PATH: spdx_bytes(doc), RELEASE_PATH: release_text(doc).encode()}
+    return {BOM_PATH: document_bytes(doc), RELEASE_PATH: release_text(doc).encode()}
 
 
 def summary(doc: Mapping[str, Any]) -> dict[str, Any]:

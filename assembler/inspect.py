@@ -170,7 +170,7 @@ def report_from_bom(doc: dict[str, Any], target: str, kind: str) -> dict[str, An
         "downloads": facts.get("downloads", []),
         "tools": bom.tools(doc),
         "bom": {"spdx_version": doc.get("spdxVersion"), "namespace": doc.get("documentNamespace"),
-                "sha256": sha256_bytes(bom.spdx_bytes(doc))},
+                "sha256": sha256_bytes(bom.document_bytes(doc))},
     }
 
 

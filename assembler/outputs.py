@@ -17,7 +17,7 @@ from typing import Any
 
 from assembler.fsutil import atomic_path, sha256_file, write_json
 from assembler.packages.lockfile import LOCK_FILE
-from assembler.phases.disk import BOM, RAW
+from assembler.phases.disk import BOM, CYCLONEDX, RAW
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import BuildContext
 from assembler.run import run
@@ -47,7 +47,8 @@ def collect(ctx: BuildContext) -> list[Artefact]:
             found.append(Artefact(rootfs.file(LOCK_FILE), f"{name}.lock.json", rootfs.key, "lock"))
     if "disk" in results:
         disk = results["disk"]
-        found.append(Artefact(disk.file(BOM), f"{name}.spdx.json", disk.key, "spdx"))
+        found += [Artefact(disk.file(BOM), f"{name}.spdx.json", disk.key, "spdx"),
+                  Artefact(disk.file(CYCLONEDX), f"{name}.cdx.json", disk.key, "cyclonedx")]
         if "raw" in ctx.formats:
             found.append(Artefact(disk.file(RAW), f"{name}.raw", disk.key, "raw", disk.meta["disk"].get("sha256")))
     for label, entry in results.items():

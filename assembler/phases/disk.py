@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from assembler import __version__, bom, disk, inputs, layers
+from assembler import __version__, bom, cyclonedx, disk, inputs, layers
 from assembler.config import parse_size
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
@@ -16,6 +16,7 @@ from assembler.store import Entry
 
 RAW = "disk.raw"
 BOM = "bom.spdx.json"
+CYCLONEDX = "bom.cdx.json"
 ENGINE_DIGESTS_NOTE = (
     "oci: the engine's image ID and layer digests differ between engine builds (the classic builder stamps "
     "layer files and history with the build time); they are in IMAGE.spdx.json beside the outputs but not "
@@ -31,7 +32,7 @@ def layout_for(config_layout: str | None, overrides: dict[str, object]) -> disk.
 class DiskPhase(Phase):
     name = "disk"
     kind = "disk"
-    version = 1
+    version = 2  # 2: the CycloneDX document beside the SPDX one
 
     def _layout(self) -> disk.DiskLayout:
         cfg = self.ctx.spec.config.disk
@@ -60,7 +61,8 @@ class DiskPhase(Phase):
         rootfs = self.input_entry("rootfs")
         cfg = self.ctx.spec.config
         facts = self._bom_facts(rootfs)
-        bom.write_spdx(bom.spdx_document(facts), out / BOM)
+        bom.write_document(bom.spdx_document(facts), out / BOM)
+        bom.write_document(cyclonedx.cyclonedx_document(facts), out / CYCLONEDX)
         # The engine's image ID and layer digests change with every engine build (the classic builder stamps
         # layer files and history with the build time) although the flattened rootfs does not; the embedded
         # copy leaves them out so the disk stays bit-for-bit reproducible. The rootfs digest identifies it.

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from assembler import bom, cyclonedx
 from assembler.fsutil import sha256_file
 from assembler.guestfs import mount_root, open_disk
 from tests.e2e.conftest import ALL_FORMATS, Built, build
 from tests.helpers import REPO
+from tests.unit.bomdata import same_listing
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +43,15 @@ def test_every_output_exists_with_its_recorded_sha256(debian12: Built) -> None:
     for item in debian12.manifest["outputs"]:
         path = debian12.out / item["path"]
         assert sha256_file(path) == item["sha256"], item
+
+
+def test_spdx_and_cyclonedx_validate_and_list_the_same_packages(debian12: Built) -> None:
+    spdx, cdx = bom.load_spdx(debian12.output("spdx")), json.loads(debian12.output("cyclonedx").read_bytes())
+    assert bom.validate_spdx(spdx) == [] and cyclonedx.validate_cyclonedx(cdx) == []
+    same_listing(spdx, cdx)
+    debs = [c for c in cdx["components"] if c.get("purl", "").startswith("pkg:deb/debian/")]
+    assert len(debs) == len(bom.deb_packages(spdx)) > 100
+    assert cdx["metadata"]["component"]["version"] == f"sha256:{debian12.manifest['rootfs']['sha256']}"
 
 
 def test_rootfs_output_matches_manifest(debian12: Built) -> None:

@@ -48,7 +48,7 @@ def _build(client: docker.DockerClient, fixture: str, name: str, root: Path, *, 
     doc = bom.build_spdx(rootfs.path, image=fixture, rootfs_sha256=rootfs.sha256, source_date_epoch=SDE,
                          oci=oci, base_image=built.steps[0].diff_id, layers_index=index,
                          tools={"mke2fs": "mke2fs 1.47.2"})
-    bom.write_spdx(doc, work / "out" / f"{name}.spdx.json")
+    bom.write_document(doc, work / "out" / f"{name}.spdx.json")
     write_json(work / "out" / "manifest.json", {
         "image": name, "oci": oci, "rootfs": {"sha256": rootfs.sha256},
         "outputs": [{"format": "rootfs-tar", "path": rootfs.path.name, "sha256": rootfs.sha256},

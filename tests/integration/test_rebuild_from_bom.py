@@ -55,7 +55,7 @@ def test_rebuild_reports_a_different_rootfs(debian_base: str, shared_cache: Path
     # A BOM whose rootfs claim is wrong: the rebuild (cached, so fast) must say what differs.
     facts = bom.summary(doc) | {"rootfs_sha256": "0" * 64}
     doc["comment"] = "assembler: " + json.dumps(facts, sort_keys=True)
-    tampered = bom.write_spdx(doc, tmp_path / "tampered.spdx.json")
+    tampered = bom.write_document(doc, tmp_path / "tampered.spdx.json")
     result = cli("rebuild", str(tampered), "--no-boot-test", "--cache", "--format", "raw",
                  "--cache-dir", str(shared_cache), "--output", str(tmp_path / "again"))
     assert result.returncode == 1

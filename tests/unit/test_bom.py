@@ -2,59 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from assembler import bom
 from assembler.errors import ConfigError
-
-STATUS = b"""Package: libc6
-Status: install ok installed
-Architecture: amd64
-Source: glibc (2.36-9+deb12u10)
-Version: 2.36-9+deb12u10
-Maintainer: GNU Libc Maintainers <debian-glibc@lists.debian.org>
-Description: GNU C Library
- continuation line
-
-Package: hello
-Status: install ok installed
-Architecture: amd64
-Version: 2.10-3
-Maintainer: Santiago Vila <sanvila@debian.org>
-Homepage: https://www.gnu.org/software/hello/
-
-Package: gone
-Status: purge ok not-installed
-Architecture: amd64
-Version: 1.0
-"""
-
-
-def _tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tf.addfile(info)
-    return path
-
-
-def rootfs(tmp_path: Path) -> Path:
-    return _tar(tmp_path / "rootfs.tar", {
-        "usr/lib/os-release": b'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n',
-        "var/lib/dpkg/status": STATUS,
-        "var/lib/dpkg/info/hello.list": b"/.\n/usr\n/usr/bin\n/usr/bin/hello\n",
-        "var/lib/dpkg/info/libc6:amd64.list": b"/lib/x86_64-linux-gnu/libc.so.6\n",
-        "usr/bin/hello": b"\x7fELF",
-    }, {"etc/os-release": "../usr/lib/os-release"})
+from tests.unit.bomdata import FACTS, STATUS, rootfs
 
 
 def test_parse_status_keeps_installed_and_reads_source() -> None:
@@ -82,15 +36,7 @@ def test_compare_versions_follows_dpkg(a: str, b: str, sign: int) -> None:
 
 
 def _doc(tmp_path: Path) -> dict[str, object]:
-    return bom.build_spdx(
-        rootfs(tmp_path), image="demo", rootfs_sha256="ab" * 32, source_date_epoch=1_700_000_000,
-        oci={"digest": "sha256:" + "cd" * 32, "layers": [{"digest": "sha256:" + "ef" * 32,
-                                                          "step": "/bin/sh -c apt-get install hello"}]},
-        base_image="sha256:" + "01" * 32,
-        downloads=[{"url": "https://dl.k8s.io/v1.30.2/bin/linux/amd64/kubelet", "sha256": "23" * 32,
-                    "name": "kubelet", "version": "1.30.2"}],
-        tools={"mke2fs": "mke2fs 1.47.2 (1-Jan-2025)", "qemu-img": "qemu-img version 7.2.15"},
-    )
+    return bom.build_spdx(rootfs(tmp_path), **FACTS)
 
 
 def test_spdx_document_validates_and_lists_everything(tmp_path: Path) -> None:
@@ -112,7 +58,7 @@ def test_spdx_document_validates_and_lists_everything(tmp_path: Path) -> None:
 def test_spdx_is_byte_identical_for_equal_inputs(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
-    first, second = bom.spdx_bytes(_doc(tmp_path / "x")), bom.spdx_bytes(_doc(tmp_path / "y"))
+    first, second = bom.document_bytes(_doc(tmp_path / "x")), bom.document_bytes(_doc(tmp_path / "y"))
     assert first == second
 
 

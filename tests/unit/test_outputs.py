@@ -25,6 +25,7 @@ def ctx(tmp_path: Path) -> BuildContext:
     disk_dir.mkdir(parents=True)
     (disk_dir / "disk.raw").write_bytes(b"\0" * 4096 + b"boot")
     (disk_dir / "bom.spdx.json").write_text("{}")
+    (disk_dir / "bom.cdx.json").write_text("{}")
     conv_dir = tmp_path / "cache" / "conv"
     conv_dir.mkdir()
     (conv_dir / "img.qcow2").write_bytes(b"QFI\xfb")
@@ -36,7 +37,7 @@ def ctx(tmp_path: Path) -> BuildContext:
 
 def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
     listed = outputs.publish(ctx)
-    assert {o["format"] for o in listed} == {"raw", "qcow2", "spdx"}
+    assert {o["format"] for o in listed} == {"raw", "qcow2", "spdx", "cyclonedx"}
     for item in listed:
         assert sha256_file(ctx.output_dir / item["path"]) == item["sha256"]
     assert not list(ctx.output_dir.glob(".*.part"))
@@ -54,6 +55,7 @@ def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None
     with store.writer("k" * 64) as tmp:
         (tmp / "disk.raw").write_bytes(b"\0" * 4096 + b"boot")
         (tmp / "bom.spdx.json").write_text("{}")
+        (tmp / "bom.cdx.json").write_text("{}")
         Store.commit_meta(tmp, {"disk": {}})
     entry = store.get("k" * 64)
     assert entry is not None

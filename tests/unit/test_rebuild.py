@@ -105,12 +105,12 @@ def test_spdx_with_inputs_is_deterministic_and_validates(tmp_path: Path, rootfs_
     for _ in range(2):
         docs.append(bom.build_spdx(rootfs(tmp_path), image="demo", rootfs_sha256=SHA,
                                    source_date_epoch=1747699200, build_inputs=inputs.build_inputs(spec)))
-    assert bom.spdx_bytes(docs[0]) == bom.spdx_bytes(docs[1])
+    assert bom.document_bytes(docs[0]) == bom.document_bytes(docs[1])
     assert bom.validate_spdx(docs[0]) == []
     annotation = docs[0]["annotations"][0]
     assert annotation["annotationDate"] == "2025-05-20T00:00:00Z" and annotation["annotationType"] == "OTHER"
     # Read back from the written bytes, as `rebuild` does.
-    assert bom.build_inputs_of(json.loads(bom.spdx_bytes(docs[0]))) == inputs.build_inputs(spec)
+    assert bom.build_inputs_of(json.loads(bom.document_bytes(docs[0]))) == inputs.build_inputs(spec)
     assert bom.build_inputs_of(bom.build_spdx(rootfs(tmp_path), image="demo", rootfs_sha256=SHA,
                                               source_date_epoch=1)) is None
 
@@ -119,7 +119,7 @@ def test_restored_context_is_byte_identical(tmp_path: Path, rootfs_dir: Path) ->
     original = _context(tmp_path / "a")
     doc = bom.build_spdx(rootfs(tmp_path), image="demo", rootfs_sha256=SHA, source_date_epoch=1747699200,
                          build_inputs=inputs.build_inputs(resolve_image(str(original))))
-    recorded = rebuild.inputs_of(json.loads(bom.spdx_bytes(doc)))
+    recorded = rebuild.inputs_of(json.loads(bom.document_bytes(doc)))
     restored = inputs.restore_context(recorded, tmp_path / "b")
     assert restored.name == "demo"
     want = {k: v for k, v in _tree(original).items() if k.split("/")[0] != "downloads"}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import socket
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from pydantic import ValidationError
 from assembler import secrets
 from assembler.config import ImageConfig, ImageSpec
 from assembler.errors import ConfigError
+from tests.unit.bomdata import tar
 
 DECLARED = {"tok": object(), "api": object()}
 
@@ -145,24 +144,11 @@ def test_redact_masks_values_and_their_lines() -> None:
     assert secrets.redact(text, values) == "got *** and ***\n***; xy stays (too short to mask)"
 
 
-def _tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return path
-
-
 def test_the_leak_scan_finds_values_across_chunk_boundaries_and_in_links(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(secrets, "_SCAN_CHUNK", 8)
     value = b"s3cret-value-0123"
-    archive = _tar(tmp_path / "r.tar", {"etc/clean": b"nothing here " * 20, "etc/leak": b"xxxxx" + value + b"yy",
+    archive = tar(tmp_path / "r.tar", {"etc/clean": b"nothing here " * 20, "etc/leak": b"xxxxx" + value + b"yy",
                                         "etc/stripped": b"prefix s3cret-value-0123"},
                    {"etc/link": "/opt/s3cret-value-0123"})
     values = {"tok": _secret("tok", value + b"\n")}  # a file's trailing newline does not hide it
@@ -171,4 +157,4 @@ def test_the_leak_scan_finds_values_across_chunk_boundaries_and_in_links(
     with pytest.raises(secrets.SecretLeakError) as err:
         secrets.require_absent(archive, values)
     assert "/etc/leak: secret tok" in err.value.details and value.decode() not in str(err.value)
-    secrets.require_absent(_tar(tmp_path / "clean.tar", {"etc/x": b"clean"}), values)
+    secrets.require_absent(tar(tmp_path / "clean.tar", {"etc/x": b"clean"}), values)
