@@ -27,7 +27,7 @@ import docker
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from assembler import engine
+from assembler import engine, progress
 from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import atomic_dir, atomic_path, canonical_json, sha256_bytes, sha256_file
 from assembler.log import log
@@ -387,6 +387,7 @@ class _NotThere(Exception):
 def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:
     log.info("bootstrapping base %s (%s %s from %s)", recipe.name, recipe.suite, recipe.variant,
              recipe.mirror)
+    progress.stage(f"bootstrapping the base {recipe.name} (mmdebstrap)")
     with atomic_dir(entry) as tmp:
         rootfs = bootstrap(recipe, tmp / "rootfs.tar", session.proxy_url)
         created_by = f"mmdebstrap --variant={recipe.variant} {recipe.suite} # assembler base {recipe.name}"

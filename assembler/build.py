@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -50,7 +51,7 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
     outputs = outputs_mod.publish(ctx)
     manifest = make_manifest(ctx, records, outputs, round(time.monotonic() - started, 2))
     write_json(ctx.output_dir / "manifest.json", manifest)
-    console.print(f"[bold green]done[/] {ctx.spec.name} -> {ctx.output_dir} ({manifest['seconds']} s)")
+    print_outputs(ctx, outputs, manifest["seconds"])
     return manifest
 
 
@@ -61,6 +62,15 @@ def print_plan(plan: list[PhaseRun]) -> None:
         colour = colours[step.action]
         table.add_row(step.phase.label, step.key[:12], f"[{colour}]{step.action.value}[/]", step.reason)
     console.print(table)
+
+
+def print_outputs(ctx: BuildContext, outputs: list[dict[str, Any]], seconds: float) -> None:
+    """What the build left, as paths a user can open (relative to the working directory when inside it)."""
+    where = ctx.output_dir.resolve()
+    shown = where.relative_to(Path.cwd()) if where.is_relative_to(Path.cwd()) else where
+    console.print(f"[bold green]done[/] {ctx.spec.name} in {seconds} s: {shown}/", soft_wrap=True)
+    for item in [*outputs, {"format": "manifest", "path": "manifest.json"}]:
+        console.print(f"  {shown / item['path']}  [dim]({item['format']})[/]", highlight=False, soft_wrap=True)
 
 
 def tool_versions() -> dict[str, str]:

@@ -9,6 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from assembler import progress
 from assembler.config import ImageSpec
 from assembler.errors import AssemblerError
 from assembler.fsutil import canonical_json, sha256_bytes
@@ -230,8 +231,7 @@ def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> tuple[Entry, str, str]:
             if pulled is not None:
                 return pulled, f"registry {ctx.cache_from.name}", reason
             reason = f"refused from {ctx.cache_from.name}"
-        with console.status(f"[bold]{step.phase.label}[/]: running", spinner="dots"), \
-                store.writer(step.key) as tmp:
+        with progress.activity(step.phase.label), store.writer(step.key) as tmp:
             meta = step.phase.execute(tmp)
             Store.commit_meta(tmp, {"phase": step.phase.label, "key": step.key, "image": ctx.spec.name, **meta})
         built = store.get(step.key)
@@ -242,7 +242,7 @@ def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> tuple[Entry, str, str]:
 def _pull(ctx: BuildContext, step: PhaseRun, remote: RegistryStore) -> Entry | None:
     """The entry pulled into the local store, every file verified; None (with the reason logged) otherwise."""
     try:
-        with console.status(f"[bold]{step.phase.label}[/]: pulling from {remote.name}", spinner="dots"), \
+        with progress.activity(f"{step.phase.label}: pulling from {remote.name}"), \
                 ctx.store.writer(step.key) as tmp:
             meta = remote.pull(step.key, tmp)
             if meta is None:

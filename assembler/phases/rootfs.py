@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from rich.markup import escape
 
-from assembler import bootstrap, engine, flatten, layers, secrets
+from assembler import bootstrap, engine, flatten, layers, progress, secrets
 from assembler import context as build_context
 from assembler.config import cache_dir, rootfs_dir
 from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
-from assembler.log import console, log
+from assembler.log import log
 from assembler.packages import lockfile, locking
 from assembler.packages.lockfile import LOCK_FILE, write_lock
 from assembler.packages.store import PackageStore
@@ -44,7 +43,7 @@ def _show_step(line: str) -> None:
     # The engine streams every line of every RUN; the step headers are enough to follow progress
     # (Docker's "Step 3/9 : RUN ...", Podman's "[1/2] STEP 3/9: RUN ...").
     if _STEP_LINE.match(line) or line.startswith("Successfully built"):
-        console.print(f"    [dim]{escape(line.strip()[:150])}[/]", highlight=False)
+        progress.stage(line.strip(), keep=True)
     else:
         log.debug("%s", line.rstrip())
 
@@ -131,7 +130,9 @@ class RootfsPhase(Phase):
                 built, base_id, locked = self._build_locked(client, recipe, mounted.context, buildargs, out)
         shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
         archive = out / "image.tar"
+        progress.stage("saving the image from the engine")
         engine.save_image(client, built.id, archive)
+        progress.stage("flattening the layers and indexing their files")
         result = flatten_and_index(archive, out, cfg.source_date_epoch)
         archive.unlink()
         secrets.require_absent(out / ROOTFS_TAR, mounted.values)  # before the entry can be committed
@@ -167,6 +168,7 @@ class RootfsPhase(Phase):
         replay = session.lock
         with session.serving():
             session.prefetch("image")  # while the base is checked (or bootstrapped): downloads run alongside
+            progress.stage(f"base image ({recipe.name})")
             # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only
             # for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another
             # mirror state installed, and every .deb must pass the proxy for the lock to be complete).
