@@ -23,6 +23,8 @@ class BootResult(BaseModel):
     disk_bus: str = "virtio"
     boot_seconds: float | None = None
     checks_seconds: float | None = None
+    # Seconds in each boot stage read from the console: firmware, kernel, userspace (up to SSH).
+    stages: dict[str, float] = {}
     results: list[CheckResult] = []
     console_log: str = ""
     error: str | None = None
@@ -88,7 +90,9 @@ def summary_table(report: BootReport) -> Table:
         table.add_row("hygiene", r.name, _mark(r.passed), r.message)
     for run in report.runs:
         suite = f"{run.label} ({run.accelerator})"
-        boot_detail = (f"SSH up after {_seconds(run.boot_seconds)}, checks {_seconds(run.checks_seconds)}"
+        spans = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in run.stages.items())
+        boot_detail = (f"SSH up after {_seconds(run.boot_seconds)}{f' ({spans})' if spans else ''}, "
+                       f"checks {_seconds(run.checks_seconds)}"
                        if run.booted else (run.error or "did not boot").splitlines()[0])
         table.add_row(suite, "boot", _mark(run.booted), boot_detail)
         for r in run.results:
@@ -105,10 +109,10 @@ def print_summary(report: BootReport, console: Console | None = None) -> None:
     out = console or default_console
     out.print(summary_table(report))
     for run in report.runs:
-        out.print(f"{run.label}: console log {run.console_log}")
+        out.print(f"{run.label}: console log {run.console_log}", soft_wrap=True)
         if run.workdir:
-            out.print(f"{run.label}: kept work directory {run.workdir}")
+            out.print(f"{run.label}: kept work directory {run.workdir}", soft_wrap=True)
     if report.junit:
-        out.print(f"JUnit report: {report.junit}")
+        out.print(f"JUnit report: {report.junit}", soft_wrap=True)
     verdict = "[green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"
     out.print(f"boot test {verdict}")

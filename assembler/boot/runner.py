@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from assembler import progress
 from assembler.accel import accelerator
-from assembler.boot import guest, qemu, seed
+from assembler.boot import guest, qemu, seed, stages
 from assembler.boot.checks import CheckResult, CheckSuite, load_checks
 from assembler.boot.hygiene import check_artifact
 from assembler.boot.junit import write_junit
@@ -89,16 +90,22 @@ class _PortTaken(Exception):
 def _boot_once(run: _Run, spec: qemu.QemuSpec, ssh: guest.Ssh) -> BootResult:
     with qemu.running_qemu(qemu.qemu_argv(spec), run.workdir / "qemu.log") as vm:
         started = time.monotonic()
-        _wait_for_ssh(run, vm, ssh, started + run.timeout)
+        progress.stage("firmware")
+        watch = stages.ConsoleWatch(run.console_log, started, progress.stage)
+        with watch.running():
+            _wait_for_ssh(run, vm, ssh, started + run.timeout)
         boot_seconds = time.monotonic() - started
-        log.info("%s/%s: SSH up after %.1fs; running checks", run.firmware, run.disk_bus, boot_seconds)
+        split = stages.split(watch.times, round(boot_seconds, 1))
+        log.info("%s/%s: SSH up after %.1fs (%s); running checks", run.firmware, run.disk_bus, boot_seconds,
+                 ", ".join(f"{name} {seconds:.1f}s" for name, seconds in split.items()) or "no console markers")
+        progress.stage("SSH up; running the checks")
         results = [CheckResult(name="ssh login", kind="boot", passed=True,
                                message=f"root login with the injected key after {boot_seconds:.1f}s")]
         results += _guest_checks(run, ssh)
         checks_seconds = time.monotonic() - started - boot_seconds
     return BootResult(firmware=run.firmware, disk_bus=run.disk_bus, accelerator=run.accelerator, booted=True,
                       boot_seconds=round(boot_seconds, 1), checks_seconds=round(checks_seconds, 1),
-                      results=results, console_log=str(run.console_log))
+                      stages=split, results=results, console_log=str(run.console_log))
 
 
 def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: float) -> None:
@@ -168,8 +175,9 @@ def _boot_or_record(disk: Path, fmt: str, firmware: str, bus: DiskBus, checks: C
     typed: qemu.Firmware = "bios" if firmware == "bios" else "uefi"
     console_log = out_dir / (f"console-{firmware}.log" if bus == "virtio" else f"console-{firmware}-{bus}.log")
     try:
-        return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
-                         console_log=console_log, disk_bus=bus)
+        with progress.activity(firmware if bus == "virtio" else f"{firmware}/{bus}"):
+            return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
+                             console_log=console_log, disk_bus=bus)
     except BootError as exc:
         return BootResult(firmware=firmware, disk_bus=bus, accelerator=accelerator(), booted=False,
                           error=f"{exc.brief}\n{exc.details}".strip(), console_log=str(console_log))

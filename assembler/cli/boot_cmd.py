@@ -25,6 +25,7 @@ def boot(
 ) -> None:
     """Boot DISK under BIOS and/or UEFI, run hygiene and guest checks; exit 0 only if all pass."""
     from assembler import boot as boot_engine
+    from assembler import progress
     from assembler.boot.qemu import disk_bus as parse_disk_bus
     from assembler.formats import detect_format
 
@@ -39,8 +40,9 @@ def boot(
     buses = [parse_disk_bus(name) for name in dict.fromkeys(disk_bus)]
     firmwares: list[Literal["bios", "uefi"]] = ["bios", "uefi"] if firmware == "both" else [firmware]  # type: ignore[list-item]
     out_dir = output or disk.parent
-    report = boot_engine.boot_test(disk, firmwares=firmwares, checks_file=checks, timeout=timeout, keep=keep,
-                                   out_dir=out_dir, fmt=detect_format(disk), disk_buses=buses)
+    with progress.activity(f"boot {disk.name}"):
+        report = boot_engine.boot_test(disk, firmwares=firmwares, checks_file=checks, timeout=timeout, keep=keep,
+                                       out_dir=out_dir, fmt=detect_format(disk), disk_buses=buses)
     boot_engine.print_summary(report)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

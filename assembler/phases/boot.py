@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from assembler import boot
 from assembler.errors import BootError
-from assembler.fsutil import sha256_file
+from assembler.fsutil import atomic_path, sha256_file
 from assembler.pipeline import Phase
 
 
@@ -41,11 +42,27 @@ class BootPhase(Phase):
             disk.file("disk.raw"), firmwares=firmwares(cfg.firmware), checks_file=self._checks_file(),
             timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses),
         )
-        boot.print_summary(report)
+        published = self.ctx.output_dir
+        if not report.passed:
+            # The store discards a failed phase's directory: the logs a user needs go to out/ first.
+            for path in sorted(out.glob("*")):
+                with atomic_path(published / path.name) as tmp:
+                    shutil.copyfile(path, tmp)
+        # What the user reads names the image and the files in out/ (a pass links them there), never the
+        # store's temporary directory, which is gone when the phase ends.
+        boot.print_summary(_in_output(report, self.ctx.spec.name, published))
         if not report.passed:
             raise BootError(f"boot test failed for {self.ctx.spec.name}", details=report.failure_summary(),
-                            resolution="see the console logs and JUnit report; rerun `assembler boot` to debug")
+                            resolution=f"read the console logs and junit.xml in {published}; rerun "
+                                       "`assembler boot` on the disk to debug")
         return {"boot": _relative_paths(report.as_dict())}
+
+
+def _in_output(report: boot.BootReport, image: str, published: Path) -> boot.BootReport:
+    runs = [run.model_copy(update={"console_log": str(published / Path(run.console_log).name)})
+            if run.console_log else run for run in report.runs]
+    junit = str(published / Path(report.junit).name) if report.junit else None
+    return report.model_copy(update={"disk": image, "runs": runs, "junit": junit})
 
 
 def _relative_paths(report: dict[str, Any]) -> dict[str, Any]:

@@ -133,11 +133,19 @@ def test_boot_passed_in_bios_and_uefi(debian12: Built) -> None:
     for run in runs.values():
         failed = [r for r in run["results"] if not r["passed"]]
         assert run["booted"] and not failed, failed or run["error"]
-        print(f"{run['firmware']}: boot {run['boot_seconds']} s, checks {run['checks_seconds']} s "
+        print(f"{run['firmware']}: boot {run['boot_seconds']} s {run['stages']}, checks {run['checks_seconds']} s "
               f"({run['accelerator']})")
+        # Where the boot time went, read from the console: firmware, kernel, userspace up to SSH.
+        assert list(run["stages"]) == ["firmware", "kernel", "userspace"], run["stages"]
+        assert all(seconds >= 0 for seconds in run["stages"].values())
+        assert sum(run["stages"].values()) == pytest.approx(run["boot_seconds"], abs=0.5)
     assert all(check["passed"] for check in boot["hygiene"]), boot["hygiene"]
     assert (debian12.out / "console-bios.log").stat().st_size > 0
     assert list(debian12.out.glob("*.xml"))
+    # The build's boot report names the image and files that exist in out/, not the store's temporary paths.
+    assert "boot test of debian-12 (raw)" in debian12.stderr
+    shown = re.findall(r"(?:console log|JUnit report:) (\S+)", debian12.stderr)
+    assert len(shown) == 3 and all(Path(p).is_file() and Path(p).parent == debian12.out for p in shown), shown
 
 
 def test_second_build_reuses_every_phase(debian12: Built) -> None:
