@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from assembler.cli import complete
 from assembler.errors import ConfigError
 
 # The pipeline (engine SDK, libguestfs helpers, every phase) is imported when a build runs, not when the CLI
@@ -43,8 +44,10 @@ def registry_stores(cache_from: str | None, cache_to: str | None, *, offline: bo
 
 
 def build(
-    image: str = typer.Argument(..., help="name under Containerfiles/ or a directory with a Containerfile"),
-    fmt: list[str] = typer.Option(None, "--format", "-f", help="output format (repeatable); default from image.yaml"),
+    image: str = typer.Argument(..., autocompletion=complete.images,
+        help="name under Containerfiles/ or a directory with a Containerfile"),
+    fmt: list[str] = typer.Option(None, "--format", "-f", autocompletion=complete.formats,
+        help="output format (repeatable); default from image.yaml"),
     output: Path | None = typer.Option(None, "--output", "-o", help="output directory (default out/IMAGE)"),
     cache: Path | None = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)"),
     phases: str | None = typer.Option(None, "--phases", help="comma list: rootfs,disk,convert,boot"),

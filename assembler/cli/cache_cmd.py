@@ -15,6 +15,7 @@ from assembler.store import Store
 app = typer.Typer(help="Inspect, verify and bound the cache.", no_args_is_help=True)
 
 CACHE_OPTION = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)")
+JSON_OPTION = typer.Option(False, "--json", help="print JSON on stdout")
 
 
 def _store(cache: Path | None) -> Store:
@@ -35,8 +36,7 @@ def _when(epoch: int) -> str:
 
 
 @app.command("ls")
-def ls(cache: Path | None = CACHE_OPTION,
-       as_json: bool = typer.Option(False, "--json", help="print JSON on stdout")) -> None:
+def ls(cache: Path | None = CACHE_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Every phase entry (phase, image, size, created, last used), the package store and the bases."""
     from rich.table import Table
 
@@ -60,12 +60,15 @@ def ls(cache: Path | None = CACHE_OPTION,
 
 
 @app.command("verify")
-def verify(cache: Path | None = CACHE_OPTION) -> None:
+def verify(cache: Path | None = CACHE_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Check every entry against its recorded sizes and digests and every package against its name."""
     from assembler.cache import verify as run_verify
     from assembler.log import console
 
     entries, hashed, problems = run_verify(_store(cache))
+    if as_json:  # printed before the verdict, so a damaged cache still gives its list (and exit status 1)
+        typer.echo(json.dumps({"entries": entries, "files_hashed": hashed,
+                               "problems": [{"what": p.what, "why": p.why} for p in problems]}, indent=2))
     for problem in problems:
         console.print(f"  [red]{problem.what}[/]: {problem.why}", highlight=False)
     if problems:
@@ -81,7 +84,8 @@ def gc(cache: Path | None = CACHE_OPTION,
                                              "until the cache is at most this size, e.g. 20G"),
        older_than: str | None = typer.Option(None, "--older-than", help="remove entries unused for this "
                                              "long: 30d, 12h, 90m, 2w"),
-       dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed")) -> None:
+       dry_run: bool = typer.Option(False, "--dry-run", help="say what would be removed"),
+       as_json: bool = JSON_OPTION) -> None:
     """Remove least recently used phase entries; never one a running build uses or writes."""
     from assembler.cache import gc as run_gc
     from assembler.cache import inventory, parse_duration
@@ -105,6 +109,10 @@ def gc(cache: Path | None = CACHE_OPTION,
     for entry in busy:
         console.print(f"  kept {entry.key[:12]} {entry.phase}: in use by a running build", highlight=False)
     left = inventory(store).total
+    if as_json:
+        typer.echo(json.dumps({"dry_run": dry_run, "removed": [{**r.entry.as_dict(), "reason": r.reason}
+                                                                for r in removed],
+                               "in_use": [e.as_dict() for e in busy], "total_bytes": left}, indent=2))
     console.print(f"{verb} {len(removed)} entries ({_size(sum(r.entry.bytes for r in removed))}); "
                   f"cache now {_size(left)}", highlight=False)
     if limit is not None and left > limit and not dry_run:

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import typer
 
+from assembler.cli import complete
 from assembler.errors import ConfigError
 from assembler.log import console
 
 
 def convert(
     disk: Path = typer.Argument(..., help="source disk (raw, qcow2, vmdk, vhd)"),
-    fmt: list[str] = typer.Option(..., "--format", "-f", help="target format (repeatable)"),
+    fmt: list[str] = typer.Option(..., "--format", "-f", autocompletion=complete.formats,
+        help="target format (repeatable)"),
     output: Path | None = typer.Option(None, "--output", "-o", help="output path (one format) or directory"),
     name: str | None = typer.Option(None, "--name", help="image name used in output names and OVF"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON on stdout"),

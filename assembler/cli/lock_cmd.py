@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from assembler.cli import complete
 from assembler.errors import ConfigError
+
+if TYPE_CHECKING:
+    from assembler.packages.lockfile import Change
 
 
 def lock(
-    image: str = typer.Argument(..., help="name under Containerfiles/ or a directory with a Containerfile"),
+    image: str = typer.Argument(..., autocompletion=complete.images,
+        help="name under Containerfiles/ or a directory with a Containerfile"),
     update: bool = typer.Option(False, "--update", help="re-resolve against today's archive and show what changed"),
     cache: Path | None = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)"),
+    as_json: bool = typer.Option(False, "--json", help="print the lock's path, package count and changes as JSON"),
 ) -> None:
     """Resolve IMAGE's base and Containerfile packages and write IMAGE_DIR/image.lock.json.
 
@@ -38,6 +46,7 @@ def lock(
                               locking.sources_for(committed, snapshots=spec.config.snapshots))
         if check.complete:
             console.print(f"{path}: current ({len(committed.packages)} packages, every file available)")
+            _report(as_json, path, "current", len(committed.packages), [])
             return
     ctx = BuildContext(spec=spec, store=Store(root), output_dir=Path("/nonexistent"), formats=[],
                        boot_test=False, update_lock=update)
@@ -47,8 +56,17 @@ def lock(
     lockfile.write_lock(path, resolved)
     if committed is None:
         console.print(f"{path}: written ({len(resolved.packages)} packages, {len(resolved.indexes)} index files)")
+        _report(as_json, path, "written", len(resolved.packages), [])
         return
     moved = lockfile.changes(committed, resolved)
     for change in moved:
         console.print(f"  {change}", highlight=False)
     console.print(f"{path}: {len(resolved.packages)} packages, {len(moved)} changed")
+    _report(as_json, path, "updated" if moved else "unchanged", len(resolved.packages), moved)
+
+
+def _report(as_json: bool, path: Path, state: str, packages: int, moved: list[Change]) -> None:
+    if as_json:
+        typer.echo(json.dumps({"lock": str(path), "state": state, "packages": packages,
+                               "changes": [{"package": c.ident, "old": c.old, "new": c.new} for c in moved]},
+                              indent=2))

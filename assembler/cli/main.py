@@ -30,7 +30,7 @@ app = typer.Typer(
     help="Container-first VM image assembler: Containerfile -> OCI image -> rootfs -> bootable disks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion [bash|zsh|fish]
 )
 
 _state = {"debug": False}

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from assembler.cli import complete
 from assembler.errors import ConfigError
 from assembler.log import console
 from assembler.providers.base import ProgressTask, ProviderName
@@ -55,7 +56,8 @@ def _extra(pairs: list[str]) -> dict[str, str]:
 
 
 def publish(
-    image: str = typer.Argument(..., help="image name: publishes out/IMAGE/ (see --out)"),
+    image: str = typer.Argument(..., autocompletion=complete.images,
+        help="image name: publishes out/IMAGE/ (see --out)"),
     provider: str = typer.Option(..., "--provider", "-p", help=f"one of: {PROVIDERS} (or a plugin's name)"),
     out: Path = typer.Option(Path("out"), "--out", help="directory holding IMAGE/ (default ./out)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, contact nothing"),
@@ -92,8 +94,9 @@ def publish(
     cache_from: str | None = typer.Option(None, "--cache-from", help="take IMAGE's outputs from this registry "
                                           "store into out/IMAGE first (a publish job on another machine than "
                                           "the build); every phase must be there", rich_help_panel="source"),
-    fmt: list[str] = typer.Option(None, "--format", "-f", help="with --cache-from: the formats to take "
-                                  "(default from image.yaml)", rich_help_panel="source"),
+    fmt: list[str] = typer.Option(None, "--format", "-f", autocompletion=complete.formats,
+                                  help="with --cache-from: the formats to take (default from image.yaml)",
+                                  rich_help_panel="source"),
     cache: Path | None = typer.Option(None, "--cache-dir", help="with --cache-from: the local cache",
                                       rich_help_panel="source"),
 ) -> None:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import typer
 
+from assembler.cli import complete
+
 
 def rebuild(
     source: Path = typer.Argument(..., help="IMAGE.spdx.json, an out/IMAGE directory or a disk image"),
     output: Path | None = typer.Option(None, "--output", "-o", help="output directory (default out/IMAGE-rebuild)"),
-    fmt: list[str] = typer.Option(None, "--format", "-f", help="output format (repeatable); default from image.yaml"),
+    fmt: list[str] = typer.Option(None, "--format", "-f", autocompletion=complete.formats,
+        help="output format (repeatable); default from image.yaml"),
     cache: Path | None = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)"),
     use_cache: bool = typer.Option(False, "--cache/--no-cache",
                                    help="reuse cached phases and engine layers (default: build everything anew)"),

@@ -82,8 +82,10 @@ def moving(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         (image / "Containerfile").write_text(CONTAINERFILE)
         (image / "image.yaml").write_text(f"base: {root / 'rootfs'}\nsource_date_epoch: 1700000000\n"
                                           "formats: [raw]\ndisk: {size: 2G}\n")
-        proc = cli("lock", str(image), "--cache-dir", str(root / "cache-a"))
+        proc = cli("lock", str(image), "--cache-dir", str(root / "cache-a"), "--json")
         assert proc.returncode == 0, proc.stderr[-3000:]
+        written = json.loads(proc.stdout)
+        assert written["state"] == "written" and written["lock"] == str(image / LOCK_FILE) and written["packages"]
         assert time.time() < expires, "locking took longer than the first state's Valid-Until"
         yield Moving(repo, image, root, expires)
 

@@ -128,3 +128,20 @@ def test_cache_cli(tmp_path: Path) -> None:
     proc = cli("cache", "gc", "--older-than", "7d", "--cache-dir", str(tmp_path))
     assert proc.returncode == 0 and "removed 1 entries" in proc.stdout + proc.stderr
     assert not store.object_dir(_key(1)).exists()
+
+
+def test_cache_verify_and_gc_speak_json(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _entry(store, _key(1), "rootfs", b"y" * 4096, age_days=10)
+    bad = _entry(store, _key(2), "disk", b"x" * 4096, age_days=1)
+    verified = cli("cache", "verify", "--json", "--cache-dir", str(tmp_path))
+    assert verified.returncode == 0 and json.loads(verified.stdout) == {"entries": 2, "files_hashed": 2,
+                                                                         "problems": []}
+    (bad / "rootfs.tar").write_bytes(b"short")
+    damaged = cli("cache", "verify", "--json", "--cache-dir", str(tmp_path))
+    assert damaged.returncode == 1
+    assert [p["what"] for p in json.loads(damaged.stdout)["problems"]] == [f"entry {_key(2)[:12]} (disk)"]
+    dry = cli("cache", "gc", "--older-than", "7d", "--dry-run", "--json", "--cache-dir", str(tmp_path))
+    report = json.loads(dry.stdout)
+    assert dry.returncode == 0 and report["dry_run"] and [r["key"] for r in report["removed"]] == [_key(1)]
+    assert report["removed"][0]["reason"] and store.object_dir(_key(1)).exists()

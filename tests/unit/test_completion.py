@@ -1,0 +1,33 @@
+"""Shell completion as a user installs it: the bash script typer prints, sourced in a real bash."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent  # the venv's bin/, where the `assembler` entry point is installed
+
+
+def complete(*words: str) -> list[str]:
+    script = subprocess.run([str(BIN / "assembler"), "--show-completion", "bash"], capture_output=True, text=True,
+                            check=True).stdout
+    line = " ".join(words)
+    probe = (f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _assembler_completion assembler; "
+             'printf "%s\\n" "${COMPREPLY[@]}"')
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, check=True)
+    return [w for w in done.stdout.splitlines() if w]
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (("assembler", "ca"), ["cache"]),
+    (("assembler", "build", "debian-1"), ["debian-12", "debian-12-k8s-node", "debian-13", "debian-13-k8s-node"]),
+    (("assembler", "build", "debian-13", "--format", "vm"), ["vmdk"]),
+    (("assembler", "lock", "debian-13-k"), ["debian-13-k8s-node"]),
+])
+def test_bash_completes_commands_images_and_formats(words: tuple[str, ...], expected: list[str]) -> None:
+    assert complete(*words) == expected
