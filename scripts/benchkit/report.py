@@ -99,6 +99,10 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.append(("  of which: hygiene / boot / checks",
                      " / ".join(fmt_s(t.get(f"assembler_{k}_median"))
                                 for k in ("hygiene_seconds", "boot_seconds", "checks_seconds")), "", "", ""))
+        if t.get("assembler_kernel_seconds_median") is not None:
+            rows.append(("  boot to SSH: firmware / kernel / userspace",
+                         " / ".join(fmt_s(t.get(f"assembler_{k}_seconds_median"))
+                                    for k in ("firmware", "kernel", "userspace")), "", "", ""))
     m = results.get("matrix", {})
     if m.get("workers_1") and m.get("workers_2"):
         one, two = m["workers_1"], m["workers_2"]
