@@ -202,7 +202,8 @@ def execute_plan(ctx: BuildContext, plan: list[PhaseRun]) -> list[PhaseRecord]:
 def _push(ctx: BuildContext, entry: Entry) -> str:
     remote = ctx.cache_to
     assert remote is not None
-    with ctx.store.scratch("push") as scratch:
+    with progress.activity(f"{entry.meta.get('phase')}: pushing to {remote.name}"), \
+            ctx.store.scratch("push") as scratch:
         pushed = remote.push(entry.key, entry.path, entry.meta, scratch)
     if pushed.result is PushResult.CONFLICT:
         console.print(f"[bold red]reproducibility failure[/]: {entry.meta.get('phase')} {entry.key[:12]} in "

@@ -8,7 +8,6 @@ standard container auth files ($REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -163,26 +162,6 @@ class Registry:
         self.check(resp, f"manifest lookup {repo}:{ref}", (200,))
         return resp.headers.get("Docker-Content-Digest")
 
-    def get_manifest(self, repo: str, ref: str, *, limit: int) -> bytes | None:
-        """The OCI manifest `ref` names (None when the registry lacks it); at most `limit` bytes are read."""
-        resp = self.request("GET", f"{repo}/manifests/{ref}", headers={"Accept": OCI_MANIFEST}, stream=True)
-        try:
-            if resp.status_code == 404:
-                return None
-            self.check(resp, f"manifest lookup {repo}:{ref}", (200,))
-            body = b""
-            for chunk in resp.iter_content(CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    raise PublishError(f"registry {self.host}: manifest {repo}:{ref} is over {limit} bytes",
-                                       resolution="that tag is not what assembler wrote; delete it")
-            return body
-        finally:
-            resp.close()
-
-    def push_bytes(self, repo: str, digest: str, data: bytes) -> None:
-        self.push_blob(repo, digest, len(data), lambda: io.BytesIO(data), NullTask())
-
     def put_manifest(self, repo: str, ref: str, body: bytes) -> str:
         resp = self.request("PUT", f"{repo}/manifests/{ref}", data=body, headers={"Content-Type": OCI_MANIFEST})
         self.check(resp, f"manifest upload {repo}:{ref}", (201,))
@@ -198,11 +177,17 @@ class Registry:
             resp.close()
 
 
-def repository(target: str) -> tuple[Registry, str]:
-    """A client and the repository for http(s)://HOST[:PORT]/REPO (http: a local registry without TLS)."""
+def parse_repository(target: str) -> tuple[str, bool, str]:
+    """(HOST[:PORT], insecure, REPO) of http(s)://HOST[:PORT]/REPO (http: a local registry without TLS)."""
     match = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+(?::[0-9]+)?)/([a-z0-9][a-z0-9._/-]*)", target)
     if not match:
         shown = re.sub(r"//[^/@]*@", "//", target)  # never echo credentials written into a URL
         raise ConfigError(f"not a registry repository URL: {shown}",
                           resolution="use http(s)://HOST[:PORT]/REPO, e.g. http://127.0.0.1:5000/assembler/packages")
-    return Registry(match.group(2), insecure=match.group(1) == "http"), match.group(3)
+    return match.group(2), match.group(1) == "http", match.group(3)
+
+
+def repository(target: str) -> tuple[Registry, str]:
+    """A client and the repository for http(s)://HOST[:PORT]/REPO."""
+    host, insecure, repo = parse_repository(target)
+    return Registry(host, insecure=insecure), repo

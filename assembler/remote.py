@@ -2,12 +2,15 @@
 
 `--cache-to URL` pushes every entry a build made or reused; `--cache-from URL` pulls the entries a build
 lacks. One artifact per entry: its config blob is the entry's metadata, each file one gzip layer whose
-annotations carry the file's path, size and sha256. The manifest is pushed last, so a tag exists only once
-every blob is in the registry: a push that dies half way leaves no entry to reuse. Every pulled byte is
-checked twice (the compressed blob against its digest, the file against its sha256) before the entry is
-renamed into the local store; the manifest and the metadata are untrusted input, validated like any file
-we read. Builds are reproducible, so two machines pushing one key push the same files; when they do not,
-that is a reproducibility failure, reported with both digests (the first push stays).
+annotations carry the file's path, size and sha256. The registry protocol (authentication from the
+standard auth files, uploads, digest checks) is skopeo's: an entry is written as an OCI image layout and
+copied to the registry, and pulled by manifest digest into a layout that is then unpacked here. skopeo
+pushes the manifest last, so a tag exists only once every blob is in the registry: a push that dies half
+way leaves no entry to reuse. Every pulled byte is checked again here (the compressed blob against its
+digest, the file against its sha256) before the entry is renamed into the local store; the manifest and
+the metadata are untrusted input, validated like any file we read. Builds are reproducible, so two
+machines pushing one key push the same files; when they do not, that is a reproducibility failure,
+reported with both digests (the first push stays).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -28,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import CHUNK, canonical_json, sha256_bytes, sha256_file
-from assembler.registry import OCI_MANIFEST, TITLE, NullTask, Registry, repository
+from assembler.registry import OCI_MANIFEST, TITLE, parse_repository
+from assembler.run import require_tool, run
 
 ARTIFACT_TYPE = "application/vnd.assembler.phase.v1"
 CONFIG_TYPE = "application/vnd.assembler.phase.meta.v1+json"
@@ -45,6 +50,8 @@ ZERO_BLOCK = bytes(HOLE)
 # two machines that build the same files push the same manifest.
 LOCAL_FIELDS = ("created", "files")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+LAYOUT_REF = "entry"  # the one image in a layout written or read here
+SKOPEO_SECONDS = 3600.0  # one entry's copy (a multi-GB disk over a slow link), not a hang
 
 
 class RemoteError(AssemblerError):
@@ -121,9 +128,9 @@ def entry_files(directory: Path) -> list[str]:
 class RegistryStore:
     """One repository of one registry holding store entries, tag = key."""
 
-    def __init__(self, url: str, registry: Registry | None = None) -> None:
-        self.registry, self.repo = (registry, url) if registry is not None else repository(url)
-        self.name = f"{self.registry.host}/{self.repo}"  # what logs and manifests show: no scheme, no credentials
+    def __init__(self, url: str) -> None:
+        self.host, self.insecure, self.repo = parse_repository(url)
+        self.name = f"{self.host}/{self.repo}"  # what logs and manifests show: no scheme, no credentials
 
     @staticmethod
     def tag(key: str) -> str:
@@ -131,10 +138,50 @@ class RegistryStore:
             raise ConfigError(f"{key!r} cannot be a registry tag")  # a programming error: keys are hex
         return key
 
+    # -- the registry side: skopeo
+    def _ref(self, reference: str) -> str:
+        return f"docker://{self.host}/{self.repo}{reference}"
+
+    def _skopeo(self, *args: str) -> tuple[int, bytes, str]:
+        proc = run([require_tool("skopeo", "copies phase entries to and from the registry store"), *args],
+                   check=False, tied=True, timeout=SKOPEO_SECONDS)
+        return proc.returncode, proc.stdout or b"", (proc.stderr or b"").decode(errors="replace")
+
+    def _raw_manifest(self, tag: str) -> bytes | None:
+        code, out, err = self._skopeo("inspect", "--raw", f"--tls-verify={str(not self.insecure).lower()}",
+                                      self._ref(f":{tag}"))
+        if code == 0:
+            if len(out) > MAX_MANIFEST:
+                raise RemoteError(f"{self.name}:{tag} has a {len(out)}-byte manifest", resolution="delete that tag")
+            return out
+        if "manifest unknown" in err or "name unknown" in err:
+            return None
+        raise RemoteError(f"registry store {self.name} did not answer", details=_last_line(err),
+                          resolution="check the URL, that the registry runs, and `skopeo login` for its "
+                                     "credentials (or drop --cache-from/--cache-to)")
+
+    def _copy(self, source: str, dest: str, what: str) -> None:
+        tls = f"--{'src' if source.startswith('docker://') else 'dest'}-tls-verify={str(not self.insecure).lower()}"
+        code, _, err = self._skopeo("copy", "--quiet", tls, source, dest)
+        if code != 0 and (bad := re.search(r"Digest did not match, expected (sha256:\w+), got (sha256:\w+)", err)):
+            raise RemoteError(f"{self.name}: a blob does not match its digest (refused)",
+                              details=f"expected {bad.group(1)}\ngot      {bad.group(2)}",
+                              resolution="the registry holds a damaged or tampered blob; the phase is built "
+                                         "here instead: delete the tag in the registry")
+        if code != 0:
+            raise RemoteError(f"{what} {self.name} failed", details=_last_line(err),
+                              resolution="check the registry (space, credentials: `skopeo login`); the phase "
+                                         "is built here instead")
+
+    # -- entries
     def lookup(self, key: str) -> RemoteEntry | None:
         """The entry tagged `key`, validated; None when the registry has no such tag."""
+        found = self._lookup(key)
+        return found[0] if found else None
+
+    def _lookup(self, key: str) -> tuple[RemoteEntry, str] | None:
         tag = self.tag(key)
-        body = self.registry.get_manifest(self.repo, tag, limit=MAX_MANIFEST)
+        body = self._raw_manifest(tag)
         if body is None:
             return None
         try:
@@ -160,38 +207,52 @@ class RegistryStore:
         if manifest.config.size > MAX_META:
             raise RemoteError(f"{self.name}:{tag} has a {manifest.config.size}-byte metadata blob",
                               resolution="delete that tag")
-        return RemoteEntry(tag, manifest.config.digest, manifest.config.size, tuple(files))
+        entry = RemoteEntry(tag, manifest.config.digest, manifest.config.size, tuple(files))
+        return entry, "sha256:" + sha256_bytes(body)
 
     def pull(self, key: str, dest: Path) -> dict[str, Any] | None:
         """Write the entry's files into the empty directory `dest` and return its metadata (without the
         local fields); None when the registry lacks the key. RemoteError when anything fails a check."""
-        remote = self.lookup(key)
-        if remote is None:
+        found = self._lookup(key)
+        if found is None:
             return None
-        meta_bytes = b"".join(self._blob(remote.config, remote.config_size))
-        if "sha256:" + sha256_bytes(meta_bytes) != remote.config:
-            raise self._mismatch(key, "metadata", remote.config, "sha256:" + sha256_bytes(meta_bytes))
+        remote, manifest_digest = found
+        layout = Path(tempfile.mkdtemp(prefix=".pull-", dir=dest.parent))
         try:
-            meta = json.loads(meta_bytes)
-        except ValueError as exc:
-            raise RemoteError(f"{self.name}:{key[:12]}: metadata is not JSON", resolution="delete that tag") from exc
-        if not isinstance(meta, dict) or meta.get("key") != key:
-            raise RemoteError(f"{self.name}:{key[:12]}: metadata names another key",
-                              resolution="delete that tag (it was copied from another entry)")
-        for item in remote.files:
-            self._pull_file(key, item, dest / item.path)
+            # By digest, not tag: what is copied is the manifest just validated, whatever the tag says now.
+            self._copy(self._ref(f"@{manifest_digest}"), f"oci:{layout}:{LAYOUT_REF}", "pulling from")
+            meta_bytes = b"".join(self._blob(layout, remote.config, remote.config_size))
+            if "sha256:" + sha256_bytes(meta_bytes) != remote.config:
+                raise self._mismatch(key, "metadata", remote.config, "sha256:" + sha256_bytes(meta_bytes))
+            try:
+                meta = json.loads(meta_bytes)
+            except ValueError as exc:
+                raise RemoteError(f"{self.name}:{key[:12]}: metadata is not JSON",
+                                  resolution="delete that tag") from exc
+            if not isinstance(meta, dict) or meta.get("key") != key:
+                raise RemoteError(f"{self.name}:{key[:12]}: metadata names another key",
+                                  resolution="delete that tag (it was copied from another entry)")
+            for item in remote.files:
+                self._pull_file(key, layout, item, dest / item.path)
+        finally:
+            shutil.rmtree(layout, ignore_errors=True)
         return {k: v for k, v in meta.items() if k not in LOCAL_FIELDS}
 
-    def _blob(self, digest: str, size: int) -> Iterator[bytes]:
+    def _blob(self, layout: Path, digest: str, size: int) -> Iterator[bytes]:
+        path = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+        if not path.is_file():
+            raise RemoteError(f"{self.name}: blob {digest[:19]} did not arrive",
+                              resolution="the registry holds a damaged artifact; delete that tag")
         got = 0
-        for chunk in self.registry.pull_blob(self.repo, digest):
-            got += len(chunk)
-            if got > size:
-                raise RemoteError(f"{self.name}: blob {digest[:19]} is larger than its manifest says",
-                                  resolution="the registry holds a tampered blob; delete that tag")
-            yield chunk
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                got += len(chunk)
+                if got > size:
+                    raise RemoteError(f"{self.name}: blob {digest[:19]} is larger than its manifest says",
+                                      resolution="the registry holds a tampered blob; delete that tag")
+                yield chunk
 
-    def _pull_file(self, key: str, item: RemoteFile, path: Path) -> None:
+    def _pull_file(self, key: str, layout: Path, item: RemoteFile, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         blob_digest, file_digest = hashlib.sha256(), hashlib.sha256()
         inflate = zlib.decompressobj(wbits=31)
@@ -212,7 +273,7 @@ class RegistryStore:
                         out.write(block)
 
             try:
-                for chunk in self._blob(item.blob, item.blob_size):
+                for chunk in self._blob(layout, item.blob, item.blob_size):
                     blob_digest.update(chunk)
                     while chunk:
                         write(inflate.decompress(chunk, CHUNK))
@@ -239,51 +300,79 @@ class RegistryStore:
         digests = {name: sha256_file(directory / name) for name in names}
         try:
             present = self.lookup(key)
-        except RemoteError:
+        except RemoteError as exc:
+            if "did not answer" in exc.brief:
+                raise
             present = None  # a malformed tag is replaced by a good one
         if present is not None:
             theirs = present.digests()
             if theirs == digests:
                 return Pushed(PushResult.PRESENT)
-            differences = tuple(f"{name}: ours sha256:{digests.get(name, '-')} theirs sha256:{theirs.get(name, '-')}"
-                                for name in sorted(set(digests) | set(theirs))
-                                if digests.get(name) != theirs.get(name))
-            return Pushed(PushResult.CONFLICT, differences)
-        layers = [self._push_file(directory / name, name, digests[name], scratch) for name in names]
-        config = canonical_json({k: v for k, v in meta.items() if k not in LOCAL_FIELDS})
-        config_digest = "sha256:" + sha256_bytes(config)
-        if not self.registry.has_blob(self.repo, config_digest):
-            self.registry.push_bytes(self.repo, config_digest, config)
-        manifest = {
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
-            "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
-            "layers": layers,
-            "annotations": {KEY_ANNOTATION: key},
-        }
-        # Last: until this tag exists the entry does not, whatever the blobs above left behind.
-        self.registry.put_manifest(self.repo, self.tag(key), canonical_json(manifest))
+            return Pushed(PushResult.CONFLICT, _differences(digests, theirs))
+        layout = Path(tempfile.mkdtemp(prefix=".push-", dir=scratch))
+        try:
+            blobs = layout / "blobs" / "sha256"
+            blobs.mkdir(parents=True)
+            layers = [_write_file_blob(directory / name, name, digests[name], blobs) for name in names]
+            config = canonical_json({k: v for k, v in meta.items() if k not in LOCAL_FIELDS})
+            manifest = canonical_json({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
+                "config": {"mediaType": CONFIG_TYPE, "digest": _write_blob(blobs, config), "size": len(config)},
+                "layers": layers,
+                "annotations": {KEY_ANNOTATION: key},
+            })
+            index = {"schemaVersion": 2, "manifests": [{
+                "mediaType": OCI_MANIFEST, "digest": _write_blob(blobs, manifest), "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": LAYOUT_REF}}]}
+            (layout / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
+            (layout / "index.json").write_bytes(canonical_json(index))
+            # skopeo skips the blobs the registry has and puts the manifest last: until that tag exists the
+            # entry does not, whatever blobs a push that died left behind.
+            self._copy(f"oci:{layout}:{LAYOUT_REF}", self._ref(f":{self.tag(key)}"), "pushing to")
+        finally:
+            shutil.rmtree(layout, ignore_errors=True)
+        # Another machine may have pushed the same key meanwhile: the same files are fine, others are the
+        # reproducibility failure a push that came second would have reported.
+        stored = self.lookup(key)
+        if stored is not None and stored.digests() != digests:
+            return Pushed(PushResult.CONFLICT, _differences(digests, stored.digests()))
         return Pushed(PushResult.PUSHED)
 
-    def _push_file(self, path: Path, name: str, sha256: str, scratch: Path) -> dict[str, Any]:
-        # gzip -1 with a fixed header: the same file gives the same blob on every machine (same zlib).
-        fd, tmp_name = tempfile.mkstemp(prefix=".push-", suffix=".gz", dir=scratch)
-        tmp = Path(tmp_name)
-        try:
-            digest = hashlib.sha256()
-            deflate = zlib.compressobj(1, zlib.DEFLATED, 31)
-            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    data = deflate.compress(chunk)
-                    digest.update(data)
-                    out.write(data)
-                data = deflate.flush()
+
+def _differences(ours: dict[str, str], theirs: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{name}: ours sha256:{ours.get(name, '-')} theirs sha256:{theirs.get(name, '-')}"
+                 for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name))
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][-500:] if lines else "(no output)"
+
+
+def _write_blob(blobs: Path, data: bytes) -> str:
+    digest = sha256_bytes(data)
+    (blobs / digest).write_bytes(data)
+    return "sha256:" + digest
+
+
+def _write_file_blob(path: Path, name: str, sha256: str, blobs: Path) -> dict[str, Any]:
+    # gzip -1 with a fixed header: the same file gives the same blob on every machine (same zlib).
+    fd, tmp_name = tempfile.mkstemp(prefix=".blob-", dir=blobs)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        deflate = zlib.compressobj(1, zlib.DEFLATED, 31)
+        with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                data = deflate.compress(chunk)
                 digest.update(data)
                 out.write(data)
-            blob = "sha256:" + digest.hexdigest()
-            size = tmp.stat().st_size
-            if not self.registry.has_blob(self.repo, blob):
-                self.registry.push_blob(self.repo, blob, size, lambda: tmp.open("rb"), NullTask())
-        finally:
-            tmp.unlink(missing_ok=True)
-        return {"mediaType": FILE_TYPE, "digest": blob, "size": size,
-                "annotations": {TITLE: name, FILE_SHA256: sha256, FILE_SIZE: str(path.stat().st_size)}}
+            data = deflate.flush()
+            digest.update(data)
+            out.write(data)
+        size = tmp.stat().st_size
+        os.replace(tmp, blobs / digest.hexdigest())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"mediaType": FILE_TYPE, "digest": "sha256:" + digest.hexdigest(), "size": size,
+            "annotations": {TITLE: name, FILE_SHA256: sha256, FILE_SIZE: str(path.stat().st_size)}}

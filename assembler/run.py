@@ -88,11 +88,14 @@ def run(
     check: bool = True,
     resolution: str = "",
     timeout: float | None = None,
+    tied: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command; env entries are added to the current environment."""
+    """Run a command; env entries are added to the current environment. `tied`: the command is SIGKILLed
+    if this process dies first (for one whose finishing alone would be a visible effect, such as a push)."""
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
     full_env = {**os.environ, **env} if env else None
+    parent = os.getpid()
     try:
         proc = subprocess.run(
             argv,
@@ -103,6 +106,7 @@ def run(
             stderr=subprocess.PIPE if capture else None,
             check=False,
             timeout=timeout,
+            preexec_fn=(lambda: die_with_parent(parent)) if tied else None,
         )
     except FileNotFoundError as exc:
         raise MissingToolError(

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from assembler.fsutil import sha256_file
+from assembler.registry import repository
 from assembler.remote import PushResult, RegistryStore, RemoteError
 from assembler.store import Store
 from tests.integration.publish_servers import Server, registry  # noqa: F401
@@ -115,9 +116,12 @@ def test_foreign_manifest_is_refused(registry: Server, tmp_path: Path, title: st
     path, meta = make_entry(tmp_path / "a", key, b"one")
     remote = RegistryStore(url(registry, "rs/foreign"))
     remote.push(key, path, meta, tmp_path)  # replaces the previous case's malformed tag
-    body = json.loads(remote.registry.get_manifest(remote.repo, key, limit=1 << 20) or b"{}")
+    client, repo = repository(url(registry, "rs/foreign"))  # another client writes the tag behind our back
+    resp = requests.get(f"http://127.0.0.1:{registry.port}/v2/{repo}/manifests/{key}", timeout=10,
+                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    body = resp.json()
     body["layers"][0]["annotations"]["org.opencontainers.image.title"] = title
-    remote.registry.put_manifest(remote.repo, key, json.dumps(body).encode())
+    client.put_manifest(repo, key, json.dumps(body).encode())
     dest = tmp_path / "pulled"
     dest.mkdir()
     with pytest.raises(RemoteError, match="outside its entry"):
