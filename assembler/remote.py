@@ -58,6 +58,10 @@ class RemoteError(AssemblerError):
     """What a registry store served cannot be used (missing blob, digest mismatch, malformed manifest)."""
 
 
+class ForeignEntry(RemoteError):
+    """A tag that holds something else than an assembler store entry (a push replaces it)."""
+
+
 class _Descriptor(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -114,7 +118,7 @@ def _safe_path(name: str) -> str:
     path = PurePosixPath(name)
     if (not name or path.is_absolute() or any(part in ("", ".", "..") for part in name.split("/"))
             or name == "meta.json" or len(name) > 255):
-        raise RemoteError(f"the registry store names a file {name!r} outside its entry",
+        raise ForeignEntry(f"the registry store names a file {name!r} outside its entry",
                           resolution="the registry holds a foreign or tampered artifact; delete that tag")
     return name
 
@@ -152,13 +156,21 @@ class RegistryStore:
                                       self._ref(f":{tag}"))
         if code == 0:
             if len(out) > MAX_MANIFEST:
-                raise RemoteError(f"{self.name}:{tag} has a {len(out)}-byte manifest", resolution="delete that tag")
+                raise ForeignEntry(f"{self.name}:{tag} has a {len(out)}-byte manifest", resolution="delete that tag")
             return out
         if "manifest unknown" in err or "name unknown" in err:
             return None
-        raise RemoteError(f"registry store {self.name} did not answer", details=_last_line(err),
-                          resolution="check the URL, that the registry runs, and `skopeo login` for its "
-                                     "credentials (or drop --cache-from/--cache-to)")
+        raise self._unusable(err, f"registry store {self.name} did not answer")
+
+    def _unusable(self, err: str, brief: str) -> RemoteError:
+        if re.search(r"unauthorized|authentication required|denied", err, re.IGNORECASE):
+            return RemoteError(f"registry store {self.name} refused this machine's credentials (or it has none)",
+                               details=_last_line(err),
+                               resolution=f"log in once: `skopeo login {self.host}` (or podman/docker login); "
+                                          "the auth file is read from the standard places")
+        return RemoteError(brief, details=_last_line(err),
+                           resolution="check the URL, that the registry runs and has space, and its credentials "
+                                      "(`skopeo login`); or drop --cache-from/--cache-to")
 
     def _copy(self, source: str, dest: str, what: str) -> None:
         tls = f"--{'src' if source.startswith('docker://') else 'dest'}-tls-verify={str(not self.insecure).lower()}"
@@ -169,9 +181,7 @@ class RegistryStore:
                               resolution="the registry holds a damaged or tampered blob; the phase is built "
                                          "here instead: delete the tag in the registry")
         if code != 0:
-            raise RemoteError(f"{what} {self.name} failed", details=_last_line(err),
-                              resolution="check the registry (space, credentials: `skopeo login`); the phase "
-                                         "is built here instead")
+            raise self._unusable(err, f"{what} {self.name} failed")
 
     # -- entries
     def lookup(self, key: str) -> RemoteEntry | None:
@@ -187,10 +197,10 @@ class RegistryStore:
         try:
             manifest = _Manifest.model_validate_json(body)
         except ValidationError as exc:
-            raise RemoteError(f"{self.name}:{tag} is not an assembler store entry", details=str(exc)[:1000],
+            raise ForeignEntry(f"{self.name}:{tag} is not an assembler store entry", details=str(exc)[:1000],
                               resolution="delete that tag from the registry, or use another repository") from exc
         if manifest.artifact_type != ARTIFACT_TYPE or manifest.config.media_type != CONFIG_TYPE:
-            raise RemoteError(f"{self.name}:{tag} is not an assembler store entry "
+            raise ForeignEntry(f"{self.name}:{tag} is not an assembler store entry "
                               f"(artifactType {manifest.artifact_type!r})",
                               resolution="use a repository that only assembler writes to")
         files = []
@@ -198,14 +208,14 @@ class RegistryStore:
             note = layer.annotations
             if layer.media_type != FILE_TYPE or not re.fullmatch(r"[0-9a-f]{64}", note.get(FILE_SHA256, "")) \
                     or not note.get(FILE_SIZE, "").isdigit():
-                raise RemoteError(f"{self.name}:{tag} has a layer without a file sha256 and size",
+                raise ForeignEntry(f"{self.name}:{tag} has a layer without a file sha256 and size",
                                   resolution="delete that tag from the registry")
             files.append(RemoteFile(_safe_path(note.get(TITLE, "")), note[FILE_SHA256], int(note[FILE_SIZE]),
                                     layer.digest, layer.size))
         if len({f.path for f in files}) != len(files):
-            raise RemoteError(f"{self.name}:{tag} names one file twice", resolution="delete that tag")
+            raise ForeignEntry(f"{self.name}:{tag} names one file twice", resolution="delete that tag")
         if manifest.config.size > MAX_META:
-            raise RemoteError(f"{self.name}:{tag} has a {manifest.config.size}-byte metadata blob",
+            raise ForeignEntry(f"{self.name}:{tag} has a {manifest.config.size}-byte metadata blob",
                               resolution="delete that tag")
         entry = RemoteEntry(tag, manifest.config.digest, manifest.config.size, tuple(files))
         return entry, "sha256:" + sha256_bytes(body)
@@ -300,9 +310,7 @@ class RegistryStore:
         digests = {name: sha256_file(directory / name) for name in names}
         try:
             present = self.lookup(key)
-        except RemoteError as exc:
-            if "did not answer" in exc.brief:
-                raise
+        except ForeignEntry:
             present = None  # a malformed tag is replaced by a good one
         if present is not None:
             theirs = present.digests()

@@ -93,6 +93,33 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
+REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-registry-pw"
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same registry requiring HTTP Basic credentials (htpasswd, bcrypt): REGISTRY_USER/PASSWORD."""
+    import bcrypt
+
+    binary = shutil.which("docker-registry") or shutil.which("registry")
+    assert binary, "docker-registry is not installed: apt-get install docker-registry (scripts/setup.sh)"
+    work = tmp_path_factory.mktemp("auth-registry")
+    port = free_port()
+    hashed = bcrypt.hashpw(REGISTRY_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    (work / "htpasswd").write_text(f"{REGISTRY_USER}:{hashed}\n")
+    config = work / "config.yml"
+    config.write_text(json.dumps({
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(work / "data")}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "assembler-test-upload-state"},
+        "auth": {"htpasswd": {"realm": "assembler-test", "path": str(work / "htpasswd")}},
+    }))
+    server = Server("auth-registry", [binary, "serve", str(config)], port, work)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """moto's standalone server (S3, EC2, EBS) answering the real boto3 calls."""

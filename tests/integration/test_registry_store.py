@@ -6,6 +6,7 @@ verified pull, idempotence, races, kills, tampering); the e2e test shares a real
 
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing
 import os
@@ -22,7 +23,13 @@ from assembler.fsutil import sha256_file
 from assembler.registry import repository
 from assembler.remote import PushResult, RegistryStore, RemoteError
 from assembler.store import Store
-from tests.integration.publish_servers import Server, registry  # noqa: F401
+from tests.integration.publish_servers import (  # noqa: F401
+    REGISTRY_PASSWORD,
+    REGISTRY_USER,
+    Server,
+    auth_registry,
+    registry,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +192,30 @@ def test_killed_push_leaves_no_entry(registry: Server, tmp_path: Path) -> None: 
     dest.mkdir()
     remote.pull(key, dest)
     assert sha256_file(dest / "disk.raw") == sha256_file(path / "disk.raw")
+
+
+def test_credentials_come_from_the_auth_file_and_never_show(auth_registry: Server, tmp_path: Path,  # noqa: F811
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "7" * 64
+    path, meta = make_entry(tmp_path / "a", key, b"auth")
+    target = url(auth_registry, "rs/private")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "none.json"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.docker/config.json of the machine running the tests
+    with pytest.raises(RemoteError) as refused:  # no credentials: the registry says no, we say which
+        RegistryStore(target).push(key, path, meta, tmp_path)
+    assert "credentials" in refused.value.brief and "skopeo login" in refused.value.resolution
+    token = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {f"127.0.0.1:{auth_registry.port}": {"auth": token}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    remote = RegistryStore(target)
+    assert remote.push(key, path, meta, tmp_path).result is PushResult.PUSHED
+    dest = tmp_path / "pulled"
+    dest.mkdir()
+    pulled = remote.pull(key, dest)
+    assert sha256_file(dest / "disk.raw") == sha256_file(path / "disk.raw")
+    # Nothing of the credentials in what the store says or holds: its name, metadata, the error, the artifact.
+    seen = [remote.name, json.dumps(pulled), str(refused.value), refused.value.details or "",
+            *(p.read_text(errors="replace") for p in (auth_registry.workdir / "data").rglob("*") if p.is_file()
+              and p.stat().st_size < 1 << 20)]
+    assert not any(secret in text for text in seen for secret in (REGISTRY_PASSWORD, token))
