@@ -91,9 +91,9 @@ def cyclonedx_document(bom: BomInput) -> dict[str, Any]:
         description="the flattened root filesystem (rootfs.tar) of the image; hash: the tar's sha256",
         properties=_props(os=bom.os_release.get("PRETTY_NAME", "")),
     )
-    tools = [_component("application", "tool:assembler", "assembler", __version__)]
-    tools += [_component("application", f"tool:{name}", name, bom.tools[name]) for name in sorted(bom.tools)
-              if name != "assembler"]
+    # The tools that built the disk; assembler itself (the document's creator, as in SPDX's creators) too.
+    versions = {"assembler": __version__, **bom.tools}
+    tools = [_component("application", f"tool:{name}", name, versions[name]) for name in sorted(versions)]
     return {
         "bomFormat": "CycloneDX",
         "specVersion": SPEC_VERSION,

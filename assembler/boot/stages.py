@@ -16,18 +16,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 POLL = 0.25
-# The first line the kernel prints, and the first sign of the init system (systemd's own messages or its
-# status lines; "Run /sbin/init" when the kernel hands over without an initramfs).
+# The first line the kernel prints, then the first sign of the init system (systemd's own messages or its
+# banner; "Run /sbin/init" when the kernel hands over without an initramfs). Each is looked for only after
+# the one before it: grub's "Welcome to GRUB!" comes before any kernel.
 MARKERS = (
     ("kernel", re.compile(rb"Linux version \d")),
-    ("userspace", re.compile(rb"systemd\[1\]: |Welcome to |\[  OK  \] |Run /sbin/init as init process")),
+    ("userspace", re.compile(rb"systemd\[1\]: |Welcome to \x1b\[1m|Run /sbin/init as init process")),
 )
 _OVERLAP = 64  # a marker split across two reads is still found
 
 
-def seen(text: bytes) -> list[str]:
-    """The stages whose marker occurs in `text`, in boot order."""
-    return [name for name, pattern in MARKERS if pattern.search(text)]
+def seen(text: bytes, already: int = 0) -> list[str]:
+    """The stages after the first `already` whose markers occur in `text` one after the other."""
+    found: list[str] = []
+    at = 0
+    for name, pattern in MARKERS[already:]:
+        match = pattern.search(text, at)
+        if match is None:
+            break
+        found.append(name)
+        at = match.end()
+    return found
 
 
 class ConsoleWatch:
@@ -50,10 +59,9 @@ class ConsoleWatch:
             return
         self._offset += len(chunk)
         window, self._tail = self._tail + chunk, (self._tail + chunk)[-_OVERLAP:]
-        for name in seen(window):
-            if name not in self.times:
-                self.times[name] = round(time.monotonic() - self.started, 1)
-                self.on_stage(name)
+        for name in seen(window, len(self.times)):
+            self.times[name] = round(time.monotonic() - self.started, 1)
+            self.on_stage(name)
 
     def _loop(self) -> None:
         while not self._stop.wait(POLL) and len(self.times) < len(MARKERS):

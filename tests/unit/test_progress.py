@@ -14,7 +14,8 @@ from assembler.boot import stages
 
 # The first lines a Debian guest prints on ttyS0 (abridged from a real console log).
 CONSOLE = [
-    b"\x1b[2J\x1b[01;01HSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from Hard Disk...\r\n",
+    b"\x1b[2J\x1b[01;01HSeaBIOS (version 1.16.2-debian-1.16.2-1)\r\nBooting from Hard Disk...\r\n"
+    b"\x1b[0;30;47mWelcome to GRUB!\r\n",  # not userspace: no kernel yet
     b"[    0.000000] Linux version 6.1.0-28-amd64 (debian-kernel@lists.debian.org) (gcc-12)\r\n",
     b"[    1.912345] Run /init as init process\r\n",
     b"[    4.101010] systemd[1]: Inserted module 'autofs4'\r\n",
@@ -82,3 +83,5 @@ def test_the_split_stops_at_the_first_stage_not_seen() -> None:
     assert stages.split({"userspace": 9.5}, 20.0) == {}
     assert stages.split({"kernel": 3.0}, 20.0) == {"firmware": 3.0}
     assert stages.seen(b"".join(CONSOLE)) == ["kernel", "userspace"]
+    assert stages.seen(CONSOLE[0] + CONSOLE[3]) == []  # systemd's line before any kernel: out of order
+    assert stages.seen(CONSOLE[3], already=1) == ["userspace"]
