@@ -266,11 +266,17 @@ def _spdx_id(kind: str, *parts: str) -> str:
     return "SPDXRef-" + "-".join([kind, *(re.sub(r"[^A-Za-z0-9.]+", "-", p).strip("-") for p in parts)])
 
 
-def _supplier(maintainer: str) -> str:
+def maintainer_parts(maintainer: str) -> tuple[str, str]:
+    """(name, email) of a Debian Maintainer field ("Name <email>"); ("text", "") when it has no address."""
     match = re.match(r"^\s*(.*?)\s*<([^>]*)>\s*$", maintainer)
-    if not match:
-        return f"Organization: {maintainer}" if maintainer.strip() else NOASSERTION
-    name, email = match.group(1).replace("(", "[").replace(")", "]"), match.group(2)
+    return (match.group(1), match.group(2)) if match else (maintainer.strip(), "")
+
+
+def _supplier(maintainer: str) -> str:
+    name, email = maintainer_parts(maintainer)
+    if not email:
+        return f"Organization: {name}" if name else NOASSERTION
+    name = name.replace("(", "[").replace(")", "]")
     return f"Organization: {name} ({email})" if name else NOASSERTION
 
 

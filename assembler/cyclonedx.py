@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from assembler import __version__
-from assembler.bom import NAMESPACE, BomInput, DebPackage, purl
+from assembler.bom import NAMESPACE, BomInput, DebPackage, maintainer_parts, purl
 from assembler.errors import ConfigError
 from assembler.layers import step_label
 
@@ -45,10 +45,9 @@ def _props(**values: str) -> list[dict[str, str]]:
 
 
 def _supplier(maintainer: str) -> dict[str, Any]:
-    match = re.match(r"^\s*(.*?)\s*<([^>]*)>\s*$", maintainer)
-    if not match:
-        return {"name": maintainer.strip()} if maintainer.strip() else {}
-    name, email = match.group(1), match.group(2)
+    name, email = maintainer_parts(maintainer)
+    if not email:
+        return {"name": name} if name else {}
     return {"name": name or email, "contact": [{"email": email}]} if "@" in email else {"name": name or email}
 
 
