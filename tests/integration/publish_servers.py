@@ -74,47 +74,42 @@ class Server:
         self.proc = None
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Debian's docker-registry (distribution 2.8), plain HTTP, no auth, storage in a temp dir."""
+REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-registry-pw"
+
+
+def _registry(work: Path, name: str, extra: dict[str, object]) -> Server:
+    """Debian's docker-registry (distribution 2.8) on a free port, plain HTTP, storage under `work`."""
     binary = shutil.which("docker-registry") or shutil.which("registry")
     assert binary, "docker-registry is not installed: apt-get install docker-registry (scripts/setup.sh)"
-    work = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = work / "config.yml"
     config.write_text(json.dumps({  # YAML is a superset of JSON
         "version": 0.1, "log": {"level": "warn"},
         "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "assembler-test-upload-state"},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "assembler-test-upload-state"}, **extra,
     }))
-    server = Server("registry", [binary, "serve", str(config)], port, work)
+    return Server(name, [binary, "serve", str(config)], port, work)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A registry without auth."""
+    server = _registry(tmp_path_factory.mktemp("registry"), "registry", {})
     server.start()
     yield server
     server.stop()
 
 
-REGISTRY_USER, REGISTRY_PASSWORD = "alice", "s3cret-registry-pw"
-
-
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The same registry requiring HTTP Basic credentials (htpasswd, bcrypt): REGISTRY_USER/PASSWORD."""
+    """A registry requiring HTTP Basic credentials (htpasswd, bcrypt): REGISTRY_USER/REGISTRY_PASSWORD."""
     import bcrypt
 
-    binary = shutil.which("docker-registry") or shutil.which("registry")
-    assert binary, "docker-registry is not installed: apt-get install docker-registry (scripts/setup.sh)"
     work = tmp_path_factory.mktemp("auth-registry")
-    port = free_port()
     hashed = bcrypt.hashpw(REGISTRY_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     (work / "htpasswd").write_text(f"{REGISTRY_USER}:{hashed}\n")
-    config = work / "config.yml"
-    config.write_text(json.dumps({
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(work / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "assembler-test-upload-state"},
-        "auth": {"htpasswd": {"realm": "assembler-test", "path": str(work / "htpasswd")}},
-    }))
-    server = Server("auth-registry", [binary, "serve", str(config)], port, work)
+    server = _registry(work, "auth-registry",
+                       {"auth": {"htpasswd": {"realm": "assembler-test", "path": str(work / "htpasswd")}}})
     server.start()
     yield server
     server.stop()
