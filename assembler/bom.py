@@ -258,7 +258,7 @@ class Download:
 # ------------------------------------------------------------------------------------------ SPDX
 
 
-def _spdx_time(epoch: int) -> str:
+def iso_time(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -389,7 +389,7 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": f"{bom.image}-sbom",
         "documentNamespace": f"{NAMESPACE}/{bom.image}-{bom.rootfs_sha256}",
-        "creationInfo": {"created": _spdx_time(bom.source_date_epoch),
+        "creationInfo": {"created": iso_time(bom.source_date_epoch),
                          "creators": [f"Tool: assembler-{__version__}"]},
         "comment": "assembler: " + json.dumps(_summary(bom), sort_keys=True),
         "documentDescribes": [image_id],
@@ -404,7 +404,7 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
 def _inputs_annotation(inputs: Mapping[str, Any], epoch: int) -> dict[str, str]:
     # SPDX 2.3 has no field for a build recipe; a document-level annotation is valid SPDX and keeps the
     # inputs next to what they produced. Dated by SOURCE_DATE_EPOCH so the document stays reproducible.
-    return {"annotationDate": _spdx_time(epoch), "annotationType": "OTHER",
+    return {"annotationDate": iso_time(epoch), "annotationType": "OTHER",
             "annotator": f"Tool: assembler-{__version__}",
             "comment": INPUTS_PREFIX + json.dumps(inputs, sort_keys=True, ensure_ascii=False)}
 

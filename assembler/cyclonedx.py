@@ -9,7 +9,6 @@ timestamp is SOURCE_DATE_EPOCH, the serial number derives from the rootfs digest
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import uuid
@@ -17,16 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from assembler import __version__
-from assembler.bom import NAMESPACE, BomInput, DebPackage, maintainer_parts, purl
+from assembler.bom import NAMESPACE, BomInput, DebPackage, iso_time, maintainer_parts, purl
 from assembler.errors import ConfigError
 from assembler.layers import step_label
 
 SPEC_VERSION = "1.6"
 IMAGE_REF = "image"
-
-
-def _timestamp(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _hashes(value: str | None) -> list[dict[str, str]]:
@@ -99,7 +94,7 @@ def cyclonedx_document(bom: BomInput) -> dict[str, Any]:
         # RFC 4122 name-based: the same rootfs gives the same serial, another rootfs another one.
         "serialNumber": uuid.uuid5(uuid.NAMESPACE_URL, f"{NAMESPACE}/{bom.image}-{bom.rootfs_sha256}").urn,
         "version": 1,
-        "metadata": {"timestamp": _timestamp(bom.source_date_epoch), "tools": {"components": tools},
+        "metadata": {"timestamp": iso_time(bom.source_date_epoch), "tools": {"components": tools},
                      "component": image},
         "components": components,
         "dependencies": [{"ref": IMAGE_REF, "dependsOn": [c["bom-ref"] for c in components]}],
