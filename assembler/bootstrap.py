@@ -330,7 +330,8 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     base = BaseImage(bootstrapped, list(base_lock.packages), list(base_lock.indexes), key)
     labels = {LOCK_LABEL: label} if label is not None else None
     image_id = labelled_image_id(entry / "image.tar", labels) if labels else bootstrapped
-    if engine.image_id(client, recipe.tag) == image_id:
+    previous = engine.image_id(client, recipe.tag)
+    if previous == image_id:
         log.debug("base %s already loaded as %s", recipe.tag, image_id)
         return base
     with tempfile.TemporaryDirectory(prefix=".load-", dir=entry.parent) as tmp:
@@ -341,6 +342,8 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
         loaded = engine.load_archive(client, archive)
     if loaded != image_id:
         log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
+    if previous is not None and previous != loaded:
+        engine.drop_superseded(client, previous)  # stays while an image built on it exists
     return base
 
 

@@ -163,13 +163,33 @@ def build_image(
     if not (context / containerfile).is_file():
         raise ConfigError(f"Containerfile not found: {context / containerfile}",
                           resolution="create it, or pass the directory that holds it")
+    previous = image_id(client, tag)
     stream = _build_stream(client, context, containerfile, tag, dict(buildargs), nocache)
     reported = _consume(stream, on_output or (lambda _line: None), redact)
     full_id = image_id(client, reported)  # the stream may only give a short ID
     if full_id is None:
         raise EngineError(f"the build reported image {reported}, which the engine does not have",
                           resolution="rerun the build; check the engine's log")
+    if previous is not None and previous != full_id:
+        drop_superseded(client, previous)
     return BuiltImage(id=full_id, tag=tag, steps=image_steps(client, full_id))
+
+
+def drop_superseded(client: docker.DockerClient, previous: str) -> None:
+    """Remove the image a tag named before it moved, when nothing else names it.
+
+    Each rebuild of an image would otherwise leave the last one untagged in the engine: a few hundred MB to a
+    GB a build, unreachable by any name, until someone prunes by hand. Its untagged parents (the classic
+    builder's step images and a replaced base) go with it unless another image still builds on them. An image
+    still tagged elsewhere, used by a container, or the base of another image stays where it is."""
+    try:
+        tags = [t for t in client.api.inspect_image(previous).get("RepoTags") or [] if t != "<none>:<none>"]
+        if tags:
+            return
+        client.api.remove_image(previous, noprune=False)
+        log.debug("removed superseded image %s", previous)
+    except docker.errors.APIError as exc:  # in use, or gone already: nothing of ours to reclaim
+        log.debug("kept superseded image %s: %s", previous, exc)
 
 
 def _build_stream(client: docker.DockerClient, context: Path, containerfile: str, tag: str,

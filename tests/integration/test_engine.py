@@ -110,3 +110,31 @@ def test_load_of_garbage_is_an_engine_error(engine_client: docker.DockerClient, 
     junk.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(EngineError, match="could not load"):
         engine.load_archive(engine_client, junk)
+
+
+def test_a_rebuild_under_the_same_tag_removes_the_image_it_superseded(engine_client: docker.DockerClient,
+                                                                       debian_base: str, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    tag = "assembler-test/superseded:latest"
+    ids = []
+    for content in ("first", "second"):
+        (context / "Containerfile").write_text(
+            "FROM localhost/assembler/base:debian-12\n"
+            f"RUN echo {content} > /etc/superseded && echo {content} > /etc/superseded-step-2\n"
+            f"RUN echo {content} >> /etc/superseded\n")
+        ids.append(engine.build_image(engine_client, context, tag=tag, buildargs={}).id)
+    kept = engine.build_image(engine_client, context, tag="assembler-test/superseded-kept:latest", buildargs={})
+    try:
+        assert ids[0] != ids[1]
+        assert engine.image_id(engine_client, ids[0]) is None  # gone, with its own step images
+        assert engine.image_id(engine_client, tag) == ids[1]
+        assert engine.image_id(engine_client, debian_base) == debian_base  # the shared base stays
+        # The same image under a second tag: a rebuild of the first tag leaves it alone.
+        assert kept.id == ids[1]
+        (context / "Containerfile").write_text("FROM localhost/assembler/base:debian-12\nRUN echo third > /x\n")
+        third = engine.build_image(engine_client, context, tag=tag, buildargs={})
+        assert engine.image_id(engine_client, ids[1]) == ids[1] and third.id != ids[1]
+    finally:
+        for ref in (tag, "assembler-test/superseded-kept:latest"):
+            engine.remove_image(engine_client, ref, force=True)
