@@ -15,10 +15,37 @@ from assembler.space import GIB, free_bytes
 MIN_FREE_GIB = 3.0
 
 
+class _Room:
+    """Free space where the tests write, sampled around every test: the run's peak use, in its summary."""
+
+    def __init__(self) -> None:
+        self.where = Path(tempfile.gettempdir())
+        self.start = self.low = free_bytes(self.where)
+        self.low_after = ""
+
+    def sample(self, nodeid: str) -> None:
+        free = free_bytes(self.where)
+        if free < self.low:
+            self.low, self.low_after = free, nodeid
+
+
+_ROOM = _Room()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     """Free space where the tests write: a full disk is the usual cause of a run that fails everywhere at once."""
-    where = Path(tempfile.gettempdir())
-    return f"free space: {free_bytes(where) / GIB:.1f} GiB in {where} (a full run writes about 20 GiB at its peak)"
+    return (f"free space: {_ROOM.start / GIB:.1f} GiB in {_ROOM.where} (a full run, the engine's images included, "
+            "uses about 30 GiB at its peak)")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _ROOM.sample(report.nodeid)  # after setup, call and teardown: a test's own files are still there after call
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    used = (_ROOM.start - _ROOM.low) / GIB
+    terminalreporter.write_line(f"disk: at most {used:.1f} GiB more in use than at the start (lowest free "
+                                f"{_ROOM.low / GIB:.1f} GiB in {_ROOM.where}, after {_ROOM.low_after or '-'})")
 
 
 @pytest.fixture(autouse=True)

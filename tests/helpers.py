@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,3 +31,16 @@ def process_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+@contextmanager
+def scratch_dir(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A module or session fixture's working directory, removed when the fixture is torn down.
+
+    pytest removes a passed test's tmp_path at once but keeps every fixture directory until the run ends: a
+    full run would hold tens of GiB of disks that no test still reads."""
+    path = factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -23,7 +23,7 @@ import pytest
 from assembler.packages.lockfile import LOCK_FILE, read_lock
 from assembler.packages.store import PackageStore
 from tests.e2e.conftest import Built
-from tests.helpers import cli
+from tests.helpers import cli, scratch_dir
 from tests.integration.debrepo import DebRepo
 
 pytestmark = pytest.mark.e2e
@@ -57,37 +57,37 @@ class Moving:
 
 @pytest.fixture(scope="module")
 def moving(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moving]:
-    root = tmp_path_factory.mktemp("moving")
-    repo = DebRepo(root / "repo")
-    lock = read_lock(debian12.out / "debian-12.lock.json")
-    store = PackageStore(debian12.cache)
-    wanted = [p for p in lock.packages if p.layer == "base" or p.name == MOVED]
-    staged = root / "debs"
-    staged.mkdir()
-    for item in wanted:
-        dest = staged / item.url.rsplit("/", 1)[-1]
-        shutil.copyfile(store.path(item.sha256), dest)
-    repo.add(sorted(staged.iterdir()))
-    repo.publish(valid_for=VALID_FOR)
-    expires = time.time() + VALID_FOR
-    with repo.serve() as url:
-        (root / "rootfs").mkdir()
-        (root / "rootfs" / "recipe.yaml").write_text(
-            f"name: lock-test\nsuite: bookworm\nvariant: minbase\nmirror: {url}\nsecurity_mirror: null\n"
-            f"updates: false\npackages: [apt]\nsource_date_epoch: 1747699200\n"
-            "tag: localhost/assembler/base:lock-test\n"
-            f"keyrings: [{repo.keyring}]\n")
-        image = root / "lock-test"
-        image.mkdir()
-        (image / "Containerfile").write_text(CONTAINERFILE)
-        (image / "image.yaml").write_text(f"base: {root / 'rootfs'}\nsource_date_epoch: 1700000000\n"
-                                          "formats: [raw]\ndisk: {size: 2G}\n")
-        proc = cli("lock", str(image), "--cache-dir", str(root / "cache-a"), "--json")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        written = json.loads(proc.stdout)
-        assert written["state"] == "written" and written["lock"] == str(image / LOCK_FILE) and written["packages"]
-        assert time.time() < expires, "locking took longer than the first state's Valid-Until"
-        yield Moving(repo, image, root, expires)
+    with scratch_dir(tmp_path_factory, "moving") as root:
+        repo = DebRepo(root / "repo")
+        lock = read_lock(debian12.out / "debian-12.lock.json")
+        store = PackageStore(debian12.cache)
+        wanted = [p for p in lock.packages if p.layer == "base" or p.name == MOVED]
+        staged = root / "debs"
+        staged.mkdir()
+        for item in wanted:
+            dest = staged / item.url.rsplit("/", 1)[-1]
+            shutil.copyfile(store.path(item.sha256), dest)
+        repo.add(sorted(staged.iterdir()))
+        repo.publish(valid_for=VALID_FOR)
+        expires = time.time() + VALID_FOR
+        with repo.serve() as url:
+            (root / "rootfs").mkdir()
+            (root / "rootfs" / "recipe.yaml").write_text(
+                f"name: lock-test\nsuite: bookworm\nvariant: minbase\nmirror: {url}\nsecurity_mirror: null\n"
+                f"updates: false\npackages: [apt]\nsource_date_epoch: 1747699200\n"
+                "tag: localhost/assembler/base:lock-test\n"
+                f"keyrings: [{repo.keyring}]\n")
+            image = root / "lock-test"
+            image.mkdir()
+            (image / "Containerfile").write_text(CONTAINERFILE)
+            (image / "image.yaml").write_text(f"base: {root / 'rootfs'}\nsource_date_epoch: 1700000000\n"
+                                              "formats: [raw]\ndisk: {size: 2G}\n")
+            proc = cli("lock", str(image), "--cache-dir", str(root / "cache-a"), "--json")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            written = json.loads(proc.stdout)
+            assert written["state"] == "written" and written["lock"] == str(image / LOCK_FILE) and written["packages"]
+            assert time.time() < expires, "locking took longer than the first state's Valid-Until"
+            yield Moving(repo, image, root, expires)
 
 
 def test_the_lock_names_the_moved_package(moving: Moving) -> None:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import requests
 from assembler.fsutil import sha256_file
 from assembler.remote import RegistryStore
 from tests.e2e.conftest import Built, build_formats
-from tests.helpers import REPO, cli
+from tests.helpers import REPO, cli, scratch_dir
 from tests.integration.publish_servers import Server, registry  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -47,16 +48,19 @@ def sources(built: Built) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def worker_a(debian12: Built, registry: Server, tmp_path_factory: pytest.TempPathFactory) -> Built:  # noqa: F811
-    out = tmp_path_factory.mktemp("worker-a")
-    return build_formats("debian-12", out, debian12.cache, FORMATS, "--cache-to", store_url(registry, "e2e/phases"))
+def worker_a(debian12: Built, registry: Server,  # noqa: F811
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    with scratch_dir(tmp_path_factory, "worker-a") as out:
+        yield build_formats("debian-12", out, debian12.cache, FORMATS,
+                            "--cache-to", store_url(registry, "e2e/phases"))
 
 
 @pytest.fixture(scope="module")
-def worker_b(worker_a: Built, registry: Server, tmp_path_factory: pytest.TempPathFactory) -> Built:  # noqa: F811
-    root = tmp_path_factory.mktemp("worker-b")
-    return build_formats("debian-12", root / "out", root / "cache", FORMATS,
-                         "--cache-from", store_url(registry, "e2e/phases"))
+def worker_b(worker_a: Built, registry: Server,  # noqa: F811
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    with scratch_dir(tmp_path_factory, "worker-b") as root:
+        yield build_formats("debian-12", root / "out", root / "cache", FORMATS,
+                            "--cache-from", store_url(registry, "e2e/phases"))
 
 
 def test_a_pushes_every_phase_and_its_base(worker_a: Built, registry: Server) -> None:  # noqa: F811

@@ -4,6 +4,7 @@ second, uncached build of the first one."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from assembler.diff import diff
 from assembler.flatten import flatten
 from assembler.fsutil import write_json
 from assembler.inspect import inspect_target
+from tests.helpers import scratch_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SDE = 1_747_699_200  # the base recipe's epoch, as in conftest.py
@@ -58,13 +60,17 @@ def _build(client: docker.DockerClient, fixture: str, name: str, root: Path, *, 
 
 @pytest.fixture(scope="module")
 def builds(engine_client: docker.DockerClient, debian_base: str,
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Build]:
-    root = tmp_path_factory.mktemp("bom")
-    return {
-        "a": _build(engine_client, "bom-a", "bom-a", root),
-        "b": _build(engine_client, "bom-b", "bom-b", root),
-        "a2": _build(engine_client, "bom-a", "bom-a2", root, nocache=True),
-    }
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Build]]:
+    with scratch_dir(tmp_path_factory, "bom") as root:
+        try:
+            yield {
+                "a": _build(engine_client, "bom-a", "bom-a", root),
+                "b": _build(engine_client, "bom-b", "bom-b", root),
+                "a2": _build(engine_client, "bom-a", "bom-a2", root, nocache=True),
+            }
+        finally:
+            for name in ("bom-a", "bom-b", "bom-a2"):
+                engine.remove_image(engine_client, f"assembler-test/{name}:latest", force=True)
 
 
 def _run_layer(build: Build) -> int:

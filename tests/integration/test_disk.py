@@ -19,6 +19,7 @@ from assembler.errors import DiskError
 from assembler.fsutil import sha256_file
 from assembler.guestfs import mount_root, open_disk
 from assembler.run import run
+from tests.helpers import scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +57,12 @@ def _add_grub(tf: tarfile.TarFile) -> None:
 
 
 @pytest.fixture(scope="module")
-def rootfs_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("disk-rootfs") / "rootfs.tar"
+def rootfs_tar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with scratch_dir(tmp_path_factory, "disk-rootfs") as root:
+        yield _write_rootfs(root / "rootfs.tar")
+
+
+def _write_rootfs(path: Path) -> Path:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
         for d in ("./", "./boot", "./dev", "./etc", "./home", "./usr", "./usr/bin", "./usr/lib",
                   "./usr/lib/grub"):

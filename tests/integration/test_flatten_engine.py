@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from assembler import engine
 from assembler.flatten import FlattenResult, flatten
 from assembler.fsutil import sha256_file
 from assembler.packages import BUILD_ONLY_PATHS
+from tests.helpers import scratch_dir
 
 SDE = 1_747_699_200  # the SOURCE_DATE_EPOCH of the session fixtures (conftest.py)
 pytestmark = pytest.mark.integration
@@ -62,8 +64,9 @@ def view(path: Path) -> tuple[dict[str, Entry], set[frozenset[str]]]:
 
 @pytest.fixture(scope="module")
 def exported(engine_client: docker.DockerClient, layers_image: engine.BuiltImage, tmp_path_factory:
-             pytest.TempPathFactory) -> Path:
-    return export(engine_client, layers_image.id, tmp_path_factory.mktemp("export") / "export.tar")
+             pytest.TempPathFactory) -> Iterator[Path]:
+    with scratch_dir(tmp_path_factory, "export") as root:
+        yield export(engine_client, layers_image.id, root / "export.tar")
 
 
 def export(client: docker.DockerClient, image: str, dest: Path) -> Path:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from assembler import formats
 from assembler.errors import ConfigError, ToolError
 from assembler.formats import FormatResult, detect_format
 from assembler.formats.base import GIB, MIB
+from tests.helpers import scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +56,14 @@ def make_disk(path: Path, size: int, tree: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("disks")
-    tree = root / "tree"
-    (tree / "etc").mkdir(parents=True)
-    (tree / "etc" / "hostname").write_text("demo\n")
-    (tree / "blob").write_bytes(hashlib.sha256(b"seed").digest() * 65536)  # 2 MiB of data
-    return {"even": make_disk(root / "even.raw", 100 * MIB, tree),
-            "odd": make_disk(root / "odd.raw", ODD_SIZE, tree)}
+def disks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    with scratch_dir(tmp_path_factory, "disks") as root:
+        tree = root / "tree"
+        (tree / "etc").mkdir(parents=True)
+        (tree / "etc" / "hostname").write_text("demo\n")
+        (tree / "blob").write_bytes(hashlib.sha256(b"seed").digest() * 65536)  # 2 MiB of data
+        yield {"even": make_disk(root / "even.raw", 100 * MIB, tree),
+               "odd": make_disk(root / "odd.raw", ODD_SIZE, tree)}
 
 
 def convert(src: Path, fmt: str, out: Path, **options: Any) -> FormatResult:

@@ -12,13 +12,14 @@ import hashlib
 import json
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import cli, scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +59,13 @@ def _image(root: Path, containerfile: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def secret_build(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path, debian_base: str) -> SecretBuild:
-    root = tmp_path_factory.mktemp("secrets")
+def secret_build(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path,
+                 debian_base: str) -> Iterator[SecretBuild]:
+    with scratch_dir(tmp_path_factory, "secrets") as root:
+        yield _secret_build(root, shared_cache)
+
+
+def _secret_build(root: Path, shared_cache: Path) -> SecretBuild:
     image = _image(root, CONTAINERFILE)
     cache = root / "cache"
     (cache / "base").parent.mkdir(parents=True, exist_ok=True)
