@@ -33,8 +33,13 @@ def phases_for(ctx: BuildContext) -> list[Phase]:
     return phases
 
 
-def plan_build(ctx: BuildContext, selected: set[str] | None = None) -> list[PhaseRun]:
-    return make_plan(ctx, phases_for(ctx), selected)
+def plan_build(ctx: BuildContext, selected: set[str] | None = None, *, resolve: bool = True) -> list[PhaseRun]:
+    """The plan; `resolve=False` (a dry run) asks nothing of the network and keys use what was last recorded."""
+    phases = phases_for(ctx)
+    if resolve:
+        for phase in phases:
+            phase.resolve()
+    return make_plan(ctx, phases, selected)
 
 
 def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]:

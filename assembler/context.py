@@ -8,14 +8,18 @@
   3. copy the image directory to a temporary context and put the verified downloads under downloads/.
 
 `context_material()` is what the rootfs cache key needs from this: the download pins and which optional
-downloads are available. Not the mirror map: pins do not change with the mirror.
+downloads are available. Not the mirror map: pins do not change with the mirror. It is pure: availability is
+an input, found by `probe_optional()` (the network, once, before any key is computed) or, for a dry run,
+read back from what the last probe recorded in the cache (`recorded_availability()`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from assembler import engine, preflight
 from assembler.config import ImageSpec
 from assembler.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, Download, cached, load_downloads, materialize
 from assembler.errors import AssemblerError
+from assembler.fsutil import write_json
 from assembler.log import log
 from assembler.mirrors import MirrorMap, load_mirror_map
 
@@ -32,15 +37,63 @@ MIRRORED_ARGS = {"BASE_IMAGE": "image", "APT_MIRROR": "url", "APT_SECURITY_MIRRO
 _ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.IGNORECASE)
 _FROM_RE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE)
 
-# Availability of optional downloads decided when the build was planned (context_material), honoured
-# when it runs (prepare_context), so the cache key and the built content never disagree.
-# sha256 -> None (available) or why not.
-_PLANNED: dict[str, str | None] = {}
+AVAILABILITY_FILE = "optional.json"  # under the cache's downloads/: what the last probe found
 
 
-def _available(item: Download) -> bool | None:
-    """True/False as decided at planning time; None when the plan did not look at the item."""
-    return None if item.sha256 not in _PLANNED else _PLANNED[item.sha256] is None
+@dataclass(frozen=True)
+class Availability:
+    """Which optional downloads can be had, decided once before the rootfs key and honoured when it runs, so
+    the key and the built content never disagree. sha256 -> None (available) or why not; an item not in
+    `decided` was never looked at (a dry run before any probe)."""
+
+    decided: Mapping[str, str | None] = field(default_factory=dict)
+
+    def state(self, item: Download) -> bool | None:
+        return None if item.sha256 not in self.decided else self.decided[item.sha256] is None
+
+
+def _record_path(cache_dir: Path) -> Path:
+    return cache_dir / DOWNLOADS_DIR / AVAILABILITY_FILE
+
+
+def recorded_availability(spec: ImageSpec, cache_dir: Path) -> Availability:
+    """No network: optional downloads in the cache are available; the rest as the last probe found them."""
+    try:
+        raw = json.loads(_record_path(cache_dir).read_text())
+    except (OSError, ValueError):
+        raw = {}
+    record = raw if isinstance(raw, dict) else {}  # our own file, but a damaged one is just "never probed"
+    decided: dict[str, str | None] = {}
+    for item in _downloads(spec):
+        if not item.optional:
+            continue
+        if cached(cache_dir, item) is not None:
+            decided[item.sha256] = None
+        elif item.sha256 in record and (record[item.sha256] is None or isinstance(record[item.sha256], str)):
+            decided[item.sha256] = record[item.sha256]
+    return Availability(decided)
+
+
+def probe_optional(spec: ImageSpec, cache_dir: Path) -> Availability:
+    """Probe the optional downloads not in the cache (in parallel, through the mirror map) and record what
+    was found for later dry runs."""
+    items = [i for i in _downloads(spec) if i.optional]
+    missing = [i for i in items if cached(cache_dir, i) is None]
+    if not missing:
+        return Availability({i.sha256: None for i in items})
+    mirrors = load_mirror_map()
+    unreachable = preflight.probe_all([preflight.Endpoint(mirrors.url(i.url), f"download {i.name}", i.url,
+                                                          required=False) for i in missing])
+    probed = {i.sha256 for i in missing}
+    decided = {i.sha256: unreachable.get(mirrors.url(i.url)) if i.sha256 in probed else None for i in items}
+    try:
+        record = json.loads(_record_path(cache_dir).read_text())
+    except (OSError, ValueError):
+        record = {}
+    record = {**(record if isinstance(record, dict) else {}), **decided}
+    _record_path(cache_dir).parent.mkdir(parents=True, exist_ok=True)
+    write_json(_record_path(cache_dir), record)
+    return Availability(decided)
 
 
 @dataclass(frozen=True)
@@ -86,22 +139,15 @@ def _downloads(spec: ImageSpec) -> list[Download]:
     return load_downloads(spec.context / DOWNLOADS_FILE)
 
 
-def context_material(spec: ImageSpec, cache_dir: Path | None = None) -> dict[str, Any]:
-    """What the rootfs cache key needs: download pins, and which optional downloads are available now."""
-    items = _downloads(spec)
-    optional = [i for i in items if i.optional and (cache_dir is None or cached(cache_dir, i) is None)]
-    mirrors = load_mirror_map()
-    endpoints = [preflight.Endpoint(mirrors.url(i.url), f"download {i.name}", i.url, required=False)
-                 for i in optional]
-    unreachable = preflight.probe_all(endpoints) if endpoints else {}
-    for item in optional:
-        _PLANNED[item.sha256] = unreachable.get(mirrors.url(item.url))
+def context_material(spec: ImageSpec, availability: Availability = Availability()) -> dict[str, Any]:
+    """What the rootfs cache key needs: download pins, and which optional downloads are available (an item
+    never looked at counts as available)."""
     return {"downloads": [{"name": i.name, "sha256": i.sha256, "dest": i.dest, "optional": i.optional,
-                           "available": _available(i) is not False} for i in items]}
+                           "available": availability.state(i) is not False} for i in _downloads(spec)]}
 
 
-def endpoints_for(spec: ImageSpec, mirrors: MirrorMap, items: list[Download], cache_dir: Path) -> list[
-        preflight.Endpoint]:
+def endpoints_for(spec: ImageSpec, mirrors: MirrorMap, items: list[Download], cache_dir: Path,
+                  availability: Availability = Availability()) -> list[preflight.Endpoint]:
     """Every external location this build would touch, as probes (cached downloads need no network)."""
     found = []
     base = base_reference(spec.containerfile)
@@ -115,9 +161,9 @@ def endpoints_for(spec: ImageSpec, mirrors: MirrorMap, items: list[Download], ca
             found.append(preflight.Endpoint(mirrors.url(declared[name]), f"apt mirror {name}", declared[name],
                                             kind="mirror"))
     for item in items:
-        if cached(cache_dir, item) is None and _available(item) is not False:
+        if cached(cache_dir, item) is None and availability.state(item) is not False:
             found.append(preflight.Endpoint(mirrors.url(item.url), f"download {item.name}", item.url,
-                                            required=not item.optional or _available(item) is True))
+                                            required=not item.optional or availability.state(item) is True))
     return found
 
 
@@ -128,13 +174,14 @@ def _engine_has(ref: str) -> bool:
         return False
 
 
-def prepare_context(spec: ImageSpec, cache_dir: Path, work_dir: Path, *,
-                    mirrors: MirrorMap | None = None) -> PreparedContext:
+def prepare_context(spec: ImageSpec, cache_dir: Path, work_dir: Path, *, mirrors: MirrorMap | None = None,
+                    availability: Availability = Availability()) -> PreparedContext:
     """Preflight, then a build context with the verified downloads; see the module docstring."""
     mirrors = mirrors or load_mirror_map()
     items = _downloads(spec)
     args = mirror_args(spec, mirrors)
-    unreachable = preflight.check(endpoints_for(spec, mirrors, items, cache_dir), mirrors, image=spec.name)
+    unreachable = preflight.check(endpoints_for(spec, mirrors, items, cache_dir, availability), mirrors,
+                                  image=spec.name)
     if not items:
         return PreparedContext(spec.context, args, [])
     context = work_dir / "context"
@@ -142,10 +189,11 @@ def prepare_context(spec: ImageSpec, cache_dir: Path, work_dir: Path, *,
         shutil.rmtree(context)
     # The image directory's own downloads/ (if any) is replaced: only verified files reach the build.
     shutil.copytree(spec.context, context, symlinks=True, ignore=_ignore_downloads(spec.context))
-    skip = {i.sha256: _PLANNED.get(i.sha256) or unreachable[mirrors.url(i.url)]
-            for i in items if i.optional and (_available(i) is False or mirrors.url(i.url) in unreachable)}
+    skip = {i.sha256: availability.decided.get(i.sha256) or unreachable[mirrors.url(i.url)]
+            for i in items
+            if i.optional and (availability.state(i) is False or mirrors.url(i.url) in unreachable)}
     # An optional file that was available when the key was computed must be in the build: no silent skip.
-    items = [i.model_copy(update={"optional": False}) if _available(i) else i for i in items]
+    items = [i.model_copy(update={"optional": False}) if availability.state(i) else i for i in items]
     results = materialize(items, mirrors, cache_dir, context, skip=skip)
     for result in results:
         if result.status != "skipped":

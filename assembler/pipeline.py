@@ -77,6 +77,12 @@ class Phase(ABC):
     def execute(self, out: Path) -> dict[str, Any]:
         """Write the phase's artefacts into `out` and return its metadata."""
 
+    def resolve(self) -> None:
+        """Look up, once and before any key is computed, what the key depends on that only the network can
+        tell (key() itself reads declared files only). A dry run skips it: keys then use what was last
+        recorded."""
+        return None  # most phases need nothing from outside the machine
+
     def preflight(self) -> None:
         """Checks that must pass before any phase runs (fail in seconds, nothing written)."""
         return None  # most phases have none

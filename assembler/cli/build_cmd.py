@@ -100,7 +100,7 @@ def build(
     )
     selected = _selected(phases)
     if dry_run:
-        plan = plan_build(ctx, selected)
+        plan = plan_build(ctx, selected, resolve=False)
         if as_json:
             typer.echo(json.dumps([{"phase": s.phase.label, "key": s.key, "action": s.action.value,
                                     "reason": s.reason} for s in plan], indent=2))

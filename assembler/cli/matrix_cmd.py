@@ -52,12 +52,12 @@ def matrix(
     local = Store(cache_dir(None))
 
     def keys_of(entry: matrix_mod.MatrixEntry) -> list[tuple[str, str]]:
-        from assembler.build import phases_for
+        from assembler.build import plan_build
 
         image = resolve_image(entry.image)
         ctx = BuildContext(spec=image, store=local, output_dir=Path("out") / image.name,
                            formats=validate_format_names([entry.format]), boot_test=spec.boot_test)
-        return [(phase.label, phase.key()) for phase in phases_for(ctx)]
+        return [(step.phase.label, step.key) for step in plan_build(ctx)]  # the keys a worker's build computes
 
     from assembler.remote import RegistryStore
 

@@ -74,6 +74,16 @@ class RootfsPhase(Phase):
     version = 2  # 2: a Podman build's empty mount-point placeholders are dropped (flatten.ENGINE_MOUNT_POINTS)
     _redact: Callable[[str], str] = str
     _base_key: str | None = None
+    _availability: build_context.Availability | None = None
+
+    def resolve(self) -> None:
+        self._availability = build_context.probe_optional(self.ctx.spec, cache_dir(self.ctx.store.root))
+
+    def _optional(self) -> build_context.Availability:
+        """The probe's answer; without one (a dry run), what the last probe recorded."""
+        if self._availability is None:
+            self._availability = build_context.recorded_availability(self.ctx.spec, cache_dir(self.ctx.store.root))
+        return self._availability
 
     def _recipe(self) -> bootstrap.BaseRecipe | None:
         base = self.ctx.spec.config.base
@@ -90,7 +100,7 @@ class RootfsPhase(Phase):
             # --locked never reuses what a default build made from a re-resolved (stale) lock.
             "locked": self.ctx.locked or self.ctx.offline,
             "lock": self.ctx.lock.digest() if self.ctx.lock else None,  # a bundle's, instead of the directory's
-            "downloads": build_context.context_material(self.ctx.spec, cache_dir(self.ctx.store.root)),
+            "downloads": build_context.context_material(self.ctx.spec, self._optional()),
             # Ids only, and only when declared (keys of images without secrets stay as they were): a value is
             # never hashed into a key; as with BuildKit, a changed value alone reuses the entry.
             **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
@@ -112,7 +122,8 @@ class RootfsPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
         # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
-        prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work")
+        prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work",
+                                                 availability=self._optional())
         mounted = secrets.prepare(spec, prepared.path, out / "work")
         self._redact = lambda text: secrets.redact(text, mounted.values)
         client = engine.connect()

@@ -20,11 +20,6 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 UPSTREAM = "https://dl.k8s.io/release/v1.30.14/bin/linux/amd64/kubeadm"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_plan() -> None:
-    ctx._PLANNED.clear()  # availability decided by an earlier test's plan must not leak
-
-
 @pytest.fixture()
 def mirror(tmp_path: Path) -> MirrorMap:
     """dl.k8s.io served from a local directory through the mirror map."""
@@ -187,22 +182,33 @@ def test_twin_downloads_are_all_optional() -> None:
     assert os.path.basename(items[0].dest) == "kubeadm"
 
 
-def test_optional_availability_is_decided_at_plan_time(tmp_path: Path, mirror: MirrorMap,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_optional_availability_is_decided_before_the_key_and_honoured(tmp_path: Path, mirror: MirrorMap,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     served = tmp_path / "served" / "release" / "v1.30.14" / "bin" / "linux" / "amd64" / "kubeadm"
     (tmp_path / "m.yaml").write_text(f"urls: {{'https://dl.k8s.io/': '{mirror.urls['https://dl.k8s.io/']}'}}\n")
     monkeypatch.setenv("ASSEMBLER_MIRRORS", str(tmp_path / "m.yaml"))
     optional = DOWNLOADS.replace("dest: downloads/kubeadm}", "dest: downloads/kubeadm, optional: true}")
     image = _image(tmp_path, "FROM localhost/assembler/base:debian-12\n", optional)
-    spec = resolve_image(str(image))
-    # Reachable when planned: part of the key, and then required (a vanished file is an error, not a skip).
-    assert ctx.context_material(spec, tmp_path / "cache")["downloads"][0]["available"] is True
+    spec, cache = resolve_image(str(image)), tmp_path / "cache"
+    # Never probed: a dry run's key counts it as available.
+    assert ctx.recorded_availability(spec, cache).decided == {}
+    assert ctx.context_material(spec, ctx.recorded_availability(spec, cache))["downloads"][0]["available"] is True
+    # Reachable when probed: part of the key, and then required (a vanished file is an error, not a skip).
+    reachable = ctx.probe_optional(spec, cache)
+    assert ctx.context_material(spec, reachable)["downloads"][0]["available"] is True
     served.unlink()
     with pytest.raises(PreflightError, match="download kubeadm"):
-        ctx.prepare_context(spec, tmp_path / "cache", tmp_path / "work")
-    # Unreachable when planned: the key says so, and the build skips it without asking again.
-    assert ctx.context_material(spec, tmp_path / "cache")["downloads"][0]["available"] is False
+        ctx.prepare_context(spec, cache, tmp_path / "work", availability=reachable)
+    # Unreachable when probed: the key says so, the build skips it without asking again, and a later dry run
+    # reads the same answer from the cache without a probe.
+    gone = ctx.probe_optional(spec, cache)
+    assert ctx.context_material(spec, gone)["downloads"][0]["available"] is False
+    assert ctx.recorded_availability(spec, cache) == gone
     served.write_bytes(PAYLOAD)
-    prepared = ctx.prepare_context(spec, tmp_path / "cache", tmp_path / "work")
+    prepared = ctx.prepare_context(spec, cache, tmp_path / "work", availability=gone)
     assert prepared.downloads[0]["status"] == "skipped" and prepared.downloads[0]["reason"] == "no such file"
     assert list((prepared.path / "downloads").iterdir()) == []
+    # Once fetched into the cache it is available, whatever was recorded.
+    fetched = ctx.probe_optional(spec, cache)
+    ctx.prepare_context(spec, cache, tmp_path / "work", availability=fetched)
+    assert ctx.recorded_availability(spec, cache).state(load_downloads(image / "downloads.yaml")[0]) is True
