@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -113,22 +112,6 @@ class ImageSpec(BaseModel):
     context: Path
     containerfile: Path
     config: ImageConfig
-
-
-_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$")
-MAX_SIZE = 1 << 50  # 1 PiB: anything larger is a typo, and qemu-img refuses it anyway
-
-
-def parse_size(text: str) -> int:
-    """'4G', '512M', '1.5G', '1073741824' -> bytes (binary units); positive and finite only."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    match = _SIZE_RE.match(value)
-    size = int(float(match.group(1)) * units[match.group(2)]) if match else 0
-    if not 0 < size <= MAX_SIZE:
-        raise ConfigError(f"invalid size: {text!r}",
-                          resolution="use a positive number with K, M, G or T, up to 1024T, e.g. 4G")
-    return size
 
 
 def list_images() -> list[str]:

@@ -79,7 +79,7 @@ def build(
 
     spec = resolve_image(image)
     if size is not None:
-        from assembler.config import parse_size
+        from assembler.sizes import parse_size
 
         parse_size(size)  # a bad --size fails now, not after the rootfs was built
     lock = None

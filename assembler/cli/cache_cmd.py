@@ -89,8 +89,8 @@ def gc(cache: Path | None = CACHE_OPTION,
     """Remove least recently used phase entries; never one a running build uses or writes."""
     from assembler.cache import gc as run_gc
     from assembler.cache import inventory, parse_duration
-    from assembler.config import parse_size
     from assembler.log import console
+    from assembler.sizes import parse_size
 
     if keep_bytes is None and older_than is None:
         raise ConfigError("gc needs a bound", resolution="pass --keep-bytes SIZE and/or --older-than AGE")

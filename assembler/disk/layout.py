@@ -5,7 +5,6 @@ Everything here is pure (no subprocess, no disk I/O besides reading the YAML), s
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from assembler.errors import ConfigError, DiskError
+from assembler.sizes import parse_size
 
 MiB = 1024**2
 ALIGN = MiB
@@ -38,23 +38,6 @@ TYPE_GUIDS: dict[str, str] = {
 ROLE_FS: dict[str, str] = {"bios_boot": "none", "esp": "vfat", "root": "ext4"}
 # Fixed namespace so that ids depend only on the seed (the image's content digest) and the role.
 ID_NAMESPACE = uuid.UUID("6f1c3b0e-5d0a-5e0b-9d43-0a55e3b1e7d1")
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": MiB, "mib": MiB, "g": 1024**3, "gib": 1024**3,
-          "t": 1024**4, "tib": 1024**4}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a string like '64MiB', '2G', '1048576' (binary units only)."""
-    if isinstance(value, bool):
-        raise ValueError("a size must be a number of bytes or a string like '64MiB'")
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(value)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read size {value!r}; use bytes or KiB/MiB/GiB/TiB")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
 
 def align_up(value: int, alignment: int = ALIGN) -> int:
     return -(-value // alignment) * alignment

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from assembler import __version__, bom, cyclonedx, disk, inputs, layers
-from assembler.config import parse_size
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Phase
+from assembler.sizes import parse_size
 from assembler.store import Entry
 
 RAW = "disk.raw"

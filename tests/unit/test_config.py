@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from assembler.config import list_images, parse_size, resolve_image
+from assembler.config import list_images, resolve_image
 from assembler.errors import ConfigError
 
 
@@ -34,17 +34,6 @@ def test_bad_image_yaml_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "image.yaml").write_text("formats: [raw]\nunknown_key: 1\n")
     with pytest.raises(ConfigError, match="invalid image config"):
         resolve_image(str(tmp_path))
-
-
-@pytest.mark.parametrize(("text", "value"), [("4G", 4 << 30), ("512M", 512 << 20), ("1.5G", 3 << 29),
-                                             ("100", 100), ("2GiB", 2 << 30)])
-def test_parse_size(text: str, value: int) -> None:
-    assert parse_size(text) == value
-
-
-def test_parse_size_rejects_garbage() -> None:
-    with pytest.raises(ConfigError):
-        parse_size("big")
 
 
 def test_image_yaml_layout_overrides_reach_the_disk_layout(tmp_path: Path) -> None:
