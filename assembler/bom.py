@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from assembler import __version__
+from assembler.downloads import Fetched
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path, sha256_bytes
 from assembler.layers import LayerIndex, Placed, merge, norm, step_label
@@ -232,29 +233,6 @@ def compare_versions(a: str, b: str) -> int:
     return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
 
 
-# -------------------------------------------------------------------------------------- downloads
-
-
-@dataclass(frozen=True)
-class Download:
-    """An artefact fetched over the network during the build, pinned by checksum."""
-
-    url: str
-    sha256: str
-    name: str = ""
-    version: str = ""
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Download:
-        if not data.get("url") or not data.get("sha256"):
-            raise ConfigError(f"a download pin needs url and sha256: {dict(data)}",
-                              resolution="list downloads as {url, sha256[, name, version]}")
-        url = str(data["url"])
-        return cls(url=url, sha256=str(data["sha256"]).removeprefix("sha256:"),
-                   name=str(data.get("name") or url.rstrip("/").rsplit("/", 1)[-1]),
-                   version=str(data.get("version", "")))
-
-
 # ------------------------------------------------------------------------------------------ SPDX
 
 
@@ -316,7 +294,7 @@ class BomInput:
     base_image: str | None = None
     layers: tuple[tuple[str, str], ...] = ()  # (diff_id, step) bottom first
     package_layers: dict[str, int] = field(default_factory=dict)  # package -> layer that installed it
-    downloads: tuple[Download, ...] = ()
+    downloads: tuple[Fetched, ...] = ()  # what the build fetched and put in the image
     tools: dict[str, str] = field(default_factory=dict)
     build_inputs: Mapping[str, Any] | None = None  # what recreates the image (assembler.inputs)
 
@@ -375,7 +353,7 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
             relationships.append(_rel(f"SPDXRef-Layer-{bom.package_layers[name]}", "CONTAINS", spdx_id))
     for download in sorted(bom.downloads, key=lambda d: (d.name, d.url)):
         spdx_id = _unique(_spdx_id("Download", download.name), used)
-        packages.append(_package(spdx_id, download.name, download.version or NOASSERTION,
+        packages.append(_package(spdx_id, download.name, NOASSERTION,  # a pin is a checksum, not a version
                                  checksums=_sha256(download.sha256), primaryPackagePurpose="FILE")
                         | {"downloadLocation": download.url})
         relationships.append(_rel(image_id, "CONTAINS", spdx_id))
@@ -428,7 +406,7 @@ def _summary(bom: BomInput) -> dict[str, Any]:
     return {"image": bom.image, "rootfs_sha256": bom.rootfs_sha256, "source_date_epoch": bom.source_date_epoch,
             "oci_digest": bom.oci_digest, "base_image": bom.base_image,
             "layers": [{"digest": d, "step": s} for d, s in bom.layers],
-            "downloads": [{"url": d.url, "sha256": d.sha256, "name": d.name, "version": d.version}
+            "downloads": [{"url": d.url, "sha256": d.sha256, "name": d.name}
                           for d in sorted(bom.downloads, key=lambda d: (d.name, d.url))]}
 
 
@@ -461,7 +439,7 @@ def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_e
         image=image, rootfs_sha256=rootfs_sha256, source_date_epoch=source_date_epoch, dpkg=dpkg,
         os_release=os_release(files), oci_digest=(oci or {}).get("digest"), base_image=base_image,
         layers=layers, package_layers=package_layers(layers_index, dpkg) if layers_index else {},
-        downloads=tuple(Download.from_mapping(d) for d in downloads), tools=dict(tools or {}),
+        downloads=tuple(Fetched.from_mapping(d) for d in downloads), tools=dict(tools or {}),
         build_inputs=build_inputs,
     )
 

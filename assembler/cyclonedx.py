@@ -78,7 +78,7 @@ def cyclonedx_document(bom: BomInput) -> dict[str, Any]:
             ref += "+"
         used.add(ref)
         where = [{"type": "distribution", "url": download.url}]
-        components.append(_component("file", ref, download.name, download.version,
+        components.append(_component("file", ref, download.name, None,  # pinned by checksum, not version
                                      hashes=_hashes(download.sha256), externalReferences=where))
     image = _component(
         "operating-system", IMAGE_REF, bom.image, f"sha256:{bom.rootfs_sha256}", hashes=_hashes(bom.rootfs_sha256),

@@ -21,8 +21,10 @@ import hashlib
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -84,6 +86,17 @@ class Fetched:
         data = {"name": self.name, "url": self.url, "sha256": self.sha256, "dest": self.dest,
                 "status": self.status}
         return {**data, "reason": self.reason} if self.reason else data
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Fetched:
+        """A record read back from a manifest or a BOM's build inputs (untrusted: url and sha256 required)."""
+        if not data.get("url") or not data.get("sha256"):
+            raise ConfigError(f"a download record needs url and sha256: {dict(data)}",
+                              resolution="list downloads as {url, sha256[, name, dest, status]}")
+        url = str(data["url"])
+        return cls(name=str(data.get("name") or url.rstrip("/").rsplit("/", 1)[-1]), url=url,
+                   sha256=str(data["sha256"]).removeprefix("sha256:"), dest=str(data.get("dest", "")),
+                   status=str(data.get("status", "fetched")), reason=str(data.get("reason", "")))
 
 
 def load_downloads(path: Path) -> list[Download]:

@@ -32,7 +32,8 @@ def layout_for(config_layout: str | None, overrides: dict[str, object]) -> disk.
 class DiskPhase(Phase):
     name = "disk"
     kind = "disk"
-    version = 2  # 2: the CycloneDX document beside the SPDX one
+    # 2: the CycloneDX document beside the SPDX one; 3: the BOM's download records lose an always-empty version
+    version = 3
 
     def _layout(self) -> disk.DiskLayout:
         cfg = self.ctx.spec.config.disk

@@ -63,7 +63,7 @@ FACTS: dict[str, Any] = {
                                                          "step": "/bin/sh -c apt-get install hello"}]},
     "base_image": "sha256:" + "01" * 32,
     "downloads": [{"url": "https://dl.k8s.io/v1.30.2/bin/linux/amd64/kubelet", "sha256": "23" * 32,
-                   "name": "kubelet", "version": "1.30.2"}],
+                   "name": "kubelet", "dest": "downloads/kubelet", "status": "fetched"}],
     "tools": {"mke2fs": "mke2fs 1.47.2 (1-Jan-2025)", "qemu-img": "qemu-img version 7.2.15"},
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from assembler import bom
+from assembler.downloads import Fetched
 from assembler.errors import ConfigError
 from tests.unit.bomdata import FACTS, STATUS, rootfs
 
@@ -49,7 +50,9 @@ def test_spdx_document_validates_and_lists_everything(tmp_path: Path) -> None:
                                  "source_version": "2.36-9+deb12u10"}
     assert bom.tools(doc)["mke2fs"].startswith("mke2fs 1.47.2")
     facts = bom.summary(doc)
-    assert facts["downloads"][0]["version"] == "1.30.2" and facts["layers"][0]["step"].endswith("hello")
+    assert facts["downloads"][0] == {"url": "https://dl.k8s.io/v1.30.2/bin/linux/amd64/kubelet", "sha256": "23" * 32,
+                                     "name": "kubelet"}
+    assert facts["layers"][0]["step"].endswith("hello")
     purls = [r["referenceLocator"] for p in doc["packages"] for r in p.get("externalRefs", [])]  # type: ignore[union-attr]
     assert "pkg:deb/debian/libc6@2.36-9%2Bdeb12u10?arch=amd64&distro=debian-12&upstream=glibc%402.36-9%2Bdeb12u10" \
         in purls
@@ -79,8 +82,10 @@ def test_validation_reports_a_broken_document(tmp_path: Path) -> None:
     assert bom.validate_spdx(doc)
 
 
-def test_download_needs_url_and_checksum() -> None:
+def test_download_record_needs_url_and_checksum() -> None:
     with pytest.raises(ConfigError):
-        bom.Download.from_mapping({"url": "https://example.org/x"})
-    pin = bom.Download.from_mapping({"url": "https://e.org/a/kubeadm", "sha256": "sha256:" + "0" * 64})
-    assert (pin.name, pin.sha256) == ("kubeadm", "0" * 64)
+        Fetched.from_mapping({"url": "https://example.org/x"})
+    pin = Fetched.from_mapping({"url": "https://e.org/a/kubeadm", "sha256": "sha256:" + "0" * 64})
+    assert (pin.name, pin.sha256, pin.status) == ("kubeadm", "0" * 64, "fetched")
+    record = Fetched("kubeadm", "https://e.org/a/kubeadm", "1" * 64, "downloads/kubeadm", "cached")
+    assert Fetched.from_mapping(record.as_dict()) == record
