@@ -12,6 +12,7 @@ from rich.table import Table
 
 from assembler import __version__, space
 from assembler import outputs as outputs_mod
+from assembler.disk import tool_versions as disk_tool_versions
 from assembler.fsutil import write_json
 from assembler.log import console
 from assembler.phases.boot import BootPhase
@@ -79,16 +80,14 @@ def print_outputs(ctx: BuildContext, outputs: list[dict[str, Any]], seconds: flo
 
 
 def tool_versions() -> dict[str, str]:
+    """Every host tool the build ran, for the manifest: the disk's own list (also in its key) and the rest."""
     return {
         "assembler": __version__,
         "python": platform.python_version(),
+        "mmdebstrap": tool_version("mmdebstrap"),
+        **disk_tool_versions(),
         "qemu-img": tool_version("qemu-img"),
         "qemu-system-x86_64": tool_version("qemu-system-x86_64"),
-        "mke2fs": tool_version("mke2fs", ["-V"]),
-        "mmdebstrap": tool_version("mmdebstrap"),
-        "sfdisk": tool_version("sfdisk"),
-        "grub-mkimage": tool_version("grub-mkimage"),
-        "mkfs.vfat": tool_version("mkfs.vfat", ["--help"]),
         "libguestfs": tool_version("guestfish"),
     }
 
