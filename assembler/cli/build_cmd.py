@@ -21,6 +21,9 @@ def _selected(phases: str | None) -> set[str] | None:
     if not phases:
         return None
     chosen = {p.strip() for p in phases.split(",") if p.strip()}
+    if "publish" in chosen:  # a build's outputs go to providers through their own command
+        raise ConfigError("publish is not a build phase",
+                          resolution="build, then `assembler publish IMAGE --provider PROVIDER` (see README)")
     unknown = {p.split(":")[0] for p in chosen} - set(PHASE_ORDER)
     if unknown:
         raise ConfigError(f"unknown phase(s): {', '.join(sorted(unknown))}",

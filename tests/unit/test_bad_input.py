@@ -41,6 +41,13 @@ def test_cli_refuses_a_nan_timeout_and_a_negative_size(tmp_path: Path) -> None:
     assert build.returncode == 1 and "invalid size" in build.stdout + build.stderr
 
 
+def test_cli_names_the_phases_a_build_has() -> None:
+    publish = cli("build", "debian-12", "--phases", "publish", "--dry-run")
+    assert publish.returncode == 1 and "assembler publish IMAGE" in publish.stdout + publish.stderr
+    unknown = cli("build", "debian-12", "--phases", "rootfs,pack", "--dry-run")
+    assert unknown.returncode == 1 and "choose from: rootfs, disk, convert, boot" in unknown.stdout + unknown.stderr
+
+
 @pytest.mark.parametrize("cmdline", ["quiet\nmenuentry evil {", "a; reboot", "x=$root", 'console="a b"'])
 def test_a_kernel_command_line_cannot_carry_grub_syntax(cmdline: str) -> None:
     from assembler.config import DiskConfig
