@@ -23,8 +23,8 @@ from urllib.parse import quote
 from assembler import __version__
 from assembler.downloads import Fetched
 from assembler.errors import ConfigError
-from assembler.fsutil import atomic_path, sha256_bytes
-from assembler.layers import LayerIndex, Placed, merge, norm, step_label
+from assembler.fsutil import atomic_path, sha256_bytes, tar_name
+from assembler.layers import LayerIndex, Placed, merge, step_label
 
 BOM_PATH = "usr/share/assembler/bom.spdx.json"
 RELEASE_PATH = "usr/share/assembler/release"
@@ -129,7 +129,7 @@ def dpkg_db(files: Mapping[str, bytes]) -> DpkgDb:
         if path.startswith(INFO_DIR) and path.endswith(".list"):
             name = path[len(INFO_DIR):-len(".list")].split(":", 1)[0]
             if name in db.packages:
-                listed = [norm(line) for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
+                listed = [tar_name(line) for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
                 db.files.setdefault(name, []).extend(p for p in listed if p)
     for paths in db.files.values():
         paths.sort()
@@ -146,14 +146,14 @@ def read_tar_members(tar_path: Path, want: Any = wants_dpkg) -> dict[str, bytes]
     try:
         with tarfile.open(tar_path, mode="r:") as tf:
             for member in tf:
-                path = norm(member.name)
+                path = tar_name(member.name)
                 if not want(path):
                     continue
                 if member.isreg():
                     handle = tf.extractfile(member)
                     found[path] = handle.read() if handle else b""
                 elif member.issym():
-                    links[path] = norm(str(Path(path).parent / member.linkname))
+                    links[path] = tar_name(str(Path(path).parent / member.linkname))
     except (OSError, tarfile.TarError) as exc:
         raise ConfigError(f"cannot read the rootfs tar {tar_path}", details=str(exc),
                           resolution="pass an uncompressed tar (the rootfs phase output)") from exc

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from assembler.errors import ConfigError
-from assembler.fsutil import atomic_path
+from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
 
@@ -176,12 +176,6 @@ def _open_layer(archive: tarfile.TarFile, name: str, scratch: Path) -> Iterator[
 ENGINE_MOUNT_POINTS = frozenset({"etc/resolv.conf", "etc/hosts", "etc/hostname", "run/.containerenv"})
 
 
-def _norm(name: str) -> str:
-    """Canonical relative path: no leading ./ or /, no trailing /, '' for the root."""
-    path = posixpath.normpath("/" + name).lstrip("/")
-    return "" if path == "." else path
-
-
 def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tuple[int, int]:
     """Apply one layer: its whiteouts against the lower layers first, then its entries."""
     members = layer.getmembers()
@@ -190,7 +184,7 @@ def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tu
     implied = functools.partial(_implicit_dir, index=index)
     whiteouts = 0
     for member in members:
-        path = _norm(member.name)
+        path = tar_name(member.name)
         base = posixpath.basename(path)
         if base == OPAQUE:
             directory = posixpath.dirname(path)
@@ -204,7 +198,7 @@ def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tu
             whiteouts += 1
     entries = 0
     for member in members:
-        path = _norm(member.name)
+        path = tar_name(member.name)
         if not path or posixpath.basename(path).startswith(WHITEOUT) or path in BUILD_ONLY_PATHS:
             continue
         if path in ENGINE_MOUNT_POINTS and member.isreg() and member.size == 0 and path not in tree.nodes:
@@ -220,7 +214,7 @@ def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tu
 
 def _link_node(tree: Overlay[_Node], in_layer: dict[str, _Node], member: tarfile.TarInfo) -> _Node:
     """A hard link shares its target's data: the target in this layer, else (rarely) the merged one."""
-    target = _norm(member.linkname)
+    target = tar_name(member.linkname)
     if target in in_layer:
         return in_layer[target]
     if target in tree.nodes and tree.nodes[target].source.isreg():

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -144,3 +145,11 @@ def sha256_tree(root: Path, exclude: tuple[str, ...] = ()) -> str:
             continue
         digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def tar_name(name: str) -> str:
+    """A tar member's (or a link target's) canonical relative path: no leading ./ or /, no trailing /, no
+    '..' above the root, '' for the root itself. Every reader of a tar (flatten, the layer index, the BOM,
+    ext4) names a path this one way."""
+    path = posixpath.normpath("/" + name).lstrip("/")
+    return "" if path == "." else path

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from assembler.errors import ConfigError
 from assembler.flatten import read_image
-from assembler.fsutil import atomic_path
+from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
 
@@ -108,11 +108,6 @@ def step_label(created_by: str) -> str:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def norm(name: str) -> str:
-    path = posixpath.normpath("/" + name).lstrip("/")
-    return "" if path == "." else path
-
-
 _TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file", tarfile.DIRTYPE: "dir",
           tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
           tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
@@ -146,7 +141,7 @@ def index_layer_tar(tf: tarfile.TarFile, index: int = 0, diff_id: str = "", step
     digests: dict[str, str] = {}
     captured: dict[str, bytes] = {}
     for member in tf:
-        path = norm(member.name)
+        path = tar_name(member.name)
         base = posixpath.basename(path)
         if base == OPAQUE:
             opaque.append(posixpath.dirname(path))
@@ -162,7 +157,7 @@ def index_layer_tar(tf: tarfile.TarFile, index: int = 0, diff_id: str = "", step
         if kind == "file":
             sha = digests[path] = _read_member(tf, member, path, capture, captured)
         elif kind == "hardlink":
-            link = norm(member.linkname)
+            link = tar_name(member.linkname)
             sha = digests.get(link)  # None when the target lives in a lower layer; merge() fills it
         elif kind == "symlink":
             link = member.linkname

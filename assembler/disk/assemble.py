@@ -35,7 +35,7 @@ from assembler.disk.layout import (
     plan_partitions,
 )
 from assembler.errors import DiskError
-from assembler.fsutil import atomic_path
+from assembler.fsutil import atomic_path, tar_name
 from assembler.log import log
 from assembler.run import run, tool_version
 
@@ -145,8 +145,8 @@ def _overlay(index: ext4.TarIndex, layout: DiskLayout, ids: _Ids, kernel: str, c
 
 def _extra_entries(names: set[str], extra_files: Mapping[str, bytes]) -> list[ext4.OverlayEntry]:
     """Caller-supplied files (e.g. the embedded BOM), with the parent directories the rootfs lacks."""
-    files = {ext4.norm(path): data for path, data in extra_files.items()}
-    if "" in files or any(".." in path.split("/") for path in files):
+    files = {tar_name(path): data for path, data in extra_files.items()}
+    if "" in files or any(".." in path.split("/") for path in extra_files):
         raise DiskError(f"invalid extra file path among {sorted(extra_files)}",
                         resolution="pass paths relative to / without '..'")
     parents = sorted({"/".join(path.split("/")[:i]) for path in files for i in range(1, path.count("/") + 1)}

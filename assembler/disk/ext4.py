@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from assembler.disk.layout import RootFsOptions
 from assembler.errors import DiskError, ToolError
+from assembler.fsutil import tar_name
 from assembler.run import require_tool, run
 
 BLOCK = 4096
@@ -65,13 +66,6 @@ class TarIndex:
         return sum(1 for m in self.members if m.kind != "hardlink")
 
 
-def norm(name: str) -> str:
-    name = name.lstrip("/")
-    while name.startswith("./"):
-        name = name[2:]
-    return "" if name == "." else name.rstrip("/")
-
-
 def _kind(info: tarfile.TarInfo) -> str:
     if info.isreg():
         return "file"
@@ -92,8 +86,8 @@ def index_tar(path: Path) -> TarIndex:
             for info in tf:
                 if not index.members:
                     index.dot_slash = info.name == "." or info.name.startswith("./")
-                link = norm(info.linkname) if info.islnk() else info.linkname
-                index.members.append(TarMember(norm(info.name), info.offset, info.size, _kind(info), link,
+                link = tar_name(info.linkname) if info.islnk() else info.linkname
+                index.members.append(TarMember(tar_name(info.name), info.offset, info.size, _kind(info), link,
                                                _xattr_names(info)))
             index.end = tf.offset
     except (OSError, tarfile.TarError) as exc:
@@ -111,7 +105,7 @@ def read_members(index: TarIndex, members: Iterable[TarMember]) -> Iterator[tupl
             tf.fileobj.seek(member.offset)
             try:
                 info = tarfile.TarInfo.fromtarfile(tf)  # parses the PAX/GNU headers before the member too
-                found = norm(info.name)
+                found = tar_name(info.name)
             except tarfile.TarError as exc:
                 found = f"no header ({exc})"
             if found != member.name:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from assembler.fsutil import CHUNK, sha256_file
+from assembler.errors import DiskError
+from assembler.fsutil import CHUNK, sha256_file, tar_name
 
 
 def _write_sparse(path: Path, size: int, pieces: list[tuple[int, bytes]]) -> bytes:
@@ -42,3 +43,19 @@ def test_written_zeros_and_holes_hash_alike(tmp_path: Path) -> None:
     written.write_bytes(bytes(CHUNK) + b"a" + bytes(CHUNK - 1))
     assert sha256_file(holes) == sha256_file(written)
     assert os.stat(holes).st_blocks < os.stat(written).st_blocks  # really a sparse file on this filesystem
+
+
+@pytest.mark.parametrize(("name", "canonical"), [
+    ("./etc/hosts", "etc/hosts"), ("/etc/", "etc"), ("etc//ssh/./x", "etc/ssh/x"), ("../../etc/passwd", "etc/passwd"),
+    ("./", ""), ("/", ""), (".", ""), ("usr/lib/../bin", "usr/bin"),
+])
+def test_every_tar_reader_names_a_member_one_way(name: str, canonical: str) -> None:
+    assert tar_name(name) == canonical
+
+
+def test_an_extra_disk_file_above_the_root_is_refused_not_folded_in() -> None:
+    from assembler.disk.assemble import _extra_entries
+
+    with pytest.raises(DiskError, match="invalid extra file path"):
+        _extra_entries(set(), {"../etc/shadow": b"x"})
+    assert [e.name for e in _extra_entries(set(), {"./usr/share/x": b"x"})][-1] == "usr/share/x"
