@@ -54,8 +54,9 @@ def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]
                                           if step.action in (Action.RUN, Action.PULL))
     space.check_free_space({ctx.store.root: store_need, ctx.output_dir: out_need})
     records = execute_plan(ctx, plan)
-    outputs = outputs_mod.publish(ctx)
-    manifest = make_manifest(ctx, records, outputs, round(time.monotonic() - started, 2))
+    done = [step.phase for step in plan if step.phase.label in ctx.results]
+    outputs = outputs_mod.publish(ctx, done)
+    manifest = make_manifest(ctx, done, records, outputs, round(time.monotonic() - started, 2))
     write_json(ctx.output_dir / "manifest.json", manifest)
     print_outputs(ctx, outputs, manifest["seconds"])
     return manifest
@@ -92,9 +93,8 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[dict[str, Any]],
+def make_manifest(ctx: BuildContext, done: list[Phase], records: list[PhaseRecord], outputs: list[dict[str, Any]],
                   seconds: float) -> dict[str, Any]:
-    results = ctx.results
     manifest: dict[str, Any] = {
         "image": ctx.spec.name,
         "source_date_epoch": ctx.spec.config.source_date_epoch,
@@ -103,15 +103,6 @@ def make_manifest(ctx: BuildContext, records: list[PhaseRecord], outputs: list[d
         "tools": tool_versions(),
         "seconds": seconds,
     }
-    if "rootfs" in results:
-        meta = results["rootfs"].meta
-        manifest |= {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
-                     "base_image": meta.get("base_image"), "downloads": meta.get("downloads", []),
-                     "lock": meta.get("lock"), "secrets": meta.get("secrets", [])}
-    if "disk" in results:
-        disk = results["disk"].meta["disk"]
-        manifest["disk"] = disk
-        manifest["nondeterministic"] = disk.get("nondeterministic", [])
-    if "boot" in results:
-        manifest["boot"] = results["boot"].meta["boot"]
+    for phase in done:
+        manifest |= phase.manifest_fields(ctx.results[phase.label])
     return manifest

@@ -11,64 +11,25 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from assembler.fsutil import atomic_path, sha256_file, write_json
-from assembler.packages.lockfile import LOCK_FILE
-from assembler.phases.disk import BOM, CYCLONEDX, RAW
-from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
-from assembler.pipeline import BuildContext
+from assembler.pipeline import Artefact, BuildContext, Phase
 from assembler.run import run
 
 STATE = ".assembler-outputs.json"  # what was copied from which store key, to skip unchanged copies
 
 
-@dataclass(frozen=True)
-class Artefact:
-    source: Path
-    name: str  # file name in out/IMAGE/
-    key: str  # store key of the entry it comes from
-    fmt: str | None = None  # listed in manifest.json outputs when set
-    sha256: str | None = None  # known from the phase's metadata; computed otherwise
-
-
-def collect(ctx: BuildContext) -> list[Artefact]:
-    """Every file the finished phases produced, under its output name."""
-    name, results = ctx.spec.name, ctx.results
-    found: list[Artefact] = []
-    if "rootfs" in results:
-        rootfs = results["rootfs"]
-        found += [Artefact(rootfs.file(ROOTFS_TAR), f"{name}-rootfs.tar", rootfs.key, "rootfs-tar",
-                           rootfs.meta["rootfs"]["sha256"]),
-                  Artefact(rootfs.file(LAYERS_INDEX), f"{name}-layers.json", rootfs.key)]
-        if rootfs.meta.get("lock"):
-            found.append(Artefact(rootfs.file(LOCK_FILE), f"{name}.lock.json", rootfs.key, "lock"))
-    if "disk" in results:
-        disk = results["disk"]
-        found += [Artefact(disk.file(BOM), f"{name}.spdx.json", disk.key, "spdx"),
-                  Artefact(disk.file(CYCLONEDX), f"{name}.cdx.json", disk.key, "cyclonedx")]
-        if "raw" in ctx.formats:
-            found.append(Artefact(disk.file(RAW), f"{name}.raw", disk.key, "raw", disk.meta["disk"].get("sha256")))
-    for label, entry in results.items():
-        if label.startswith("convert:"):
-            out = entry.meta["output"]
-            found.append(Artefact(entry.file(out["file"]), out["file"], entry.key, out["format"], out["sha256"]))
-    if "boot" in results:
-        boot = results["boot"]
-        found += [Artefact(path, path.name, boot.key) for path in sorted(boot.path.glob("*"))
-                  if path.name != "meta.json"]
-    return found
-
-
-def publish(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Link (or with ctx.copy_outputs, copy) every artefact into the output directory; return the manifest's
-    `outputs` list."""
+def publish(ctx: BuildContext, phases: Sequence[Phase]) -> list[dict[str, Any]]:
+    """Link (or with ctx.copy_outputs, copy) the artefacts of every finished phase into the output directory;
+    return the manifest's `outputs` list."""
     out_dir = ctx.output_dir
     state = _load_state(out_dir)
     outputs: list[dict[str, Any]] = []
-    for artefact in collect(ctx):
+    done = [phase.artefacts(ctx.results[phase.label]) for phase in phases if phase.label in ctx.results]
+    for artefact in (a for artefacts in done for a in artefacts):
         dest = out_dir / artefact.name
         if not _unchanged(dest, artefact, state.get(artefact.name)):
             _place(artefact.source, dest, copy=ctx.copy_outputs)

@@ -42,6 +42,17 @@ class BuildContext:
     results: dict[str, Entry] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Artefact:
+    """A file of a phase's entry that the build publishes into out/IMAGE/."""
+
+    source: Path
+    name: str  # file name in out/IMAGE/
+    key: str  # store key of the entry it comes from
+    fmt: str | None = None  # listed in manifest.json outputs when set
+    sha256: str | None = None  # known from the phase's metadata; computed otherwise
+
+
 class Phase(ABC):
     """A small typed unit: declared inputs and options -> cache key -> output directory in the store."""
 
@@ -86,6 +97,14 @@ class Phase(ABC):
     def preflight(self) -> None:
         """Checks that must pass before any phase runs (fail in seconds, nothing written)."""
         return None  # most phases have none
+
+    def artefacts(self, entry: Entry) -> list[Artefact]:
+        """The files of this phase's entry that go to out/IMAGE/, under their output names."""
+        return []
+
+    def manifest_fields(self, entry: Entry) -> dict[str, Any]:
+        """What this phase's entry adds to the top level of manifest.json."""
+        return {}
 
     def share(self, entry: Entry, remote: RegistryStore) -> None:
         """Push what else a build on another machine needs to build on this entry (--cache-to)."""

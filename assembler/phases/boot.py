@@ -9,7 +9,8 @@ from typing import Any
 from assembler import boot
 from assembler.errors import BootError
 from assembler.fsutil import atomic_path, sha256_file
-from assembler.pipeline import Phase
+from assembler.pipeline import Artefact, Phase
+from assembler.store import META, Entry
 
 
 def firmwares(choice: str) -> list[str]:
@@ -34,6 +35,14 @@ class BootPhase(Phase):
             "checks": sha256_file(checks) if checks else None,
             "builtin_checks": boot.BUILTIN_CHECKS_VERSION,
         }
+
+    def artefacts(self, entry: Entry) -> list[Artefact]:
+        """Console logs, JUnit XML and the report, under their own names."""
+        return [Artefact(path, path.name, entry.key) for path in sorted(entry.path.glob("*"))
+                if path.name != META]
+
+    def manifest_fields(self, entry: Entry) -> dict[str, Any]:
+        return {"boot": entry.meta["boot"]}
 
     def execute(self, out: Path) -> dict[str, Any]:
         disk = self.input_entry("disk")

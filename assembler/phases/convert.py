@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from assembler import formats
-from assembler.pipeline import BuildContext, Phase
+from assembler.pipeline import Artefact, BuildContext, Phase
 from assembler.run import tool_version
+from assembler.store import Entry
 
 
 class ConvertPhase(Phase):
@@ -33,6 +34,10 @@ class ConvertPhase(Phase):
             "source_date_epoch": self.ctx.spec.config.source_date_epoch,
             "qemu-img": tool_version("qemu-img"),
         }
+
+    def artefacts(self, entry: Entry) -> list[Artefact]:
+        out = entry.meta["output"]
+        return [Artefact(entry.file(out["file"]), out["file"], entry.key, out["format"], out["sha256"])]
 
     def execute(self, out: Path) -> dict[str, Any]:
         disk = self.input_entry("disk")

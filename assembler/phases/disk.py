@@ -10,7 +10,7 @@ from assembler import __version__, bom, cyclonedx, disk, inputs, layers
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
-from assembler.pipeline import Phase
+from assembler.pipeline import Artefact, Phase
 from assembler.sizes import parse_size
 from assembler.store import Entry
 
@@ -57,6 +57,18 @@ class DiskPhase(Phase):
             # rootfs key leaves out): an edit there must give a new disk, not reuse one with a stale BOM.
             "context": sha256_tree(self.ctx.spec.context),
         }
+
+    def artefacts(self, entry: Entry) -> list[Artefact]:
+        name = self.ctx.spec.name
+        found = [Artefact(entry.file(BOM), f"{name}.spdx.json", entry.key, "spdx"),
+                 Artefact(entry.file(CYCLONEDX), f"{name}.cdx.json", entry.key, "cyclonedx")]
+        if "raw" in self.ctx.formats:
+            found.append(Artefact(entry.file(RAW), f"{name}.raw", entry.key, "raw", entry.meta["disk"].get("sha256")))
+        return found
+
+    def manifest_fields(self, entry: Entry) -> dict[str, Any]:
+        disk_meta = entry.meta["disk"]
+        return {"disk": disk_meta, "nondeterministic": disk_meta.get("nondeterministic", [])}
 
     def execute(self, out: Path) -> dict[str, Any]:
         rootfs = self.input_entry("rootfs")

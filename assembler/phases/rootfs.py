@@ -22,7 +22,7 @@ from assembler.log import log
 from assembler.packages import lockfile, locking
 from assembler.packages.lockfile import LOCK_FILE, write_lock
 from assembler.packages.store import PackageStore
-from assembler.pipeline import Phase
+from assembler.pipeline import Artefact, Phase
 from assembler.remote import RegistryStore
 from assembler.run import die_with_parent
 from assembler.store import Entry
@@ -105,6 +105,21 @@ class RootfsPhase(Phase):
             # never hashed into a key; as with BuildKit, a changed value alone reuses the entry.
             **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
         }
+
+    def artefacts(self, entry: Entry) -> list[Artefact]:
+        name = self.ctx.spec.name
+        found = [Artefact(entry.file(ROOTFS_TAR), f"{name}-rootfs.tar", entry.key, "rootfs-tar",
+                          entry.meta["rootfs"]["sha256"]),
+                 Artefact(entry.file(LAYERS_INDEX), f"{name}-layers.json", entry.key)]
+        if entry.meta.get("lock"):
+            found.append(Artefact(entry.file(LOCK_FILE), f"{name}.lock.json", entry.key, "lock"))
+        return found
+
+    def manifest_fields(self, entry: Entry) -> dict[str, Any]:
+        meta = entry.meta
+        return {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
+                "base_image": meta.get("base_image"), "downloads": meta.get("downloads", []),
+                "lock": meta.get("lock"), "secrets": meta.get("secrets", [])}
 
     def share(self, entry: Entry, remote: RegistryStore) -> None:
         """The bootstrapped base too: another machine building an image on the same base reuses it."""

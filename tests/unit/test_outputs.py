@@ -12,8 +12,16 @@ import pytest
 from assembler import outputs
 from assembler.config import ImageConfig, ImageSpec
 from assembler.fsutil import sha256_file
-from assembler.pipeline import BuildContext
+from assembler.phases.convert import ConvertPhase
+from assembler.phases.disk import DiskPhase
+from assembler.pipeline import BuildContext, Phase
 from assembler.store import Entry, Store
+
+
+def _phases(ctx: BuildContext) -> list[Phase]:
+    """The phases whose entries the fixtures hold: each says which of its files are published."""
+    disk = DiskPhase(ctx)
+    return [disk, ConvertPhase(ctx, (disk,), "qcow2")]
 
 
 @pytest.fixture
@@ -36,7 +44,7 @@ def ctx(tmp_path: Path) -> BuildContext:
 
 
 def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
-    listed = outputs.publish(ctx)
+    listed = outputs.publish(ctx, _phases(ctx))
     assert {o["format"] for o in listed} == {"raw", "qcow2", "spdx", "cyclonedx"}
     for item in listed:
         assert sha256_file(ctx.output_dir / item["path"]) == item["sha256"]
@@ -44,7 +52,7 @@ def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
 
 
 def test_outputs_are_read_only_links_to_the_cache_by_default(ctx: BuildContext) -> None:
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     raw, source = ctx.output_dir / "img.raw", ctx.results["disk"].file("disk.raw")
     assert raw.samefile(source)
     assert raw.stat().st_mode & 0o777 == 0o444
@@ -62,7 +70,7 @@ def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None
     spec = ImageSpec(name="img", context=tmp_path, containerfile=tmp_path / "Containerfile", config=ImageConfig())
     ctx = BuildContext(spec=spec, store=store, output_dir=tmp_path / "out", formats=["raw"])
     ctx.results["disk"] = entry
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     raw = ctx.output_dir / "img.raw"
     raw.write_bytes(b"user edit")  # root writes through 0444
     assert store.get("k" * 64) is None  # never a cache hit: built again
@@ -71,25 +79,25 @@ def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None
 
 def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext) -> None:
     ctx.copy_outputs = True
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     raw = ctx.output_dir / "img.raw"
     first = raw.stat().st_ino
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     assert raw.stat().st_ino == first  # not copied again
     assert not raw.samefile(ctx.results["disk"].file("disk.raw"))
     raw.write_bytes(b"user edit")
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     assert raw.read_bytes().endswith(b"boot")  # the artefact is restored from the store
     state = json.loads((ctx.output_dir / outputs.STATE).read_text())
     assert state["img.raw"]["key"] == "k-disk"
 
 
 def test_new_store_entry_replaces_the_copy(ctx: BuildContext) -> None:
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     entry = ctx.results["disk"]
     (entry.path / "disk.raw").unlink()  # a new entry's file, not the linked one rewritten
     (entry.path / "disk.raw").write_bytes(b"new disk")
     ctx.results["disk"] = Entry("k-disk-2", entry.path, entry.meta)
     os.utime(ctx.output_dir / "img.raw", ns=(0, (ctx.output_dir / "img.raw").stat().st_mtime_ns))
-    outputs.publish(ctx)
+    outputs.publish(ctx, _phases(ctx))
     assert (ctx.output_dir / "img.raw").read_bytes() == b"new disk"
