@@ -25,7 +25,6 @@ from assembler.errors import ConfigError
 from assembler.fsutil import next_extent
 from assembler.inspect import (
     detect_disk_format,
-    load_manifest,
     raw_view,
     read_disk,
     read_gpt,
@@ -34,6 +33,7 @@ from assembler.inspect import (
     tar_kind,
 )
 from assembler.layers import FileEntry, LayerIndex, Placed
+from assembler.manifest import Manifest, read_manifest
 
 ZERO_BLOCK = 4096
 READ_CHUNK = 1 << 20
@@ -149,12 +149,12 @@ def disk_bytes(disk: Path, fmt: str) -> DiskBytes:
 # ------------------------------------------------------------------------------------------ sides
 
 
-def _store_layers(manifest: dict[str, Any], cache: Path | None) -> Path | None:
+def _store_layers(manifest: Manifest, cache: Path | None) -> Path | None:
     """layers.json of the build's rootfs phase, found in the store by the phase key in the manifest."""
     from assembler.config import cache_dir
     from assembler.store import Store
 
-    key = next((p["key"] for p in manifest.get("phases", []) if p.get("name") == "rootfs"), None)
+    key = manifest.phase_key("rootfs")
     entry = Store(cache_dir(cache)).get(key) if key else None
     path = entry.file("layers.json") if entry else None
     return path if path is not None and path.is_file() else None
@@ -168,9 +168,9 @@ def _side_from_index(side: Side, index: LayerIndex, files: dict[str, bytes]) -> 
 
 
 def load_out_dir(out: Path, cache: Path | None = None) -> Side:
-    manifest = load_manifest(out)
-    side = Side(str(out), "out", image=manifest.get("image", ""),
-                rootfs_sha256=(manifest.get("rootfs") or {}).get("sha256"))
+    manifest = read_manifest(out)
+    side = Side(str(out), "out", image=manifest.image,
+                rootfs_sha256=manifest.rootfs.sha256 if manifest.rootfs else None)
     tar = rootfs_tar_of(out, manifest)
     index_path = next(iter(sorted(out.glob("*layers.json"))), None) or _store_layers(manifest, cache)
     if index_path is not None and tar is not None:
@@ -183,9 +183,9 @@ def load_out_dir(out: Path, cache: Path | None = None) -> Side:
         doc = bom.load_spdx(spdx[0])
         side.downloads = bom.summary(doc).get("downloads", [])
         side.packages = bom.deb_packages(doc) if side.dpkg is None else None
-    raw = next((out / o["path"] for o in manifest.get("outputs", []) if o.get("format") == "raw"), None)
-    if raw is not None and raw.is_file():
-        side.disk = disk_bytes(raw, "raw")
+    raw = manifest.output("raw")
+    if raw is not None and (out / raw.path).is_file():
+        side.disk = disk_bytes(out / raw.path, "raw")
     return side
 
 

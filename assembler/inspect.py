@@ -22,6 +22,7 @@ from typing import Any
 from assembler import bom, layers
 from assembler.errors import ConfigError
 from assembler.fsutil import sha256_bytes
+from assembler.manifest import Manifest, read_manifest
 from assembler.run import run
 
 SECTOR = 512
@@ -194,55 +195,43 @@ def inspect_disk(disk: Path, fmt: str | None = None) -> dict[str, Any]:
     return report
 
 
-def _out_dir_bom(out: Path, manifest: dict[str, Any]) -> Path | None:
-    for output in manifest.get("outputs", []):
-        if output.get("format") == "spdx":
-            return out / str(output["path"])
+def out_dir_bom(out: Path, manifest: Manifest) -> Path | None:
+    spdx = manifest.output("spdx")
+    if spdx is not None:
+        return out / spdx.path
     found = sorted(out.glob("*.spdx.json"))
     return found[0] if found else None
 
 
-def rootfs_tar_of(out: Path, manifest: dict[str, Any]) -> Path | None:
-    for output in manifest.get("outputs", []):
-        if output.get("format") == "rootfs-tar" and (out / output["path"]).is_file():
-            return out / str(output["path"])
-    return None
-
-
-def load_manifest(out: Path) -> dict[str, Any]:
-    path = out / "manifest.json"
-    if not path.is_file():
-        raise ConfigError(f"{out} is not a build output directory (no manifest.json)",
-                          resolution="pass out/IMAGE after `assembler build IMAGE`, a disk, or an image")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+def rootfs_tar_of(out: Path, manifest: Manifest) -> Path | None:
+    tar = manifest.output("rootfs-tar")
+    return out / tar.path if tar is not None and (out / tar.path).is_file() else None
 
 
 def inspect_out_dir(out: Path) -> dict[str, Any]:
-    manifest = load_manifest(out)
-    spdx = _out_dir_bom(out, manifest)
+    manifest = read_manifest(out)
+    spdx = out_dir_bom(out, manifest)
     if spdx is not None:
         report = report_from_bom(bom.load_spdx(spdx), str(out), "out")
         report["bom"]["path"] = str(spdx)
     else:
         tar = rootfs_tar_of(out, manifest)
         files = bom.read_tar_members(tar) if tar else {}
-        report = {"target": str(out), "kind": "out", "image": manifest.get("image", ""), "bom": None,
+        report = {"target": str(out), "kind": "out", "image": manifest.image, "bom": None,
                   "packages": _packages_from_db(bom.dpkg_db(files)), "downloads": [], "tools": {},
                   "os": bom.os_release(files)}
-    oci = manifest.get("oci") or {}
-    report["digests"] = {"rootfs_sha256": (manifest.get("rootfs") or {}).get("sha256"),
-                         "oci_digest": oci.get("digest"), "base_image": manifest.get("base_image")}
-    report["layers"] = [{"index": i, **layer} for i, layer in enumerate(oci.get("layers", []))]
-    report["source_date_epoch"] = manifest.get("source_date_epoch")
-    report["tools"] = report.get("tools") or manifest.get("tools", {})
-    report["outputs"] = manifest.get("outputs", [])
-    disk = manifest.get("disk") or {}
-    report["partitions"] = [{"number": p["number"], "name": p.get("label", p.get("role")), "start": p["start"],
-                             "size": p["size"], "filesystem": p.get("fs"), "uuid": p.get("fs_uuid"),
-                             "label": p.get("label")} for p in disk.get("partitions", [])]
+    oci, disk = manifest.oci, manifest.disk
+    report["digests"] = {"rootfs_sha256": manifest.rootfs.sha256 if manifest.rootfs else None,
+                         "oci_digest": oci.digest if oci else None, "base_image": manifest.base_image}
+    report["layers"] = [{"index": i, **layer.model_dump()} for i, layer in enumerate(oci.layers if oci else ())]
+    report["source_date_epoch"] = manifest.source_date_epoch
+    report["tools"] = report.get("tools") or dict(manifest.tools)
+    report["outputs"] = [o.model_dump() for o in manifest.outputs]
+    report["partitions"] = [{"number": p.number, "name": p.label or p.role, "start": p.start, "size": p.size,
+                             "filesystem": p.fs, "uuid": p.fs_uuid, "label": p.label}
+                            for p in (disk.partitions if disk else ())]
     if disk:
-        report["kernel"] = disk.get("kernel_version")
+        report["kernel"] = disk.kernel_version
     return report
 
 

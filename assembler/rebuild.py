@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from assembler.config import resolve_image
 from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import write_json
 from assembler.log import console
+from assembler.manifest import Manifest, read_manifest
 
 REPORT = "rebuild.json"
 
@@ -36,7 +37,7 @@ class Source:
     """A BOM and, when it came from an out/ directory, that build's manifest."""
 
     doc: dict[str, Any]
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None
 
 
 def load_source(target: Path) -> Source:
@@ -44,8 +45,8 @@ def load_source(target: Path) -> Source:
     from assembler import inspect
 
     if target.is_dir():
-        manifest = inspect.load_manifest(target)
-        spdx = inspect._out_dir_bom(target, manifest)
+        manifest = read_manifest(target)
+        spdx = inspect.out_dir_bom(target, manifest)
         if spdx is None or not spdx.is_file():
             raise ConfigError(f"{target} holds no SPDX document", resolution="build with the disk phase first")
         return Source(bom.load_spdx(spdx), manifest)
@@ -88,19 +89,22 @@ def _rootfs_dir(path: Path) -> Iterator[None]:
 
 def expected(source: Source) -> dict[str, Any]:
     facts = bom.summary(source.doc)
-    disk = source.manifest.get("disk") or {}
-    raw = next((o.get("sha256") for o in source.manifest.get("outputs", []) if o.get("format") == "raw"), None)
     return {"rootfs_sha256": facts.get("rootfs_sha256"), "oci_digest": facts.get("oci_digest"),
-            "raw_sha256": disk.get("sha256") or raw, "packages": bom.deb_packages(source.doc)}
+            "raw_sha256": _raw_sha256(source.manifest) if source.manifest else None,
+            "packages": bom.deb_packages(source.doc)}
 
 
-def actual(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
-    spdx = next((o["path"] for o in manifest.get("outputs", []) if o.get("format") == "spdx"), None)
-    doc = bom.load_spdx(out / spdx) if spdx else {}
-    raw = next((o.get("sha256") for o in manifest.get("outputs", []) if o.get("format") == "raw"), None)
-    return {"rootfs_sha256": (manifest.get("rootfs") or {}).get("sha256"),
-            "oci_digest": (manifest.get("oci") or {}).get("digest"),
-            "raw_sha256": (manifest.get("disk") or {}).get("sha256") or raw, "packages": bom.deb_packages(doc)}
+def _raw_sha256(manifest: Manifest) -> str | None:
+    raw = manifest.output("raw")
+    return manifest.disk.sha256 if manifest.disk else raw.sha256 if raw else None
+
+
+def actual(manifest: Manifest, out: Path) -> dict[str, Any]:
+    spdx = manifest.output("spdx")
+    doc = bom.load_spdx(out / spdx.path) if spdx else {}
+    return {"rootfs_sha256": manifest.rootfs.sha256 if manifest.rootfs else None,
+            "oci_digest": manifest.oci.digest if manifest.oci else None,
+            "raw_sha256": _raw_sha256(manifest), "packages": bom.deb_packages(doc)}
 
 
 def compare(want: dict[str, Any], got: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -160,8 +164,8 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
             chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}))
             ctx = BuildContext(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,
                                nocache=nocache, boot_test=boot_test, locked=offline, offline=offline)
-            manifest = build(ctx)
-    want, got = expected(source), actual(manifest, out)
+            build(ctx)
+    want, got = expected(source), actual(read_manifest(out), out)
     errors, notes = compare(want, got) if verify else ([], [])
     report: dict[str, Any] = {
         "source": str(target), "image": name, "output": str(out), "verified": verify and not errors,

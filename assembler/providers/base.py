@@ -25,6 +25,7 @@ from assembler.errors import ConfigError
 from assembler.errors import PublishError as PublishError  # raised by every provider, and by the registry client
 from assembler.fsutil import sha256_file, write_json
 from assembler.log import log
+from assembler.manifest import MANIFEST, Manifest, read_manifest
 from assembler.registry import NullTask as NullTask
 from assembler.registry import ProgressReader as ProgressReader
 from assembler.registry import ProgressTask as ProgressTask
@@ -70,42 +71,37 @@ class BuildOutputs:
 
     image: str
     directory: Path
-    manifest: Mapping[str, Any]
+    manifest: Manifest
 
     @classmethod
     def load(cls, directory: Path) -> BuildOutputs:
-        path = directory / "manifest.json"
-        if not path.is_file():
-            raise ConfigError(f"no build outputs in {directory} (manifest.json is missing)",
+        if not (directory / MANIFEST).is_file():
+            raise ConfigError(f"no build outputs in {directory} ({MANIFEST} is missing)",
                               resolution=f"run `assembler build {directory.name}` first, or pass --out")
-        try:
-            manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"unreadable {path}", details=str(exc),
-                              resolution=f"rebuild: `assembler build {directory.name}`") from exc
-        return cls(image=str(manifest.get("image") or directory.name), directory=directory, manifest=manifest)
+        manifest = read_manifest(directory)
+        return cls(image=manifest.image, directory=directory, manifest=manifest)
 
     @property
     def firmware(self) -> tuple[str, ...]:
-        disk = self.manifest.get("disk") or {}
-        return tuple(disk.get("firmware") or ("bios", "uefi"))
+        disk = self.manifest.disk
+        return tuple(disk.firmware) if disk and disk.firmware else ("bios", "uefi")
 
     def find(self, fmt: str) -> Artifact | None:
         """The output in `fmt`, its digest computed from the file: what is published is what is named."""
-        for entry in self.manifest.get("outputs", []):
-            if entry.get("format") == fmt:
-                path = self.directory / entry["path"]
-                if not path.is_file():
-                    raise ConfigError(f"{path} is listed in manifest.json but missing",
-                                      resolution=f"rebuild: `assembler build {self.image}`")
-                actual = sha256_file(path)
-                if actual != entry.get("sha256"):
-                    raise ConfigError(f"{path} changed since the build: its sha256 is {actual[:12]}, "
-                                      f"manifest.json says {str(entry.get('sha256'))[:12]}",
-                                      resolution=f"rebuild: `assembler build {self.image}` (out/ holds what the "
-                                                 "build made; publish never sends a file it did not make)")
-                return Artifact(fmt, path, actual)
-        return None
+        entry = self.manifest.output(fmt)
+        if entry is None:
+            return None
+        path = self.directory / entry.path  # a plain file name: the manifest model refuses any other
+        if not path.is_file():
+            raise ConfigError(f"{path} is listed in {MANIFEST} but missing",
+                              resolution=f"rebuild: `assembler build {self.image}`")
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise ConfigError(f"{path} changed since the build: its sha256 is {actual[:12]}, "
+                              f"{MANIFEST} says {entry.sha256[:12]}",
+                              resolution=f"rebuild: `assembler build {self.image}` (out/ holds what the "
+                                         "build made; publish never sends a file it did not make)")
+        return Artifact(fmt, path, actual)
 
     def artifact(self, fmt: str) -> Artifact:
         """The output in `fmt`, converted from the raw (or qcow2) disk into out/IMAGE/ when it is missing."""
@@ -127,7 +123,7 @@ class BuildOutputs:
         log.info("converting %s to %s for publishing", source.path.name, fmt)
         options = {"load": False} if fmt == "kubevirt" else None
         result = formats.convert(source.path, fmt, dest, image_name=self.image, options=options,
-                                 source_date_epoch=self.manifest.get("source_date_epoch"))
+                                 source_date_epoch=self.manifest.source_date_epoch)
         return Artifact(fmt, result.path, result.sha256)
 
     def labels(self, artifact: Artifact) -> dict[str, str]:
@@ -138,12 +134,10 @@ class BuildOutputs:
             "format": artifact.format,
             "disk-sha256": artifact.sha256,
         }
-        oci = (self.manifest.get("oci") or {}).get("digest")
-        rootfs = (self.manifest.get("rootfs") or {}).get("sha256")
-        if oci:
-            labels["oci-digest"] = str(oci)
-        if rootfs:
-            labels["rootfs-sha256"] = str(rootfs)
+        if self.manifest.oci:
+            labels["oci-digest"] = self.manifest.oci.digest
+        if self.manifest.rootfs:
+            labels["rootfs-sha256"] = self.manifest.rootfs.sha256
         return labels
 
 
