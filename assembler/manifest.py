@@ -28,7 +28,7 @@ class _Record(BaseModel):
 class Output(_Record):
     format: str
     path: str
-    sha256: str = Field(pattern=SHA256)
+    sha256: str | None = Field(None, pattern=SHA256)  # every build records it; publish requires it
 
     @field_validator("path")
     @classmethod

@@ -98,7 +98,7 @@ class BuildOutputs:
         actual = sha256_file(path)
         if actual != entry.sha256:
             raise ConfigError(f"{path} changed since the build: its sha256 is {actual[:12]}, "
-                              f"{MANIFEST} says {entry.sha256[:12]}",
+                              f"{MANIFEST} says {(entry.sha256 or 'nothing')[:12]}",
                               resolution=f"rebuild: `assembler build {self.image}` (out/ holds what the "
                                          "build made; publish never sends a file it did not make)")
         return Artifact(fmt, path, actual)
