@@ -508,6 +508,17 @@ def parse_release(text: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------ reading back
 
 
+def release_of(doc: Mapping[str, Any]) -> dict[str, str]:
+    """os-release's ID and VERSION_ID as the package URLs record them (`distro=debian-12`); {} without."""
+    for package in doc.get("packages", []):
+        for ref in package.get("externalRefs", []) if isinstance(package, Mapping) else []:
+            locator = str(ref.get("referenceLocator", ""))
+            found = re.search(r"[?&]distro=([a-z0-9.+~-]+?)-([0-9][0-9.]*)(?:&|$)", locator)
+            if found:
+                return {"ID": found.group(1), "VERSION_ID": found.group(2)}
+    return {}
+
+
 def deb_packages(doc: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """name -> {version, architecture, source} of the Debian packages an SPDX document lists."""
     result: dict[str, dict[str, str]] = {}

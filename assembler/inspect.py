@@ -168,6 +168,7 @@ def report_from_bom(doc: dict[str, Any], target: str, kind: str) -> dict[str, An
                     "base_image": facts.get("base_image")},
         "layers": [{"index": i, **layer} for i, layer in enumerate(facts.get("layers", []))],
         "packages": _packages_from_doc(doc),
+        "os": bom.release_of(doc),
         "downloads": facts.get("downloads", []),
         "tools": bom.tools(doc),
         "bom": {"spdx_version": doc.get("spdxVersion"), "namespace": doc.get("documentNamespace"),

@@ -20,6 +20,7 @@ from assembler.cli import (
     matrix_cmd,
     publish_cmd,
     rebuild_cmd,
+    scan_cmd,
 )
 from assembler.errors import AssemblerError
 from assembler.log import console, setup_logging
@@ -46,6 +47,7 @@ app.command("list")(list_cmd.list_images_cmd)
 app.command("build")(build_cmd.build)
 app.command("convert")(convert_cmd.convert)
 app.command("inspect")(inspect_cmd.inspect)
+app.command("scan")(scan_cmd.scan)
 app.command("diff")(diff_cmd.diff)
 app.command("publish")(publish_cmd.publish)
 app.command("boot")(boot_cmd.boot)
