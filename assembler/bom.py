@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from debian.debian_support import version_compare
+
 from assembler import __version__
 from assembler.downloads import Fetched
 from assembler.errors import ConfigError
@@ -176,61 +178,13 @@ def os_release(files: Mapping[str, bytes]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------- debian versions
 
 
-def _order(char: str) -> int:
-    if char == "~":
-        return -1
-    if char.isdigit():
-        return 0
-    if char.isalpha():
-        return ord(char)
-    return ord(char) + 256
-
-
-def _verrevcmp(a: str, b: str) -> int:
-    """dpkg's verrevcmp: alternate non-digit runs (~ sorts first) and numeric runs."""
-    i = j = 0
-    while i < len(a) or j < len(b):
-        first_diff = 0
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
-            ac = _order(a[i]) if i < len(a) else 0
-            bc = _order(b[j]) if j < len(b) else 0
-            if ac != bc:
-                return ac - bc
-            i, j = i + 1, j + 1
-        while i < len(a) and a[i] == "0":
-            i += 1
-        while j < len(b) and b[j] == "0":
-            j += 1
-        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
-            if not first_diff:
-                first_diff = ord(a[i]) - ord(b[j])
-            i, j = i + 1, j + 1
-        if i < len(a) and a[i].isdigit():
-            return 1
-        if j < len(b) and b[j].isdigit():
-            return -1
-        if first_diff:
-            return first_diff
-    return 0
-
-
-def _split_version(version: str) -> tuple[int, str, str]:
-    epoch, sep, rest = version.partition(":")
-    if not sep or not epoch.isdigit():
-        epoch, rest = "0", version
-    upstream, sep, revision = rest.rpartition("-")
-    if not sep:
-        upstream, revision = rest, ""
-    return int(epoch), upstream, revision
-
-
 def compare_versions(a: str, b: str) -> int:
-    """<0, 0, >0 as Debian orders versions (epoch, upstream, revision); works for plain semver too."""
-    ea, ua, ra = _split_version(a)
-    eb, ub, rb = _split_version(b)
-    if ea != eb:
-        return ea - eb
-    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
+    """<0, 0, >0 in dpkg's order (epoch, upstream, revision; ~ first), as python-debian implements it; a
+    string that is no version at all (an empty one) compares as text."""
+    try:
+        return int(version_compare(a, b))
+    except ValueError:
+        return (a > b) - (a < b)
 
 
 # ------------------------------------------------------------------------------------------ SPDX
