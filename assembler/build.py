@@ -19,16 +19,20 @@ from assembler.phases.boot import BootPhase
 from assembler.phases.convert import ConvertPhase
 from assembler.phases.disk import DiskPhase
 from assembler.phases.rootfs import RootfsPhase
+from assembler.phases.scan import ScanPhase
 from assembler.pipeline import Action, BuildContext, Phase, PhaseRecord, PhaseRun, execute_plan, make_plan
 from assembler.run import tool_version
 
 
 def phases_for(ctx: BuildContext) -> list[Phase]:
-    """rootfs -> disk -> convert (one per format) -> boot; each phase names the phases it reads."""
+    """rootfs -> disk -> scan (with scan: in image.yaml) -> convert (one per format) -> boot; each phase names
+    the phases it reads."""
     rootfs = RootfsPhase(ctx)
     disk = DiskPhase(ctx, (rootfs,))
+    # A failing scan stops the build before the conversions and the minutes of a boot test.
+    scan: list[Phase] = [ScanPhase(ctx, (disk,))] if ctx.spec.config.scan else []
     converts: list[Phase] = [ConvertPhase(ctx, (disk,), fmt) for fmt in ctx.formats if fmt != "raw"]
-    phases: list[Phase] = [rootfs, disk, *converts]
+    phases: list[Phase] = [rootfs, disk, *scan, *converts]
     if ctx.boot_test:
         phases.append(BootPhase(ctx, (disk,)))
     return phases

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from assembler.errors import ConfigError
+from assembler.severity import FailOn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = "debian-12"
@@ -83,6 +84,13 @@ class SecretSource(_Strict):
 SecretId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
 
 
+class ScanConfig(_Strict):
+    """The scan phase: the disk's packages against an OSV advisory database after every build."""
+
+    db: str = Field(min_length=1, description="OSV file, directory or zip; relative to the image directory")
+    fail_on: FailOn | None = Field(None, description="fail the build on a finding at least this severe")
+
+
 class ImageConfig(_Strict):
     """Everything an image declares besides its Containerfile."""
 
@@ -98,6 +106,7 @@ class ImageConfig(_Strict):
     disk: DiskConfig = Field(default_factory=DiskConfig)
     boot: BootConfig = Field(default_factory=BootConfig)
     properties: dict[str, str] = Field(default_factory=dict, description="versions shown in OVF/labels")
+    scan: ScanConfig | None = Field(None, description="scan the disk's packages against OSV advisories")
     snapshots: dict[str, str] = Field(
         default_factory=dict, description="dated snapshot mirrors of the apt archives, where locked files are "
         "found once the archive moved on: {archive URL: URL with {timestamp}}; the mirror map's win")

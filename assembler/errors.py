@@ -57,3 +57,7 @@ class BootError(AssemblerError):
 
 class PublishError(AssemblerError):
     """An upload, a download or a cloud API call failed (network, server, permissions)."""
+
+
+class ScanError(AssemblerError):
+    """The scan phase found vulnerabilities at or above the image's scan.fail_on."""

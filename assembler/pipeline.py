@@ -18,7 +18,7 @@ from assembler.packages.lockfile import Lock
 from assembler.remote import PushResult, RegistryStore
 from assembler.store import Entry, Store
 
-PHASE_ORDER = ("rootfs", "disk", "convert", "boot")
+PHASE_ORDER = ("rootfs", "disk", "scan", "convert", "boot")
 
 
 @dataclass

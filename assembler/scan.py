@@ -16,16 +16,16 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cvss import CVSS3, CVSS4
 from debian.debian_support import Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assembler.errors import ConfigError
+from assembler.severity import SEVERITIES, Severity
+from assembler.severity import at_least as _at_least
 
-Severity = Literal["unknown", "negligible", "low", "medium", "high", "critical"]
-SEVERITIES: tuple[Severity, ...] = ("unknown", "negligible", "low", "medium", "high", "critical")
 # Debian's tracker urgencies and the GitHub-style words osv.dev carries, onto one scale.
 _WORDS: dict[str, Severity] = {
     "unimportant": "negligible", "negligible": "negligible", "none": "negligible", "low": "low",
@@ -243,8 +243,43 @@ def installed_from(packages: Sequence[Mapping[str, str]]) -> list[Installed]:
 
 
 def at_least(findings: Iterable[Finding], threshold: Severity) -> list[Finding]:
-    return [f for f in findings if SEVERITIES.index(f.severity) >= SEVERITIES.index(threshold)]
+    return [f for f in findings if _at_least(f.severity, threshold)]
 
 
-def as_json(findings: Sequence[Finding]) -> list[dict[str, Any]]:
-    return [asdict(f) for f in findings]
+@dataclass(frozen=True)
+class ScanReport:
+    release: str | None
+    packages: int
+    advisories: int
+    findings: tuple[Finding, ...]
+
+    def failing(self, threshold: Severity | None) -> list[Finding]:
+        return at_least(self.findings, threshold) if threshold else []
+
+    def counts(self) -> dict[str, int]:
+        return {s: n for s in SEVERITIES if (n := sum(1 for f in self.findings if f.severity == s))}
+
+    def as_dict(self, threshold: Severity | None) -> dict[str, Any]:
+        return {"release": self.release, "packages": self.packages, "advisories": self.advisories,
+                "counts": self.counts(), "findings": [asdict(f) for f in self.findings], "fail_on": threshold,
+                "failed": bool(self.failing(threshold))}
+
+
+def scan_packages(packages: Sequence[Mapping[str, str]], release: str | None,
+                  advisories: Sequence[Advisory]) -> ScanReport:
+    """inspect's (or the BOM's) package list against the advisories."""
+    installed = installed_from(packages)
+    return ScanReport(release, len(installed), len(advisories), tuple(match(installed, advisories, release)))
+
+
+def database_digest(db: Path) -> str:
+    """What a scan's cache key holds of its database: the file's sha256, or the tree's for a directory."""
+    from assembler.fsutil import sha256_file, sha256_tree
+
+    if db.is_dir():
+        return sha256_tree(db)
+    if db.is_file():
+        return sha256_file(db)
+    raise ConfigError(f"no advisory database at {db}",
+                      resolution="set scan.db in image.yaml to an OSV file, directory or zip (see README: "
+                                 "Vulnerability scan)")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from assembler.cli import complete
+
+if TYPE_CHECKING:
+    from assembler.scan import ScanReport
 
 FAIL_EXIT = 3  # findings at or above --fail-on (1 is an error, 2 a usage error)
 
@@ -28,33 +32,33 @@ def scan(
     from assembler import scan as scan_mod
     from assembler.errors import ConfigError
     from assembler.inspect import inspect_target
+    from assembler.severity import SEVERITIES
 
     threshold = None
     if fail_on is not None:
-        if fail_on not in scan_mod.SEVERITIES[1:]:
-            raise ConfigError(f"invalid --fail-on {fail_on!r}",
-                              resolution=f"use one of: {', '.join(scan_mod.SEVERITIES[1:])}")
-        threshold = next(s for s in scan_mod.SEVERITIES if s == fail_on)
+        if fail_on not in SEVERITIES[1:]:
+            raise ConfigError(f"invalid --fail-on {fail_on!r}", resolution=f"use one of: {', '.join(SEVERITIES[1:])}")
+        threshold = next(s for s in SEVERITIES if s == fail_on)
     advisories = scan_mod.load_advisories(db)
     report = inspect_target(target)
-    release = (report.get("os") or {}).get("VERSION_ID")
-    installed = scan_mod.installed_from(report.get("packages", []))
-    findings = scan_mod.match(installed, advisories, release)
-    failing = scan_mod.at_least(findings, threshold) if threshold else []
+    result = scan_mod.scan_packages(report.get("packages", []), (report.get("os") or {}).get("VERSION_ID"),
+                                    advisories)
+    failing = result.failing(threshold)
     if as_json:
-        typer.echo(json.dumps({"target": target, "release": release, "packages": len(installed),
-                               "advisories": len(advisories), "findings": scan_mod.as_json(findings),
-                               "fail_on": threshold, "failed": bool(failing)}, indent=2))
+        typer.echo(json.dumps({"target": target, **result.as_dict(threshold)}, indent=2))
     else:
-        out = Console(highlight=False, soft_wrap=True, stderr=False)
-        table = Table("severity", "package", "installed", "advisory", "fixed in", "summary",
-                      title=f"{target}: {len(findings)} finding(s) in {len(installed)} packages "
-                            f"(Debian {release or '?'}, {len(advisories)} advisories)")
-        for f in findings:
-            table.add_row(f.severity, f.package, f.version, " ".join([f.advisory, *f.aliases[:2]]),
-                          f.fixed or "not yet", f.summary[:60])
-        out.print(table)
+        render(result, target, Console(highlight=False, soft_wrap=True))
         if threshold:
-            out.print(f"{len(failing)} finding(s) at or above {threshold}")
+            typer.echo(f"{len(failing)} finding(s) at or above {threshold}")
     if failing:
         raise typer.Exit(FAIL_EXIT)
+
+
+def render(result: ScanReport, target: str, out: Console) -> None:
+    table = Table("severity", "package", "installed", "advisory", "fixed in", "summary",
+                  title=f"{target}: {len(result.findings)} finding(s) in {result.packages} packages "
+                        f"(Debian {result.release or '?'}, {result.advisories} advisories)")
+    for f in result.findings:
+        table.add_row(f.severity, f.package, f.version, " ".join([f.advisory, *f.aliases[:2]]),
+                      f.fixed or "not yet", f.summary[:60])
+    out.print(table)

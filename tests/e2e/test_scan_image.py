@@ -10,13 +10,14 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Built
-from tests.helpers import cli
+from tests.helpers import REPO, cli
 
 pytestmark = pytest.mark.e2e
 HEADER = re.compile(r"^([a-z0-9][a-z0-9+.-]+) \(([^)\s]+)\) ")
@@ -36,15 +37,19 @@ def named_cve(rootfs_tar: Path) -> tuple[str, str, str]:
     raise AssertionError(f"no changelog in {rootfs_tar} names a CVE")
 
 
+def write_advisory(db: Path, source: str, cve: str, events: list[dict[str, str]]) -> None:
+    db.write_text(json.dumps([{"id": cve, "modified": "2026-01-01T00:00:00Z", "summary": f"{source}: {cve}",
+                               "database_specific": {"severity": "HIGH"},
+                               "affected": [{"package": {"ecosystem": "Debian:12", "name": source},
+                                             "ranges": [{"type": "ECOSYSTEM", "events": events}]}]}]))
+
+
 def test_scan_fails_on_an_affecting_advisory_and_passes_once_it_is_fixed(debian12: Built, tmp_path: Path) -> None:
     source, version, cve = named_cve(debian12.output("rootfs-tar"))
     db = tmp_path / "advisories.json"
 
     def advisory(events: list[dict[str, str]]) -> None:
-        db.write_text(json.dumps([{"id": cve, "modified": "2026-01-01T00:00:00Z", "summary": f"{source}: {cve}",
-                                   "database_specific": {"severity": "HIGH"},
-                                   "affected": [{"package": {"ecosystem": "Debian:12", "name": source},
-                                                 "ranges": [{"type": "ECOSYSTEM", "events": events}]}]}]))
+        write_advisory(db, source, cve, events)
 
     advisory([{"introduced": "0"}])  # not fixed yet: the installed version is affected
     failing = cli("scan", str(debian12.out), "--db", str(db), "--fail-on", "high", "--json")
@@ -61,3 +66,29 @@ def test_scan_fails_on_an_affecting_advisory_and_passes_once_it_is_fixed(debian1
     # The disk carries its own BOM: the same answer from the raw disk alone.
     disk = cli("scan", str(debian12.output("raw")), "--db", str(db), "--json")
     assert disk.returncode == 0 and json.loads(disk.stdout)["packages"] == report["packages"]
+
+
+def test_the_scan_phase_fails_the_build_then_passes_on_a_fixed_feed(debian12: Built, tmp_path: Path) -> None:
+    """image.yaml scan: runs after the disk: a finding at fail_on stops the build with the report in out/."""
+    source, version, cve = named_cve(debian12.output("rootfs-tar"))
+    image, db, out = tmp_path / "debian-12", tmp_path / "feed.json", tmp_path / "out"
+    shutil.copytree(REPO / "Containerfiles" / "debian-12", image)
+    with (image / "image.yaml").open("a") as handle:
+        handle.write(f"scan: {{db: {db}, fail_on: high}}\n")
+    write_advisory(db, source, cve, [{"introduced": "0"}])
+    args = ("build", str(image), "--phases", "scan", "--no-boot-test", "--cache-dir", str(debian12.cache),
+            "--output", str(out))
+    failed = cli(*args)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "at or above high" in failed.stdout + failed.stderr and cve in failed.stdout + failed.stderr
+    report = json.loads((out / "debian-12.scan.json").read_text())
+    assert report["failed"] is True and {f["source"] for f in report["findings"]} == {source}
+
+    write_advisory(db, source, cve, [{"introduced": "0"}, {"fixed": version}])
+    passed = cli(*args)
+    assert passed.returncode == 0, passed.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scan"]["findings"] == 0 and manifest["scan"]["fail_on"] == "high"
+    sources = {p["name"]: p["source"] for p in manifest["phases"]}
+    assert sources["rootfs"] == "local cache" and sources["disk"] == "local cache"  # only the scan ran again
+    assert json.loads((out / "debian-12.scan.json").read_text())["failed"] is False

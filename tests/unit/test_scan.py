@@ -138,3 +138,51 @@ def test_the_command_on_a_bom_fails_on_request_and_prints_json(tmp_path: Path) -
     assert table.returncode == 0 and "X-13" in table.stdout and "2.36-9+deb12u11" in table.stdout
     bad = cli("scan", str(tmp_path / "demo.spdx.json"), "--db", str(db), "--fail-on", "severe")
     assert bad.returncode == 1 and "invalid --fail-on" in bad.stdout + bad.stderr
+
+
+# ------------------------------------------------------------------------------------------- the phase
+
+def _phase_ctx(tmp_path: Path, db: Path, fail_on: str | None) -> tuple[Any, Any]:
+    from assembler.config import ImageConfig, ImageSpec
+    from assembler.phases.scan import ScanPhase
+    from assembler.pipeline import BuildContext
+    from assembler.store import Entry, Store
+
+    disk = tmp_path / "disk-entry"
+    disk.mkdir(exist_ok=True)
+    bom.write_document(bom.build_spdx(rootfs(tmp_path), **FACTS), disk / "bom.spdx.json")
+    config = ImageConfig.model_validate({"scan": {"db": str(db), "fail_on": fail_on}})
+    spec = ImageSpec(name="demo", context=tmp_path, containerfile=tmp_path / "Containerfile", config=config)
+    ctx = BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
+    ctx.results["disk"] = Entry("k" * 64, disk, {})
+    return ctx, ScanPhase(ctx)
+
+
+def test_the_scan_phase_reads_the_disks_bom_and_fails_the_build_at_fail_on(tmp_path: Path) -> None:
+    from assembler.errors import ScanError
+
+    db = tmp_path / "db.json"
+    db.write_text(json.dumps([osv("X-14", "glibc", [{"introduced": "0"}], database_specific={"severity": "HIGH"})]))
+    _ctx, phase = _phase_ctx(tmp_path, db, "critical")
+    (tmp_path / "run1").mkdir()
+    meta = phase.execute(tmp_path / "run1")
+    assert meta["scan"]["counts"] == {"high": 1} and meta["scan"]["fail_on"] == "critical"
+    assert json.loads((tmp_path / "run1" / "scan.json").read_text())["findings"][0]["advisory"] == "X-14"
+    key = phase.key()
+    _ctx, phase = _phase_ctx(tmp_path, db, "high")
+    assert phase.key() != key  # the threshold is in the key
+    (tmp_path / "run2").mkdir()
+    with pytest.raises(ScanError, match="1 finding") as err:
+        phase.execute(tmp_path / "run2")
+    assert "X-14" in err.value.details and (tmp_path / "out" / "demo.scan.json").is_file()
+    db.write_text(json.dumps([osv("X-14", "glibc", [{"introduced": "0"}, {"fixed": "2.36-9+deb12u10"}])]))
+    assert _phase_ctx(tmp_path, db, "critical")[1].key() != key  # a new feed is a new key
+    fixed = _phase_ctx(tmp_path, db, "high")[1]
+    (tmp_path / "run3").mkdir()
+    assert fixed.execute(tmp_path / "run3")["scan"]["findings"] == 0  # a new feed scans again and passes
+
+
+def test_a_scan_db_that_is_not_there_is_a_config_error_when_planning(tmp_path: Path) -> None:
+    _ctx, phase = _phase_ctx(tmp_path, tmp_path / "absent.zip", None)
+    with pytest.raises(ConfigError, match="no advisory database"):
+        phase.key()
