@@ -9,6 +9,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from assembler.errors import MissingToolError
+from assembler.run import spawn
+
 PROBE_SECONDS = 15
 
 
@@ -31,8 +34,8 @@ def _run_probe(qemu: str, kernel: str) -> bool:
         "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1 quiet loglevel=0",
     ]
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError:
+        proc = spawn(cmd, output=subprocess.PIPE)
+    except (OSError, MissingToolError):
         return False
     try:
         out, _ = proc.communicate(timeout=PROBE_SECONDS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +22,7 @@ import requests.exceptions
 from assembler.errors import ConfigError, EngineError
 from assembler.fsutil import atomic_path
 from assembler.log import log
-from assembler.run import require_tool
+from assembler.run import require_tool, spawn
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 PODMAN_ROOT_SOCKET = Path("/run/podman/podman.sock")
@@ -109,13 +108,12 @@ def _try_client(base_url: str) -> docker.DockerClient | None:
 
 
 def _start_dockerd() -> docker.DockerClient:
-    """Start dockerd in the background (the one Popen of this module) and wait until it answers."""
+    """Start dockerd in the background (outliving assembler: the user's engine) and wait until it answers."""
     dockerd = require_tool("dockerd", hint="no container engine is running and dockerd is not installed")
     log.info("no container engine answers; starting %s (log: %s)", " ".join(["dockerd", *DOCKERD_ARGS]),
              DOCKERD_LOG)
     with DOCKERD_LOG.open("ab") as logfile:
-        subprocess.Popen([dockerd, *DOCKERD_ARGS], stdout=logfile, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
+        spawn([dockerd, *DOCKERD_ARGS], output=logfile, tied=False, new_session=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if DOCKER_SOCKET.exists() and (client := _try_client(f"unix://{DOCKER_SOCKET}")) is not None:

@@ -1,4 +1,5 @@
-"""The only place that starts a subprocess: logs the command, turns failures into ToolError."""
+"""The only place that starts a subprocess: run() waits on one (failures become ToolError), spawn() starts
+one that runs on (tied to assembler's life, or a daemon on purpose)."""
 
 from __future__ import annotations
 
@@ -57,12 +58,27 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def spawn(cmd: Sequence[StrPath], *, env: Mapping[str, str], output: int | IO[bytes]) -> subprocess.Popen[bytes]:
-    """A long-running child (a matrix worker's build) that never outlives us: it is SIGKILLed when we die."""
-    parent = os.getpid()
-    log.debug("$ %s", shlex.join(map(str, cmd)))
-    return subprocess.Popen([str(c) for c in cmd], env=dict(env), stdout=output, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(parent))
+def spawn(cmd: Sequence[StrPath], *, output: int | IO[bytes] | None, env: Mapping[str, str] | None = None,
+          tied: bool = True, new_session: bool = False) -> subprocess.Popen[bytes]:
+    """A long-running child, the one Popen of assembler (run() is for commands it waits on).
+
+    `tied` (a matrix worker's build, QEMU, the KVM probe): the kernel SIGKILLs it when assembler dies, even by
+    SIGKILL, through `setpriv --pdeathsig` (no preexec_fn: the caller may have threads). Untied, in its own
+    session (dockerd started for the user): it outlives assembler on purpose. `output` takes stdout and
+    stderr together; None keeps the caller's; subprocess.PIPE gives a pipe to read."""
+    argv = [str(c) for c in cmd]
+    log.debug("$ %s", shlex.join(argv))
+    return subprocess.Popen(_tied(argv) if tied else argv, env=dict(env) if env is not None else None,
+                            stdin=subprocess.DEVNULL, stdout=output,
+                            stderr=subprocess.STDOUT if output is not None else None, start_new_session=new_session)
+
+
+def _tied(argv: list[str]) -> list[str]:
+    """argv run so that the kernel SIGKILLs it when assembler dies (setpriv execs it: same pid). The tool is
+    looked up first: a missing one is a MissingToolError, not setpriv's exit 127."""
+    tool = argv[0] if os.sep in argv[0] and os.access(argv[0], os.X_OK) else require_tool(argv[0])
+    return [require_tool("setpriv", "ties a child's life to assembler's (util-linux)"), "--pdeathsig", "KILL", "--",
+            tool, *argv[1:]]
 
 
 def require_tool(name: str, hint: str = "") -> str:
@@ -95,10 +111,9 @@ def run(
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
     full_env = {**os.environ, **env} if env else None
-    parent = os.getpid()
     try:
         proc = subprocess.run(
-            argv,
+            _tied(argv) if tied else argv,
             env=full_env,
             cwd=cwd,
             input=input_bytes,
@@ -106,7 +121,6 @@ def run(
             stderr=subprocess.PIPE if capture else None,
             check=False,
             timeout=timeout,
-            preexec_fn=(lambda: die_with_parent(parent)) if tied else None,
         )
     except FileNotFoundError as exc:
         raise MissingToolError(

@@ -24,8 +24,7 @@ from typing import Literal
 
 from assembler.config import DiskBus
 from assembler.errors import BootError, ConfigError
-from assembler.log import log
-from assembler.run import output, require_tool, run
+from assembler.run import output, require_tool, run, spawn
 
 Firmware = Literal["bios", "uefi"]
 # The controller the root disk sits on, i.e. the driver the image's initramfs must carry to find its root.
@@ -187,12 +186,10 @@ class QemuProcess:
         require_tool("qemu-system-x86_64", "runs the boot test")
         self.argv = argv
         self.stderr_log = stderr_log
-        log.debug("$ %s", " ".join(argv))
-        # The kernel kills QEMU when assembler dies, even by SIGKILL (no handler, no atexit runs then).
-        setpriv = require_tool("setpriv", "ties QEMU's life to assembler's (util-linux)")
+        # The kernel kills QEMU when assembler dies, even by SIGKILL (no handler, no atexit runs then); its own
+        # session, so a stop takes its whole process group.
         with stderr_log.open("wb") as err:
-            self.proc = subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", *argv], stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = spawn(argv, output=err, new_session=True)
         _LIVE[self.proc.pid] = self.proc
         self.started = time.monotonic()
 

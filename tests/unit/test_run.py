@@ -1,4 +1,4 @@
-"""Process lifetime: a forked worker never outlives a build killed with SIGKILL."""
+"""Process lifetime: a forked worker or a spawned child never outlives a build killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from assembler.errors import MissingToolError
+from assembler.run import run
 from tests.helpers import REPO, process_alive
 
 WORKER = """
@@ -43,3 +47,43 @@ def test_a_forked_worker_dies_with_its_killed_parent() -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+SPAWNER = """
+import subprocess, sys, time
+from assembler.run import run, spawn
+tied = spawn(["sleep", "120"], output=subprocess.DEVNULL)
+loose = spawn(["sleep", "120"], output=subprocess.DEVNULL, tied=False, new_session=True)
+print(tied.pid, loose.pid, flush=True)
+run(["sleep", "120"], tied=True, check=False)
+"""
+
+
+def test_spawned_children_die_with_a_killed_parent_unless_untied() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", SPAWNER], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    loose = 0
+    try:
+        assert parent.stdout is not None
+        tied, loose = map(int, parent.stdout.readline().split())
+        time.sleep(0.5)  # the tied run() has started its sleep too
+        waited = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid), "-x", "sleep"],
+                                                 capture_output=True, text=True).stdout.split()]
+        assert tied in waited and len(waited) == 3, waited  # spawn's two and run's, all direct children
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(process_alive(p) for p in waited if p != loose) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(process_alive(p) for p in waited if p != loose), "a tied child outlived its killed parent"
+        assert process_alive(loose)  # a daemon started for the user (dockerd) stays
+    finally:
+        parent.kill()
+        parent.wait()
+        if loose:
+            os.kill(loose, signal.SIGKILL)
+
+
+def test_a_missing_tool_run_tied_is_a_missing_tool_error() -> None:
+    with pytest.raises(MissingToolError, match="no-such-tool-here"):
+        run(["no-such-tool-here", "--version"], tied=True)
