@@ -102,6 +102,9 @@ def build(
         **registry_stores(cache_from, cache_to, offline=offline),
     )
     selected = _selected(phases)
+    if selected and "scan" in selected and spec.config.scan is None:
+        raise ConfigError(f"{spec.name} has no scan phase", resolution="add scan: {db: OSV-FILE} to its image.yaml, "
+                          f"or scan the outputs: `assembler scan out/{spec.name} --db OSV-FILE`")
     if dry_run:
         plan = plan_build(ctx, selected, resolve=False)
         if as_json:

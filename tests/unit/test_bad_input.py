@@ -47,6 +47,8 @@ def test_cli_names_the_phases_a_build_has() -> None:
     unknown = cli("build", "debian-12", "--phases", "rootfs,pack", "--dry-run")
     assert unknown.returncode == 1
     assert "choose from: rootfs, disk, scan, convert, boot" in unknown.stdout + unknown.stderr
+    scan = cli("build", "debian-12", "--phases", "scan", "--dry-run")
+    assert scan.returncode == 1 and "debian-12 has no scan phase" in scan.stdout + scan.stderr
 
 
 @pytest.mark.parametrize("cmdline", ["quiet\nmenuentry evil {", "a; reboot", "x=$root", 'console="a b"'])
