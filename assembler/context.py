@@ -56,13 +56,18 @@ def _record_path(cache_dir: Path) -> Path:
     return cache_dir / DOWNLOADS_DIR / AVAILABILITY_FILE
 
 
-def recorded_availability(spec: ImageSpec, cache_dir: Path) -> Availability:
-    """No network: optional downloads in the cache are available; the rest as the last probe found them."""
+def _read_record(cache_dir: Path) -> dict[str, Any]:
+    """What earlier probes found; our own file, but a missing or damaged one is just "never probed"."""
     try:
         raw = json.loads(_record_path(cache_dir).read_text())
     except (OSError, ValueError):
-        raw = {}
-    record = raw if isinstance(raw, dict) else {}  # our own file, but a damaged one is just "never probed"
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def recorded_availability(spec: ImageSpec, cache_dir: Path) -> Availability:
+    """No network: optional downloads in the cache are available; the rest as the last probe found them."""
+    record = _read_record(cache_dir)
     decided: dict[str, str | None] = {}
     for item in _downloads(spec):
         if not item.optional:
@@ -86,13 +91,7 @@ def probe_optional(spec: ImageSpec, cache_dir: Path) -> Availability:
                                                           required=False) for i in missing])
     probed = {i.sha256 for i in missing}
     decided = {i.sha256: unreachable.get(mirrors.url(i.url)) if i.sha256 in probed else None for i in items}
-    try:
-        record = json.loads(_record_path(cache_dir).read_text())
-    except (OSError, ValueError):
-        record = {}
-    record = {**(record if isinstance(record, dict) else {}), **decided}
-    _record_path(cache_dir).parent.mkdir(parents=True, exist_ok=True)
-    write_json(_record_path(cache_dir), record)
+    write_json(_record_path(cache_dir), {**_read_record(cache_dir), **decided})
     return Availability(decided)
 
 
