@@ -473,6 +473,11 @@ def release_of(doc: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+def package_list(doc: Mapping[str, Any]) -> list[dict[str, str]]:
+    """deb_packages as a list sorted by name, each with its name (what inspect reports and scan reads)."""
+    return [{"name": name, **facts} for name, facts in sorted(deb_packages(doc).items())]
+
+
 def deb_packages(doc: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """name -> {version, architecture, source} of the Debian packages an SPDX document lists."""
     result: dict[str, dict[str, str]] = {}

@@ -155,10 +155,6 @@ def _packages_from_db(db: bom.DpkgDb) -> list[dict[str, str]]:
              "source_version": p.source_version} for p in db.packages.values()]
 
 
-def _packages_from_doc(doc: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"name": name, **facts} for name, facts in sorted(bom.deb_packages(doc).items())]
-
-
 def report_from_bom(doc: dict[str, Any], target: str, kind: str) -> dict[str, Any]:
     facts = bom.summary(doc)
     return {
@@ -167,7 +163,7 @@ def report_from_bom(doc: dict[str, Any], target: str, kind: str) -> dict[str, An
         "digests": {"rootfs_sha256": facts.get("rootfs_sha256"), "oci_digest": facts.get("oci_digest"),
                     "base_image": facts.get("base_image")},
         "layers": [{"index": i, **layer} for i, layer in enumerate(facts.get("layers", []))],
-        "packages": _packages_from_doc(doc),
+        "packages": bom.package_list(doc),
         "os": bom.release_of(doc),
         "downloads": facts.get("downloads", []),
         "tools": bom.tools(doc),

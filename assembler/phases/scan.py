@@ -7,6 +7,7 @@ report in out/IMAGE/ to read.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,13 @@ class ScanPhase(Phase):
         path = Path(self._config().db).expanduser()
         return path if path.is_absolute() else self.ctx.spec.context / path
 
+    @functools.cached_property
+    def _db_digest(self) -> str:
+        """Hashed once per build (a whole feed is ~100 MB): the key and the manifest name the same bytes."""
+        return scan.database_digest(self._db())
+
     def material(self) -> dict[str, Any]:
-        return {"db": scan.database_digest(self._db()), "fail_on": self._config().fail_on}
+        return {"db": self._db_digest, "fail_on": self._config().fail_on}
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
         return [Artefact(entry.file(REPORT), f"{self.ctx.spec.name}.scan.json", entry.key, "scan")]
@@ -49,8 +55,8 @@ class ScanPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         cfg, name = self._config(), self.ctx.spec.name
         doc = bom.load_spdx(self.input_entry("disk").file(BOM))
-        packages = [{"name": package, **facts} for package, facts in sorted(bom.deb_packages(doc).items())]
-        result = scan.scan_packages(packages, bom.release_of(doc).get("VERSION_ID"), scan.load_advisories(self._db()))
+        result = scan.scan_packages(bom.package_list(doc), bom.release_of(doc).get("VERSION_ID"),
+                                    scan.load_advisories(self._db()))
         write_json(out / REPORT, result.as_dict(cfg.fail_on))
         counts = ", ".join(f"{n} {s}" for s, n in result.counts().items()) or "none"
         console.print(f"  scan {name}: {len(result.findings)} finding(s) in {result.packages} packages ({counts})")
@@ -65,4 +71,4 @@ class ScanPhase(Phase):
                             resolution=f"read {published}; upgrade the packages (`assembler lock {name} --update`) "
                                        "or raise scan.fail_on in image.yaml")
         return {"scan": {"report": REPORT, "counts": result.counts(), "fail_on": cfg.fail_on,
-                         "db_sha256": scan.database_digest(self._db()), "findings": len(result.findings)}}
+                         "db_sha256": self._db_digest, "findings": len(result.findings)}}
