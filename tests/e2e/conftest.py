@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import REPO, cli
 
 ALL_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "gce", "ova", "kubevirt")
 
@@ -73,3 +74,18 @@ def copy_store(cache: Path, fresh: Path) -> None:
         elif not src.name.startswith("."):
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, dest)
+
+
+def rebuild_elsewhere(built: Built, image: str, workdir: Path, phases: str, formats: tuple[str, ...]) -> dict[str, Any]:
+    """IMAGE built again cold in another directory from `built`'s effective lock, with only its package store
+    (no base, no phase entries: --no-cache --locked); that build's manifest."""
+    context = workdir / image
+    shutil.copytree(REPO / "Containerfiles" / image, context)
+    shutil.copyfile(built.out / f"{image}.lock.json", context / "image.lock.json")
+    copy_store(built.cache, workdir / "fresh-cache")
+    args = ["build", str(context), "--phases", phases, "--no-cache", "--no-boot-test", "--locked"]
+    for fmt in formats:
+        args += ["--format", fmt]
+    proc = cli(*args, "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((workdir / "out" / "manifest.json").read_text())  # type: ignore[no-any-return]

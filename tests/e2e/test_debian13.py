@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Built, copy_store
+from tests.e2e.conftest import Built, rebuild_elsewhere
 from tests.helpers import REPO, cli, scratch_dir
 
 pytestmark = pytest.mark.e2e
@@ -22,15 +22,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def rebuilt13(debian13: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
     with scratch_dir(tmp_path_factory, "elsewhere-13") as workdir:
-        image = workdir / "debian-13"
-        shutil.copytree(REPO / "Containerfiles" / "debian-13", image)
-        shutil.copyfile(debian13.out / "debian-13.lock.json", image / "image.lock.json")
-        copy_store(debian13.cache, workdir / "fresh-cache")
-        proc = cli("build", str(image), "--phases", "rootfs,disk", "--no-cache", "--no-boot-test", "--locked",
-                   "--format", "raw", "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"),
-                   cwd=workdir)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        yield json.loads((workdir / "out" / "manifest.json").read_text())
+        yield rebuild_elsewhere(debian13, "debian-13", workdir, "rootfs,disk", ("raw",))
 
 
 def test_debian_13_boots_under_bios_and_uefi_and_passes_its_checks(debian13: Built) -> None:

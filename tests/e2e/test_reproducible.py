@@ -8,14 +8,12 @@ build fetched, by sha256): the base is bootstrapped again from scratch, the engi
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Built, copy_store
-from tests.helpers import REPO, cli, scratch_dir
+from tests.e2e.conftest import Built, rebuild_elsewhere
+from tests.helpers import scratch_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -23,15 +21,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def rebuilt(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:  # type: ignore[type-arg]
     with scratch_dir(tmp_path_factory, "elsewhere") as workdir:
-        image = workdir / "debian-12"
-        shutil.copytree(REPO / "Containerfiles" / "debian-12", image)
-        shutil.copyfile(debian12.out / "debian-12.lock.json", image / "image.lock.json")
-        copy_store(debian12.cache, workdir / "fresh-cache")
-        proc = cli("build", str(image), "--phases", "rootfs,disk,convert", "--no-cache", "--no-boot-test", "--locked",
-                   "--format", "raw", "--format", "qcow2",
-                   "--cache-dir", str(workdir / "fresh-cache"), "--output", str(workdir / "out"), cwd=workdir)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        yield json.loads((workdir / "out" / "manifest.json").read_text())
+        yield rebuild_elsewhere(debian12, "debian-12", workdir, "rootfs,disk,convert", ("raw", "qcow2"))
 
 
 def test_the_lock_was_replayed_not_resolved(debian12: Built, rebuilt: dict) -> None:  # type: ignore[type-arg]
