@@ -23,10 +23,10 @@ from urllib.parse import quote
 from debian.debian_support import version_compare
 
 from assembler import __version__
-from assembler.downloads import Fetched
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path, sha256_bytes, tar_name
-from assembler.layers import LayerIndex, Placed, merge, step_label
+from assembler.rootfs.downloads import Fetched
+from assembler.rootfs.layers import LayerIndex, Placed, merge, step_label
 
 BOM_PATH = "usr/share/assembler/bom.spdx.json"
 RELEASE_PATH = "usr/share/assembler/release"

@@ -20,11 +20,11 @@ from assembler.phases.convert import ConvertPhase
 from assembler.phases.disk import DiskPhase
 from assembler.phases.rootfs import RootfsPhase
 from assembler.phases.scan import ScanPhase
-from assembler.pipeline import Action, BuildContext, Phase, PhaseRecord, PhaseRun, execute_plan, make_plan
+from assembler.pipeline import Action, BuildRun, Phase, PhaseRecord, PhaseRun, execute_plan, make_plan
 from assembler.run import tool_version
 
 
-def phases_for(ctx: BuildContext) -> list[Phase]:
+def phases_for(ctx: BuildRun) -> list[Phase]:
     """rootfs -> disk -> scan (with scan: in image.yaml) -> convert (one per format) -> boot; each phase names
     the phases it reads."""
     rootfs = RootfsPhase(ctx)
@@ -38,7 +38,7 @@ def phases_for(ctx: BuildContext) -> list[Phase]:
     return phases
 
 
-def plan_build(ctx: BuildContext, selected: set[str] | None = None, *, resolve: bool = True) -> list[PhaseRun]:
+def plan_build(ctx: BuildRun, selected: set[str] | None = None, *, resolve: bool = True) -> list[PhaseRun]:
     """The plan; `resolve=False` (a dry run) asks nothing of the network and keys use what was last recorded."""
     phases = phases_for(ctx)
     if resolve:
@@ -47,7 +47,7 @@ def plan_build(ctx: BuildContext, selected: set[str] | None = None, *, resolve: 
     return make_plan(ctx, phases, selected)
 
 
-def build(ctx: BuildContext, selected: set[str] | None = None) -> dict[str, Any]:
+def build(ctx: BuildRun, selected: set[str] | None = None) -> dict[str, Any]:
     """Run the build and return the manifest written to the output directory."""
     started = time.monotonic()
     for orphan in ctx.store.clean_stale():
@@ -75,7 +75,7 @@ def print_plan(plan: list[PhaseRun]) -> None:
     console.print(table)
 
 
-def print_outputs(ctx: BuildContext, outputs: list[dict[str, Any]], seconds: float) -> None:
+def print_outputs(ctx: BuildRun, outputs: list[dict[str, Any]], seconds: float) -> None:
     """What the build left, as paths a user can open (relative to the working directory when inside it)."""
     where = ctx.output_dir.resolve()
     shown = where.relative_to(Path.cwd()) if where.is_relative_to(Path.cwd()) else where
@@ -97,7 +97,7 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-def make_manifest(ctx: BuildContext, done: list[Phase], records: list[PhaseRecord], outputs: list[dict[str, Any]],
+def make_manifest(ctx: BuildRun, done: list[Phase], records: list[PhaseRecord], outputs: list[dict[str, Any]],
                   seconds: float) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "image": ctx.spec.name,

@@ -18,7 +18,7 @@ from typing import Any
 from assembler import __version__
 from assembler.bom import NAMESPACE, BomInput, DebPackage, iso_time, maintainer_parts, purl
 from assembler.errors import ConfigError
-from assembler.layers import step_label
+from assembler.rootfs.layers import step_label
 
 SPEC_VERSION = "1.6"
 IMAGE_REF = "image"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assembler import bom, layers
+from assembler import bom
 from assembler.errors import ConfigError
 from assembler.fsutil import next_extent
 from assembler.inspect import (
@@ -32,8 +32,9 @@ from assembler.inspect import (
     saved_image,
     tar_kind,
 )
-from assembler.layers import FileEntry, LayerIndex, Placed
 from assembler.manifest import Manifest, read_manifest
+from assembler.rootfs import layers
+from assembler.rootfs.layers import FileEntry, LayerIndex, Placed
 
 ZERO_BLOCK = 4096
 READ_CHUNK = 1 << 20

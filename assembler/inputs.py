@@ -17,12 +17,12 @@ from typing import Any
 
 from docker.utils.build import exclude_paths
 
-from assembler import bootstrap
 from assembler.config import ImageSpec, rootfs_dir
-from assembler.context import base_reference
-from assembler.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, load_downloads
 from assembler.errors import ConfigError
 from assembler.packages.lockfile import LOCK_FILE
+from assembler.rootfs import bootstrap
+from assembler.rootfs.context import base_reference
+from assembler.rootfs.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, load_downloads
 
 INPUTS_FORMAT = 1
 # The BOM is embedded in the disk and read by people: a context is source files, not payloads.

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assembler import bom, layers
+from assembler import bom
 from assembler.errors import ConfigError
 from assembler.fsutil import sha256_bytes
 from assembler.manifest import Manifest, read_manifest
+from assembler.rootfs import layers
 from assembler.run import run
 
 SECTOR = 512

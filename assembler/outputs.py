@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from assembler.fsutil import atomic_path, sha256_file, write_json
-from assembler.pipeline import Artefact, BuildContext, Phase
+from assembler.pipeline import Artefact, BuildRun, Phase
 from assembler.run import run
 
 STATE = ".assembler-outputs.json"  # what was copied from which store key, to skip unchanged copies
 
 
-def publish(ctx: BuildContext, phases: Sequence[Phase]) -> list[dict[str, Any]]:
+def publish(ctx: BuildRun, phases: Sequence[Phase]) -> list[dict[str, Any]]:
     """Link (or with ctx.copy_outputs, copy) the artefacts of every finished phase into the output directory;
     return the manifest's `outputs` list."""
     out_dir = ctx.output_dir

@@ -22,8 +22,8 @@ PHASE_ORDER = ("rootfs", "disk", "scan", "convert", "boot")
 
 
 @dataclass
-class BuildContext:
-    """What every phase may read: the image, the store and the options of this build."""
+class BuildRun:
+    """One build run: what every phase may read (the image, the store, this build's options) and its results."""
 
     spec: ImageSpec
     store: Store
@@ -60,7 +60,7 @@ class Phase(ABC):
     kind: ClassVar[str]  # one of PHASE_ORDER; several phases may share a kind (convert:qcow2, ...)
     version: ClassVar[int] = 1
 
-    def __init__(self, ctx: BuildContext, inputs: tuple[Phase, ...] = ()) -> None:
+    def __init__(self, ctx: BuildRun, inputs: tuple[Phase, ...] = ()) -> None:
         self.ctx = ctx
         self.inputs = inputs
 
@@ -147,7 +147,7 @@ class _Absent(Exception):
     """The registry lost the entry between plan and pull."""
 
 
-def _reason(ctx: BuildContext, phase: Phase, key: str) -> tuple[Action, str]:
+def _reason(ctx: BuildRun, phase: Phase, key: str) -> tuple[Action, str]:
     if ctx.nocache:
         return Action.RUN, "cache disabled (--no-cache)"
     if ctx.store.get(key) is not None:
@@ -168,7 +168,7 @@ def _remote_has(remote: RegistryStore, key: str) -> bool:
         return False
 
 
-def make_plan(ctx: BuildContext, phases: list[Phase], selected: set[str] | None = None) -> list[PhaseRun]:
+def make_plan(ctx: BuildRun, phases: list[Phase], selected: set[str] | None = None) -> list[PhaseRun]:
     """Decide for every phase whether it runs, is reused, or is skipped, before anything runs."""
     plan: list[PhaseRun] = []
     needed = _needed_labels(phases, selected)
@@ -200,7 +200,7 @@ def _needed_labels(phases: list[Phase], selected: set[str] | None) -> set[str]:
     return needed
 
 
-def execute_plan(ctx: BuildContext, plan: list[PhaseRun]) -> list[PhaseRecord]:
+def execute_plan(ctx: BuildRun, plan: list[PhaseRun]) -> list[PhaseRecord]:
     for step in plan:
         if step.action is Action.RUN:
             step.phase.preflight()
@@ -224,7 +224,7 @@ def execute_plan(ctx: BuildContext, plan: list[PhaseRun]) -> list[PhaseRecord]:
     return records
 
 
-def _push(ctx: BuildContext, entry: Entry) -> str:
+def _push(ctx: BuildRun, entry: Entry) -> str:
     remote = ctx.cache_to
     assert remote is not None
     with progress.activity(f"{entry.meta.get('phase')}: pushing to {remote.name}"), \
@@ -240,7 +240,7 @@ def _push(ctx: BuildContext, entry: Entry) -> str:
     return pushed.result.value
 
 
-def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> tuple[Entry, str, str]:
+def _run_or_reuse(ctx: BuildRun, step: PhaseRun) -> tuple[Entry, str, str]:
     """The phase's entry, where it came from and why."""
     store = ctx.store
     if step.action is Action.CACHED:
@@ -265,7 +265,7 @@ def _run_or_reuse(ctx: BuildContext, step: PhaseRun) -> tuple[Entry, str, str]:
         return built, BUILT, reason
 
 
-def _pull(ctx: BuildContext, step: PhaseRun, remote: RegistryStore) -> Entry | None:
+def _pull(ctx: BuildRun, step: PhaseRun, remote: RegistryStore) -> Entry | None:
     """The entry pulled into the local store, every file verified; None (with the reason logged) otherwise."""
     try:
         with progress.activity(f"{step.phase.label}: pulling from {remote.name}"), \

@@ -135,10 +135,11 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
     The recorded context carries the effective lock: its files come from the package store, then the mirror
     map's sources, or all from `bundle` (imported into the store first); `offline` fetches nothing.
     """
-    from assembler import bootstrap, engine
+    from assembler import engine
     from assembler.build import build
     from assembler.formats import validate_format_names
-    from assembler.pipeline import BuildContext
+    from assembler.pipeline import BuildRun
+    from assembler.rootfs import bootstrap
     from assembler.store import Store
 
     source = load_source(target)
@@ -162,7 +163,7 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
                 bootstrap.ensure_base(engine.connect(), recipe, store_root)
             # raw always: the disk is what the BOM is embedded in and what verification compares.
             chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}))
-            ctx = BuildContext(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,
+            ctx = BuildRun(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,
                                nocache=nocache, boot_test=boot_test, locked=offline, offline=offline)
             build(ctx)
     want, got = expected(source), actual(read_manifest(out), out)

@@ -32,7 +32,7 @@ def _selected(phases: str | None) -> set[str] | None:
 
 
 def registry_stores(cache_from: str | None, cache_to: str | None, *, offline: bool = False) -> dict[str, Any]:
-    """BuildContext's cache_from/cache_to: the options (or their environment variables), else mirrors.yaml."""
+    """BuildRun's cache_from/cache_to: the options (or their environment variables), else mirrors.yaml."""
     from assembler.mirrors import load_mirror_map
     from assembler.remote import RegistryStore
 
@@ -77,7 +77,7 @@ def build(
     from assembler.build import plan_build, print_plan
     from assembler.config import cache_dir, resolve_image
     from assembler.formats import validate_format_names
-    from assembler.pipeline import BuildContext
+    from assembler.pipeline import BuildRun
     from assembler.store import Store
 
     spec = resolve_image(image)
@@ -95,7 +95,7 @@ def build(
             raise ConfigError(f"the bundle {bundle} is for {lock.image}, not {spec.name}",
                               resolution=f"build {lock.image} from it, or bundle {spec.name}")
     formats = validate_format_names(fmt or spec.config.formats)
-    ctx = BuildContext(
+    ctx = BuildRun(
         spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
         formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
         lock=lock, offline=offline, copy_outputs=copy_outputs,
@@ -125,13 +125,13 @@ def pull_outputs(image: str, output: Path, cache: Path | None, cache_from: str, 
     from assembler.build import plan_build
     from assembler.config import cache_dir, resolve_image
     from assembler.formats import validate_format_names
-    from assembler.pipeline import Action, BuildContext
+    from assembler.pipeline import Action, BuildRun
     from assembler.remote import RegistryStore
     from assembler.store import Store
 
     spec = resolve_image(image)
     remote = RegistryStore(cache_from)
-    ctx = BuildContext(spec=spec, store=Store(cache_dir(cache)), output_dir=output,
+    ctx = BuildRun(spec=spec, store=Store(cache_dir(cache)), output_dir=output,
                        formats=validate_format_names(formats or spec.config.formats), cache_from=remote)
     missing = [step.phase.label for step in plan_build(ctx) if step.action is Action.RUN]
     if missing:

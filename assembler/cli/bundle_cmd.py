@@ -26,12 +26,12 @@ def bundle(
     """
     from assembler import bom, inputs
     from assembler.config import cache_dir, resolve_image
-    from assembler.downloads import DOWNLOADS_FILE, Download, load_downloads
     from assembler.log import console
     from assembler.packages import locking
     from assembler.packages.bundle import collect, write
     from assembler.packages.bundle import push as push_layout
     from assembler.packages.lockfile import read_lock
+    from assembler.rootfs.downloads import DOWNLOADS_FILE, Download, load_downloads
 
     if output is None and push is None:
         raise ConfigError("nothing to write", resolution="give --output FILE, --push REGISTRY_URL or both")

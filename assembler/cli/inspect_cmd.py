@@ -59,7 +59,7 @@ def render(report: dict[str, Any], out: Console, *, packages: bool = True) -> No
 
 
 def _step(step: str) -> str:
-    from assembler.layers import step_label
+    from assembler.rootfs.layers import step_label
 
     label = step_label(step)
     return label if len(label) <= 90 else label[:89] + "…"

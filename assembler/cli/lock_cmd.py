@@ -31,7 +31,7 @@ def lock(
     from assembler.packages import lockfile, locking
     from assembler.packages.store import PackageStore
     from assembler.phases.rootfs import RootfsPhase
-    from assembler.pipeline import BuildContext
+    from assembler.pipeline import BuildRun
     from assembler.store import Store
 
     spec = resolve_image(image)
@@ -48,7 +48,7 @@ def lock(
             console.print(f"{path}: current ({len(committed.packages)} packages, every file available)")
             _report(as_json, path, "current", len(committed.packages), [])
             return
-    ctx = BuildContext(spec=spec, store=Store(root), output_dir=Path("/nonexistent"), formats=[],
+    ctx = BuildRun(spec=spec, store=Store(root), output_dir=Path("/nonexistent"), formats=[],
                        boot_test=False, update_lock=update)
     with ctx.store.scratch("lock") as tmp:
         RootfsPhase(ctx).execute(tmp)

@@ -43,7 +43,7 @@ def matrix(
     from assembler.config import cache_dir, resolve_image
     from assembler.formats import validate_format_names
     from assembler.log import console
-    from assembler.pipeline import BuildContext
+    from assembler.pipeline import BuildRun
     from assembler.store import Store
 
     spec = matrix_mod.load(file)
@@ -55,7 +55,7 @@ def matrix(
         from assembler.build import plan_build
 
         image = resolve_image(entry.image)
-        ctx = BuildContext(spec=image, store=local, output_dir=Path("out") / image.name,
+        ctx = BuildRun(spec=image, store=local, output_dir=Path("out") / image.name,
                            formats=validate_format_names([entry.format]), boot_test=spec.boot_test)
         return [(step.phase.label, step.key) for step in plan_build(ctx)]  # the keys a worker's build computes
 

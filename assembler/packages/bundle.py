@@ -19,13 +19,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from assembler.downloads import Download, cache_path
 from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import CHUNK, atomic_path, canonical_json, sha256_bytes
 from assembler.packages.lockfile import Lock, dumps
 from assembler.packages.sources import Sources
 from assembler.packages.store import IntegrityError, PackageStore
 from assembler.registry import OCI_MANIFEST, TITLE, NullTask, repository
+from assembler.rootfs.downloads import Download, cache_path
 
 
 class Media(StrEnum):

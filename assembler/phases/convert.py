@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from assembler import formats
-from assembler.pipeline import Artefact, BuildContext, Phase
+from assembler.pipeline import Artefact, BuildRun, Phase
 from assembler.run import tool_version
 from assembler.store import Entry
 
@@ -16,7 +16,7 @@ class ConvertPhase(Phase):
     kind = "convert"
     version = 1
 
-    def __init__(self, ctx: BuildContext, inputs: tuple[Phase, ...], fmt: str) -> None:
+    def __init__(self, ctx: BuildRun, inputs: tuple[Phase, ...], fmt: str) -> None:
         super().__init__(ctx, inputs)
         self.fmt = fmt
 

@@ -6,11 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from assembler import __version__, bom, cyclonedx, disk, inputs, layers
+from assembler import __version__, bom, cyclonedx, disk, inputs
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Artefact, Phase
+from assembler.rootfs import layers
 from assembler.sizes import parse_size
 from assembler.store import Entry
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import docker
 
-from assembler import bootstrap, engine, flatten, layers, progress, secrets
-from assembler import context as build_context
+from assembler import engine, progress, secrets
 from assembler.config import cache_dir, rootfs_dir
 from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
@@ -24,6 +23,8 @@ from assembler.packages.lockfile import LOCK_FILE, write_lock
 from assembler.packages.store import PackageStore
 from assembler.pipeline import Artefact, Phase
 from assembler.remote import RegistryStore
+from assembler.rootfs import bootstrap, flatten, layers
+from assembler.rootfs import context as build_context
 from assembler.run import die_with_parent
 from assembler.store import Entry
 

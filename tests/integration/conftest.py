@@ -8,8 +8,8 @@ import docker
 import pytest
 
 from assembler import engine
-from assembler.bootstrap import ensure_base, load_recipe
-from assembler.flatten import FlattenResult, flatten
+from assembler.rootfs.bootstrap import ensure_base, load_recipe
+from assembler.rootfs.flatten import FlattenResult, flatten
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SDE = 1_747_699_200

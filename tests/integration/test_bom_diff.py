@@ -12,11 +12,12 @@ from typing import Any
 import docker
 import pytest
 
-from assembler import bom, engine, layers
+from assembler import bom, engine
 from assembler.diff import diff
-from assembler.flatten import flatten
 from assembler.fsutil import write_json
 from assembler.inspect import inspect_target
+from assembler.rootfs import layers
+from assembler.rootfs.flatten import flatten
 from tests.helpers import scratch_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"

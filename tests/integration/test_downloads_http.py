@@ -14,9 +14,9 @@ import pytest
 
 from assembler import engine
 from assembler.config import resolve_image
-from assembler.context import prepare_context
-from assembler.downloads import DownloadError
 from assembler.mirrors import MIRRORS_ENV
+from assembler.rootfs.context import prepare_context
+from assembler.rootfs.downloads import DownloadError
 
 pytestmark = pytest.mark.integration
 

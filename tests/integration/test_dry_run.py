@@ -16,7 +16,7 @@ import pytest
 
 from assembler.build import plan_build
 from assembler.config import resolve_image
-from assembler.pipeline import BuildContext
+from assembler.pipeline import BuildRun
 from assembler.store import Store
 from tests.helpers import REPO
 
@@ -52,7 +52,7 @@ def test_a_dry_run_makes_no_network_request_and_predicts_the_keys(image: str, tm
 
     monkeypatch.setenv("ASSEMBLER_MIRRORS", str(mirrors))
     spec = resolve_image(image)
-    ctx = BuildContext(spec=spec, store=Store(cache), output_dir=tmp_path / "out", formats=spec.config.formats)
+    ctx = BuildRun(spec=spec, store=Store(cache), output_dir=tmp_path / "out", formats=spec.config.formats)
     resolved = {s.phase.label: s.key for s in plan_build(ctx)}  # what `assembler build` plans: probes first
     after = traced_dry_run(image, cache, tmp_path / "after.trace", env)
     assert {s["phase"]: s["key"] for s in after} == resolved  # the probe's answer was recorded and reused

@@ -23,8 +23,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from assembler import layers as layer_index
-from assembler.flatten import flatten
+from assembler.rootfs import layers as layer_index
+from assembler.rootfs.flatten import flatten
 from tests.integration.test_flatten_engine import Entry, export, view
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import docker
 import pytest
 
 from assembler import engine
-from assembler.flatten import FlattenResult, flatten
 from assembler.fsutil import sha256_file
 from assembler.packages import BUILD_ONLY_PATHS
+from assembler.rootfs.flatten import FlattenResult, flatten
 from tests.helpers import scratch_dir
 
 SDE = 1_747_699_200  # the SOURCE_DATE_EPOCH of the session fixtures (conftest.py)

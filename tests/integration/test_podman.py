@@ -14,8 +14,8 @@ import docker
 import pytest
 
 from assembler import engine
-from assembler.bootstrap import ensure_base, load_recipe
-from assembler.flatten import flatten
+from assembler.rootfs.bootstrap import ensure_base, load_recipe
+from assembler.rootfs.flatten import flatten
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SDE = 1_747_699_200  # the SOURCE_DATE_EPOCH of the session fixtures (conftest.py)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from assembler.config import resolve_image
-from assembler.context import prepare_context
 from assembler.mirrors import MIRRORS_ENV
-from assembler.preflight import PreflightError
+from assembler.rootfs.context import prepare_context
+from assembler.rootfs.preflight import PreflightError
 
 pytestmark = pytest.mark.integration
 

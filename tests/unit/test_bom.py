@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from assembler import bom
-from assembler.downloads import Fetched
 from assembler.errors import ConfigError
+from assembler.rootfs.downloads import Fetched
 from tests.unit.bomdata import FACTS, STATUS, rootfs
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from assembler import bootstrap
-from assembler.bootstrap import (
+from assembler.errors import ConfigError
+from assembler.rootfs import bootstrap
+from assembler.rootfs.bootstrap import (
     BaseRecipe,
     base_archive,
     effective,
@@ -19,7 +20,6 @@ from assembler.bootstrap import (
     mmdebstrap_command,
     recipe_key,
 )
-from assembler.errors import ConfigError
 
 EPOCH = 1_747_699_200
 

@@ -8,8 +8,9 @@ import json
 import tarfile
 from pathlib import Path
 
-from assembler import diff, layers
+from assembler import diff
 from assembler.bom import compare_versions
+from assembler.rootfs import layers
 
 STEPS = ["/bin/sh -c #(nop) ADD base", "/bin/sh -c apt-get install -y tool", "/bin/sh -c #(nop) COPY file:x in /etc/x"]
 

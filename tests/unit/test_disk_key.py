@@ -8,14 +8,14 @@ from pathlib import Path
 from assembler.config import resolve_image
 from assembler.phases.disk import DiskPhase
 from assembler.phases.rootfs import RootfsPhase
-from assembler.pipeline import BuildContext
+from assembler.pipeline import BuildRun
 from assembler.store import Store
 from tests.helpers import REPO
 
 
 def _materials(context: Path, tmp_path: Path) -> tuple[dict, dict]:  # type: ignore[type-arg]
     spec = resolve_image(str(context))
-    ctx = BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
+    ctx = BuildRun(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
     rootfs = RootfsPhase(ctx)
     return rootfs.material(), DiskPhase(ctx, (rootfs,)).material()
 
@@ -38,7 +38,7 @@ def test_an_edit_of_a_format_profile_changes_that_conversions_key(tmp_path: Path
     profiles = tmp_path / "formats"
     shutil.copytree(REPO / "formats", profiles)
     monkeypatch.setattr(formats, "formats_dir", lambda: profiles)
-    ctx = BuildContext(spec=resolve_image("debian-13"), store=Store(tmp_path / "cache"), output_dir=tmp_path / "o",
+    ctx = BuildRun(spec=resolve_image("debian-13"), store=Store(tmp_path / "cache"), output_dir=tmp_path / "o",
                        formats=["ova", "qcow2"])
     rootfs = RootfsPhase(ctx)
     disk = DiskPhase(ctx, (rootfs,))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from assembler import context as ctx
 from assembler.config import resolve_image
-from assembler.downloads import Download, DownloadError, fetch, load_downloads, materialize
 from assembler.errors import ConfigError
 from assembler.mirrors import MirrorMap
-from assembler.preflight import Endpoint, PreflightError, check, registry_probe_url
+from assembler.rootfs import context as ctx
+from assembler.rootfs.downloads import Download, DownloadError, fetch, load_downloads, materialize
+from assembler.rootfs.preflight import Endpoint, PreflightError, check, registry_probe_url
 
 PAYLOAD = b"#!/bin/sh\necho kubeadm\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

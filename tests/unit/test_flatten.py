@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from assembler.errors import ConfigError
-from assembler.flatten import flatten
 from assembler.fsutil import sha256_file
+from assembler.rootfs.flatten import flatten
 
 SDE = 1_700_000_000
 CAP = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"  # cap_net_raw+ep
@@ -232,8 +232,8 @@ def test_not_an_image_is_a_config_error_and_leaves_nothing(tmp_path: Path) -> No
 
 
 def test_flatten_and_index_side_by_side_equal_one_after_the_other(tmp_path: Path) -> None:
-    from assembler import layers
     from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR, flatten_and_index
+    from assembler.rootfs import layers
 
     archive = docker_archive(tmp_path / "image.tar", [
         [E("etc", kind="dir"), E("etc/a", b"a"), E("etc/b", b"b")],
@@ -289,7 +289,7 @@ def _kind(info: tarfile.TarInfo) -> str:
 
 @pytest.mark.parametrize("case", sorted(IMPLICIT_CASES))
 def test_implicit_parents_follow_the_engines_rules(tmp_path: Path, case: str) -> None:
-    from assembler import layers as layer_index
+    from assembler.rootfs import layers as layer_index
 
     stack, expected = IMPLICIT_CASES[case]
     out = run_flatten(tmp_path, stack)

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from assembler.config import list_images, resolve_image
-from assembler.context import base_reference, containerfile_args
-from assembler.downloads import load_downloads
 from assembler.packages.lockfile import LOCK_FILE, read_lock
+from assembler.rootfs.context import base_reference, containerfile_args
+from assembler.rootfs.downloads import load_downloads
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERFILES = REPO / "Containerfiles"

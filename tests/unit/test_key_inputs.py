@@ -19,11 +19,11 @@ import yaml
 
 import assembler.formats as formats
 from assembler import run
-from assembler.bootstrap import BaseRecipe
 from assembler.build import phases_for
 from assembler.config import resolve_image
 from assembler.fsutil import canonical_json
-from assembler.pipeline import BuildContext
+from assembler.pipeline import BuildRun
+from assembler.rootfs.bootstrap import BaseRecipe
 from assembler.store import Store
 from tests.helpers import REPO
 
@@ -55,7 +55,7 @@ class Image:
 
     def materials(self) -> dict[str, bytes]:
         spec = resolve_image(str(self.dir))
-        ctx = BuildContext(spec=spec, store=Store(self.cache), output_dir=self.dir.parent / "out", formats=FORMATS,
+        ctx = BuildRun(spec=spec, store=Store(self.cache), output_dir=self.dir.parent / "out", formats=FORMATS,
                            disk_size=self.size, locked=self.locked)
         return {phase.label: canonical_json(phase.material()) for phase in phases_for(ctx)}
 

@@ -14,20 +14,20 @@ from assembler.config import ImageConfig, ImageSpec
 from assembler.fsutil import sha256_file
 from assembler.phases.convert import ConvertPhase
 from assembler.phases.disk import DiskPhase
-from assembler.pipeline import BuildContext, Phase
+from assembler.pipeline import BuildRun, Phase
 from assembler.store import Entry, Store
 
 
-def _phases(ctx: BuildContext) -> list[Phase]:
+def _phases(ctx: BuildRun) -> list[Phase]:
     """The phases whose entries the fixtures hold: each says which of its files are published."""
     disk = DiskPhase(ctx)
     return [disk, ConvertPhase(ctx, (disk,), "qcow2")]
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> BuildContext:
+def ctx(tmp_path: Path) -> BuildRun:
     spec = ImageSpec(name="img", context=tmp_path, containerfile=tmp_path / "Containerfile", config=ImageConfig())
-    ctx = BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out",
+    ctx = BuildRun(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out",
                        formats=["raw", "qcow2"])
     disk_dir = tmp_path / "cache" / "disk"
     disk_dir.mkdir(parents=True)
@@ -43,7 +43,7 @@ def ctx(tmp_path: Path) -> BuildContext:
     return ctx
 
 
-def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
+def test_publish_copies_and_lists_outputs(ctx: BuildRun) -> None:
     listed = outputs.publish(ctx, _phases(ctx))
     assert {o["format"] for o in listed} == {"raw", "qcow2", "spdx", "cyclonedx"}
     for item in listed:
@@ -51,7 +51,7 @@ def test_publish_copies_and_lists_outputs(ctx: BuildContext) -> None:
     assert not list(ctx.output_dir.glob(".*.part"))
 
 
-def test_outputs_are_read_only_links_to_the_cache_by_default(ctx: BuildContext) -> None:
+def test_outputs_are_read_only_links_to_the_cache_by_default(ctx: BuildRun) -> None:
     outputs.publish(ctx, _phases(ctx))
     raw, source = ctx.output_dir / "img.raw", ctx.results["disk"].file("disk.raw")
     assert raw.samefile(source)
@@ -68,7 +68,7 @@ def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None
     entry = store.get("k" * 64)
     assert entry is not None
     spec = ImageSpec(name="img", context=tmp_path, containerfile=tmp_path / "Containerfile", config=ImageConfig())
-    ctx = BuildContext(spec=spec, store=store, output_dir=tmp_path / "out", formats=["raw"])
+    ctx = BuildRun(spec=spec, store=store, output_dir=tmp_path / "out", formats=["raw"])
     ctx.results["disk"] = entry
     outputs.publish(ctx, _phases(ctx))
     raw = ctx.output_dir / "img.raw"
@@ -77,7 +77,7 @@ def test_an_edit_through_a_link_discards_the_cache_entry(tmp_path: Path) -> None
     assert not entry.path.exists()
 
 
-def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext) -> None:
+def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildRun) -> None:
     ctx.copy_outputs = True
     outputs.publish(ctx, _phases(ctx))
     raw = ctx.output_dir / "img.raw"
@@ -92,7 +92,7 @@ def test_unchanged_copy_is_skipped_and_touched_copy_is_redone(ctx: BuildContext)
     assert state["img.raw"]["key"] == "k-disk"
 
 
-def test_new_store_entry_replaces_the_copy(ctx: BuildContext) -> None:
+def test_new_store_entry_replaces_the_copy(ctx: BuildRun) -> None:
     outputs.publish(ctx, _phases(ctx))
     entry = ctx.results["disk"]
     (entry.path / "disk.raw").unlink()  # a new entry's file, not the linked one rewritten

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from assembler.config import ImageConfig, ImageSpec
-from assembler.pipeline import Action, BuildContext, Phase, execute_plan, make_plan
+from assembler.pipeline import Action, BuildRun, Phase, execute_plan, make_plan
 from assembler.store import Store
 
 
@@ -16,7 +16,7 @@ class Writes(Phase):
     name = "rootfs"
     kind = "rootfs"
 
-    def __init__(self, ctx: BuildContext, inputs: tuple[Phase, ...] = (), text: str = "x",
+    def __init__(self, ctx: BuildRun, inputs: tuple[Phase, ...] = (), text: str = "x",
                  fail: bool = False) -> None:
         super().__init__(ctx, inputs)
         self.text = text
@@ -46,12 +46,12 @@ class Reads(Writes):
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> BuildContext:
+def ctx(tmp_path: Path) -> BuildRun:
     spec = ImageSpec(name="img", context=tmp_path, containerfile=tmp_path / "Containerfile", config=ImageConfig())
-    return BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
+    return BuildRun(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
 
 
-def test_first_run_builds_second_reuses(ctx: BuildContext) -> None:
+def test_first_run_builds_second_reuses(ctx: BuildRun) -> None:
     first = Writes(ctx, text="hello")
     second = Reads(ctx, (first,))
     plan = make_plan(ctx, [first, second])
@@ -63,7 +63,7 @@ def test_first_run_builds_second_reuses(ctx: BuildContext) -> None:
     assert [(s.action, s.reason) for s in again] == [(Action.CACHED, "cached")] * 2
 
 
-def test_changed_input_changes_downstream_key(ctx: BuildContext) -> None:
+def test_changed_input_changes_downstream_key(ctx: BuildRun) -> None:
     first = Writes(ctx, text="one")
     execute_plan(ctx, make_plan(ctx, [first, Reads(ctx, (first,))]))
     changed = Writes(ctx, text="two")
@@ -71,7 +71,7 @@ def test_changed_input_changes_downstream_key(ctx: BuildContext) -> None:
     assert [(s.action, s.reason) for s in plan] == [(Action.RUN, "inputs changed")] * 2
 
 
-def test_failure_leaves_no_entry(ctx: BuildContext) -> None:
+def test_failure_leaves_no_entry(ctx: BuildRun) -> None:
     phase = Writes(ctx, text="bad", fail=True)
     plan = make_plan(ctx, [phase])
     with pytest.raises(RuntimeError):
@@ -80,7 +80,7 @@ def test_failure_leaves_no_entry(ctx: BuildContext) -> None:
     assert list((ctx.store.root / "tmp").iterdir()) == []
 
 
-def test_selection_runs_needed_inputs_and_skips_the_rest(ctx: BuildContext) -> None:
+def test_selection_runs_needed_inputs_and_skips_the_rest(ctx: BuildRun) -> None:
     first = Writes(ctx, text="sel")
     second = Reads(ctx, (first,))
     plan = make_plan(ctx, [first, second], selected={"rootfs"})
@@ -90,7 +90,7 @@ def test_selection_runs_needed_inputs_and_skips_the_rest(ctx: BuildContext) -> N
     assert plan[1].action is Action.RUN
 
 
-def test_no_cache_reruns(ctx: BuildContext) -> None:
+def test_no_cache_reruns(ctx: BuildRun) -> None:
     phase = Writes(ctx, text="n")
     execute_plan(ctx, make_plan(ctx, [phase]))
     ctx.nocache = True

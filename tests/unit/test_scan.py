@@ -145,7 +145,7 @@ def test_the_command_on_a_bom_fails_on_request_and_prints_json(tmp_path: Path) -
 def _phase_ctx(tmp_path: Path, db: Path, fail_on: str | None) -> tuple[Any, Any]:
     from assembler.config import ImageConfig, ImageSpec
     from assembler.phases.scan import ScanPhase
-    from assembler.pipeline import BuildContext
+    from assembler.pipeline import BuildRun
     from assembler.store import Entry, Store
 
     disk = tmp_path / "disk-entry"
@@ -153,7 +153,7 @@ def _phase_ctx(tmp_path: Path, db: Path, fail_on: str | None) -> tuple[Any, Any]
     bom.write_document(bom.build_spdx(rootfs(tmp_path), **FACTS), disk / "bom.spdx.json")
     config = ImageConfig.model_validate({"scan": {"db": str(db), "fail_on": fail_on}})
     spec = ImageSpec(name="demo", context=tmp_path, containerfile=tmp_path / "Containerfile", config=config)
-    ctx = BuildContext(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
+    ctx = BuildRun(spec=spec, store=Store(tmp_path / "cache"), output_dir=tmp_path / "out", formats=["raw"])
     ctx.results["disk"] = Entry("k" * 64, disk, {})
     return ctx, ScanPhase(ctx)
 

@@ -4,7 +4,7 @@
 layer its diff_id, the instruction that made it, and each member (path, type, mode, owner, size, sha256 of
 the content, link target) plus its whiteouts. Times are left out on purpose: layer mtimes are wall-clock
 build times, and two builds of the same tree must give the same index. `merge()` applies the layers as
-overlayfs would (the same rules as assembler/flatten.py) and remembers which layer wrote each surviving
+overlayfs would (the same rules as flatten.py) and remembers which layer wrote each surviving
 path, which is how `assembler diff` attributes a change to a step.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from assembler.errors import ConfigError
-from assembler.flatten import read_image
 from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
+from assembler.rootfs.flatten import read_image
 
 INDEX_VERSION = 1
 WHITEOUT = ".wh."

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assembler import engine, preflight
+from assembler import engine
 from assembler.config import ImageSpec
-from assembler.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, Download, cached, load_downloads, materialize
 from assembler.errors import AssemblerError
 from assembler.fsutil import write_json
 from assembler.log import log
 from assembler.mirrors import MirrorMap, load_mirror_map
+from assembler.rootfs import preflight
+from assembler.rootfs.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, Download, cached, load_downloads, materialize
 
 # Containerfile arguments whose defaults name upstream locations, and how the map rewrites them.
 MIRRORED_ARGS = {"BASE_IMAGE": "image", "APT_MIRROR": "url", "APT_SECURITY_MIRROR": "url"}

@@ -42,7 +42,7 @@ from assembler.run import require_tool, run, tool_version
 MIRROR_ENV = "ASSEMBLER_DEBIAN_MIRROR"
 SECURITY_MIRROR_ENV = "ASSEMBLER_DEBIAN_SECURITY_MIRROR"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ROOTFS_DIR = Path(__file__).resolve().parent.parent / "rootfs"
+ROOTFS_DIR = Path(__file__).resolve().parents[2] / "rootfs"
 # Bump when the archive layout changes (the mmdebstrap argv is part of the key already).
 BOOTSTRAP_VERSION = 3  # 2: fetched through the locking proxy, keyed by the mirror state; 3: build-only apt.conf
 BASE_LOCK = "base.lock.json"
