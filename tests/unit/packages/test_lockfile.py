@@ -22,8 +22,8 @@ from assembler.packages.lockfile import (
     write_lock,
 )
 from assembler.packages.store import IntegrityError, PackageStore
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
 

@@ -14,6 +14,7 @@ from assembler.mirrors import MirrorMap
 from assembler.rootfs import context as ctx
 from assembler.rootfs.downloads import Download, DownloadError, fetch, load_downloads, materialize
 from assembler.rootfs.preflight import Endpoint, PreflightError, check, registry_probe_url
+from tests.helpers import REPO
 
 PAYLOAD = b"#!/bin/sh\necho kubeadm\n"
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -176,8 +177,7 @@ def test_registry_probe_url() -> None:
 
 
 def test_twin_downloads_are_all_optional() -> None:
-    items = load_downloads(Path(__file__).resolve().parents[2] / "Containerfiles" / "debian-12-k8s-node"
-                           / "downloads.yaml")
+    items = load_downloads(REPO / "Containerfiles" / "debian-12-k8s-node" / "downloads.yaml")
     assert items and all(i.optional for i in items)
     assert os.path.basename(items[0].dest) == "kubeadm"
 

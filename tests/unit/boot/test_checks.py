@@ -22,8 +22,7 @@ from assembler.boot.checks import (
 from assembler.boot.guest import batch_script, parse_batch
 from assembler.boot.hygiene import LocalTree, run_hygiene
 from assembler.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 EXAMPLE = """
 boot: {allow_degraded: true}
