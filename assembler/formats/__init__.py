@@ -34,6 +34,7 @@ from assembler.formats.kubevirt import KubevirtFormat
 from assembler.formats.ova import OvaFormat
 from assembler.formats.qemu import Qcow2Format, RawFormat, VhdFormat, VmdkFormat
 from assembler.log import log
+from assembler.plugins import load_plugins
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -70,28 +71,9 @@ def builtin_formats() -> dict[DiskFormat, FormatPlugin]:
 
 def load_formats() -> dict[str, FormatPlugin]:
     """Builtins plus the plugins installed under the entry-point group `assembler.formats`."""
-    formats: dict[str, FormatPlugin] = {fmt.value: plugin for fmt, plugin in builtin_formats().items()}
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        if point.name in formats:
-            log.warning("ignoring format plugin %s (%s): a format of that name exists",
-                        point.name, point.value)
-            continue
-        formats[point.name] = _load_entry_point(point.name, point.value, point.load)
-    return formats
-
-
-def _load_entry_point(name: str, target: str, load: Any) -> FormatPlugin:
-    try:
-        obj = load()
-        plugin = obj() if isinstance(obj, type) else obj
-    except Exception as exc:
-        raise ConfigError(f"format plugin {name} ({target}) failed to load", details=repr(exc),
-                          resolution=f"fix or uninstall the package providing {target}") from exc
-    if not isinstance(plugin, FormatPlugin):
-        raise ConfigError(f"format plugin {name} ({target}) is not a FormatPlugin",
-                          resolution="it needs name, extension, options_model, options, configure, "
-                                     "commands and convert")
-    return plugin
+    builtins = {fmt.value: plugin for fmt, plugin in builtin_formats().items()}
+    return load_plugins(builtins, entry_points(group=ENTRY_POINT_GROUP), FormatPlugin, noun="format",
+                        needs="name, extension, options_model, options, configure, commands and convert")
 
 
 # ---------------------------------------------------------------------------------------------- profiles

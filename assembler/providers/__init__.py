@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from assembler.errors import ConfigError
-from assembler.log import log
+from assembler.plugins import load_plugins
 from assembler.providers.base import (
     BuildOutputs,
     NullProgress,
@@ -67,26 +67,9 @@ def builtin_providers() -> dict[ProviderName, Provider]:
 
 
 def load_providers() -> dict[str, Provider]:
-    providers: dict[str, Provider] = {p.value: plugin for p, plugin in builtin_providers().items()}
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        if point.name in providers:
-            log.warning("ignoring provider plugin %s (%s): a provider of that name exists", point.name, point.value)
-            continue
-        providers[point.name] = _load_entry_point(point.name, point.value, point.load)
-    return providers
-
-
-def _load_entry_point(name: str, target: str, load: Any) -> Provider:
-    try:
-        obj = load()
-        plugin = obj() if isinstance(obj, type) else obj
-    except Exception as exc:
-        raise ConfigError(f"provider plugin {name} ({target}) failed to load", details=repr(exc),
-                          resolution=f"fix or uninstall the package providing {target}") from exc
-    if not isinstance(plugin, Provider):
-        raise ConfigError(f"provider plugin {name} ({target}) is not a Provider",
-                          resolution="it needs name, formats, options_model, options, configure, plan, publish")
-    return plugin
+    builtins: dict[str, Provider] = {p.value: plugin for p, plugin in builtin_providers().items()}
+    return load_plugins(builtins, entry_points(group=ENTRY_POINT_GROUP), Provider, noun="provider",
+                        needs="name, formats, options_model, options, configure, plan, publish")
 
 
 def resolve(name: ProviderName | str, options: Mapping[str, Any] | None = None) -> Provider:
