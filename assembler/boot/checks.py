@@ -321,7 +321,8 @@ class BootOptions(_Model):
     allow_degraded: bool = Field(default=False, description="accept `systemctl is-system-running` = degraded")
 
 
-# The built-in artefact checks (implemented in hygiene.py), by the name `hygiene.skip` uses.
+# The built-in artefact checks, in the order they run, by the name `hygiene.skip` uses; hygiene.py runs the
+# function spelt the same with underscores (this list is its registry's only source).
 HYGIENE_CHECKS = ("ssh-host-keys", "machine-id", "cloud-init-instance", "shell-history", "authorized-keys",
                   "apt-lists", "apt-caches", "var-log-size", "root-password", "core-dumps")
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from assembler.boot import hygiene
 from assembler.boot.checks import (
+    HYGIENE_CHECKS,
     CheckSuite,
     CommandCheck,
     FileCheck,
@@ -229,3 +232,17 @@ def test_hygiene_on_a_local_tree(tmp_path: Path) -> None:
                       "var-log-size", "root-password"}
     skipped = parse_checks("hygiene: {max_var_log_mib: 1, skip: [var-log-size]}").hygiene
     assert "var-log-size" not in {r.name for r in run_hygiene(LocalTree(root), skipped)}
+
+
+def test_hygiene_names_are_the_registry_and_every_check_function_has_one(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tuple(hygiene.REGISTRY) == HYGIENE_CHECKS
+    assert [r.name for r in run_hygiene(LocalTree(tmp_path), CheckSuite().hygiene)] == list(HYGIENE_CHECKS)
+    # A function shaped like a check that no name reaches would never run, nor could it be skipped.
+    shaped = {fn for fn in vars(hygiene).values() if inspect.isfunction(fn) and fn.__module__ == hygiene.__name__
+              and [p.annotation for p in inspect.signature(fn).parameters.values()] == ["Tree", "HygieneOptions"]
+              and inspect.signature(fn).return_annotation == "tuple[bool, str]"}
+    assert shaped == set(hygiene.REGISTRY.values())
+    monkeypatch.setattr(hygiene, "HYGIENE_CHECKS", (*HYGIENE_CHECKS, "no-such-check"))
+    with pytest.raises(LookupError, match="no-such-check"):
+        hygiene._by_name()
