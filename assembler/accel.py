@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from assembler.errors import MissingToolError
+from assembler.fsutil import atomic_path
 from assembler.run import spawn
 
 PROBE_SECONDS = 15
@@ -60,9 +61,10 @@ def kvm_usable() -> bool:
     if cache.exists():
         return cache.read_text().strip() == "kvm"
     usable = _run_probe(qemu, kernel)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text("kvm" if usable else "tcg")
-    tmp.rename(cache)
+    # A private temporary name: builds started together on a fresh boot probe together, and a shared one let
+    # the first rename the second's (half-written) file away, failing the second's rename.
+    with atomic_path(cache) as tmp:
+        tmp.write_text("kvm" if usable else "tcg")
     return usable
 
 

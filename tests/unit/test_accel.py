@@ -120,6 +120,27 @@ def test_the_record_is_per_boot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert accel._probe_cache() == tmp_path / f"assembler-kvm-probe-{boot_id}"
 
 
+def test_two_probers_finishing_together_both_record(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builds starting on a fresh boot probe at once: the one that writes last must not lose its temporary
+    file to the other (a crash), nor let the other rename a half-written one into place (a wrong answer)."""
+    _probe_counting(monkeypatch, answer=True)
+    real_write = Path.write_text
+    other_ran: list[bool] = []
+
+    def write_then_other_finishes(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        written = real_write(self, data, *args, **kwargs)  # type: ignore[arg-type]
+        if self.parent == host.parent and self != host and not other_ran:
+            other_ran.append(True)
+            assert accel.kvm_usable.__wrapped__() is True  # the other build: its whole write and rename
+        return written
+
+    monkeypatch.setattr(Path, "write_text", write_then_other_finishes)
+    assert accel.kvm_usable() is True
+    assert other_ran == [True]
+    assert host.read_text() == "kvm"
+    assert sorted(p.name for p in host.parent.iterdir()) == [host.name]
+
+
 def _fake_qemu(tmp_path: Path, body: str) -> str:
     script = tmp_path / "qemu-system-x86_64"
     script.write_text(f"#!/bin/sh\n{body}\n")
