@@ -1,9 +1,10 @@
 """What the cache holds, whether it is intact, and bounding it: `assembler cache ls|verify|gc`.
 
 The cache has phase entries (objects/, see store.py), the package store (packages/, .debs and indexes named
-by their sha256), bootstrapped bases (base/) and what killed builds left (tmp/, removed by every build's start
-and by gc). Sizes are allocated bytes (a raw disk is sparse); an entry linked into an out/ directory shares
-its bytes with it, so removing the entry frees them only once that output is gone too.
+by their sha256), bootstrapped bases (base/), each image layer's file index by its diff_id (layers/, what a
+rebuild does not read again; gc drops those no entry names) and what killed builds left (tmp/, removed by
+every build's start and by gc). Sizes are allocated bytes (a raw disk is sparse); an entry linked into an
+out/ directory shares its bytes with it, so removing the entry frees them only once that output is gone too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from assembler.fsutil import sha256_file
 from assembler.packages.store import PackageStore
+from assembler.rootfs.layers import LayerCache
 from assembler.store import META, Store, damaged, recorded_digests
 
 
@@ -41,15 +43,17 @@ class Inventory:
     package_bytes: int
     base_bytes: int
     tmp_bytes: int
+    layer_index_bytes: int = 0
 
     @property
     def total(self) -> int:
-        return sum(e.bytes for e in self.entries) + self.package_bytes + self.base_bytes + self.tmp_bytes
+        return (sum(e.bytes for e in self.entries) + self.package_bytes + self.base_bytes + self.tmp_bytes
+                + self.layer_index_bytes)
 
     def as_dict(self) -> dict[str, Any]:
         return {"entries": [e.as_dict() for e in self.entries], "packages": {"files": self.package_files,
                 "bytes": self.package_bytes}, "base_bytes": self.base_bytes, "tmp_bytes": self.tmp_bytes,
-                "total_bytes": self.total}
+                "layer_index_bytes": self.layer_index_bytes, "total_bytes": self.total}
 
 
 def allocated(path: Path) -> int:
@@ -88,7 +92,7 @@ def inventory(store: Store) -> Inventory:
     packages = store.root / "packages"
     files = [p for p in packages.rglob("*") if p.is_file()] if packages.is_dir() else []
     return Inventory(infos, len(files), allocated(packages), allocated(store.root / "base"),
-                     allocated(store.root / "tmp"))
+                     allocated(store.root / "tmp"), allocated(LayerCache(store.root).root))
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,21 @@ def gc(store: Store, *, keep_bytes: int | None = None, older_than: float | None 
             shutil.rmtree(trash, ignore_errors=True)
         removed.append(Removal(entry, reason))
         total -= entry.bytes
+    if not dry_run:
+        LayerCache(store.root).prune(_named_layers(store))
     return removed, busy
+
+
+def _named_layers(store: Store) -> set[str]:
+    """The diff_ids the remaining rootfs entries record: the layer indexes a rebuild of them would reuse."""
+    named: set[str] = set()
+    for _, meta in _entries(store):
+        oci = meta.get("oci")
+        layers = oci.get("layers") if isinstance(oci, dict) else None
+        for layer in layers if isinstance(layers, list) else []:
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                named.add(layer["digest"])
+    return named
 
 
 def _age(seconds: float) -> str:

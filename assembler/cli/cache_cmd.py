@@ -55,7 +55,8 @@ def ls(cache: Path | None = CACHE_OPTION, as_json: bool = JSON_OPTION) -> None:
                       _when(entry.last_used))
     console.print(table)
     console.print(f"packages: {inv.package_files} files, {_size(inv.package_bytes)}; bases: "
-                  f"{_size(inv.base_bytes)}; tmp: {_size(inv.tmp_bytes)}; total {_size(inv.total)}",
+                  f"{_size(inv.base_bytes)}; layer indexes: {_size(inv.layer_index_bytes)}; "
+                  f"tmp: {_size(inv.tmp_bytes)}; total {_size(inv.total)}",
                   highlight=False)
 
 

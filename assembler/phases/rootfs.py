@@ -49,11 +49,12 @@ def _show_step(line: str) -> None:
         log.debug("%s", line.rstrip())
 
 
-def _write_layer_index(archive: Path, dest: Path) -> None:
-    layers.index_archive(archive, dest)  # returns nothing: the index is read back from dest when needed
+def _write_layer_index(archive: Path, dest: Path, cache: layers.LayerCache | None) -> None:
+    layers.index_archive(archive, dest, cache)  # returns nothing: the index is read back from dest when needed
 
 
-def flatten_and_index(archive: Path, out: Path, source_date_epoch: int) -> flatten.FlattenResult:
+def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
+                      cache: layers.LayerCache | None = None) -> flatten.FlattenResult:
     """The rootfs tar and the per-layer index of a saved image, side by side.
 
     Both only read the archive and both are Python-bound (tar parsing holds the GIL), so the index is
@@ -63,7 +64,7 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int) -> flatt
     """
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
                              initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX)
+        indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX, cache)
         result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch)
         indexing.result()
     return result
@@ -160,7 +161,8 @@ class RootfsPhase(Phase):
         progress.stage("saving the image from the engine")
         engine.save_image(client, built.id, archive)
         progress.stage("flattening the layers and indexing their files")
-        result = flatten_and_index(archive, out, cfg.source_date_epoch)
+        result = flatten_and_index(archive, out, cfg.source_date_epoch,
+                                   layers.LayerCache(cache_dir(self.ctx.store.root)))
         archive.unlink()
         secrets.require_absent(out / ROOTFS_TAR, mounted.values)  # before the entry can be committed
         return {

@@ -15,6 +15,7 @@ import hashlib
 import json
 import posixpath
 import re
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 CHUNK = 1 << 20
 Capture = Callable[[str], bool]
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,20 @@ class LayerIndex:
     captured: dict[str, bytes] = field(default_factory=dict, compare=False)  # merged view, not serialised
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": INDEX_VERSION,
-            "image_id": self.image_id,
-            "layers": [
-                {"index": layer.index, "diff_id": layer.diff_id, "step": layer.step,
-                 "whiteouts": list(layer.whiteouts), "opaque": list(layer.opaque),
-                 "entries": [_entry_json(e) for e in layer.entries]}
-                for layer in self.layers
-            ],
-        }
+        return {"version": INDEX_VERSION, "image_id": self.image_id,
+                "layers": [_layer_json(layer) for layer in self.layers]}
+
+
+def _layer_json(layer: Layer) -> dict[str, Any]:
+    return {"index": layer.index, "diff_id": layer.diff_id, "step": layer.step,
+            "whiteouts": list(layer.whiteouts), "opaque": list(layer.opaque),
+            "entries": [_entry_json(e) for e in layer.entries]}
+
+
+def _layer_from_json(data: dict[str, Any]) -> Layer:
+    return Layer(int(data["index"]), str(data["diff_id"]), str(data["step"]),
+                 tuple(FileEntry(**entry) for entry in data["entries"]),
+                 tuple(str(p) for p in data.get("whiteouts", ())), tuple(str(p) for p in data.get("opaque", ())))
 
 
 def _entry_json(entry: FileEntry) -> dict[str, Any]:
@@ -111,6 +117,7 @@ def step_label(created_by: str) -> str:
 _TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file", tarfile.DIRTYPE: "dir",
           tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char",
           tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
+_KINDS = frozenset(_TYPES.values()) | {"other"}
 
 
 def _hash(handle: IO[bytes] | None) -> str:
@@ -185,8 +192,73 @@ def _open_outer(archive: Path) -> Iterator[tarfile.TarFile]:
         yield outer
 
 
-def read_archive(archive: Path, capture: Capture | None = None) -> LayerIndex:
-    """Index every layer of the single image in `archive` (docker-archive or OCI layout tar)."""
+class LayerCache:
+    """Indexed layers by content digest (diff_id): a rebuild reads only the layers it has not seen.
+
+    A layer's entries are a function of its bytes, the index format and the paths the index drops, so those
+    two name the directory; its position and step come from each image that holds it. Files here are ours but
+    read back as untrusted: anything that does not parse is indexed again.
+    """
+
+    def __init__(self, cache_root: Path) -> None:
+        rules = hashlib.sha256("\n".join(sorted(BUILD_ONLY_PATHS)).encode()).hexdigest()[:12]
+        self.root = cache_root / "layers"
+        self.dir = self.root / f"v{INDEX_VERSION}-{rules}"
+
+    def prune(self, keep: set[str]) -> int:
+        """Drop every index whose layer no entry names any more (and those of other index formats)."""
+        removed = 0
+        for stale in (p for p in self.root.glob("*") if p != self.dir):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        for path in sorted(self.dir.glob("*")):
+            if f"sha256:{path.stem}" not in keep or path.suffix != ".json":
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _path(self, diff_id: str) -> Path | None:
+        algo, _, hexdigest = diff_id.partition(":")
+        return self.dir / f"{hexdigest}.json" if algo == "sha256" and _HEX64.fullmatch(hexdigest) else None
+
+    def get(self, diff_id: str, index: int, step: str) -> Layer | None:
+        path = self._path(diff_id)
+        if path is None or not path.is_file():
+            return None
+        try:
+            layer = _layer_from_json({**json.loads(path.read_text()), "index": index, "diff_id": diff_id,
+                                      "step": step})
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return layer if all(map(_well_formed, layer.entries)) else None
+
+    def put(self, layer: Layer) -> None:
+        path = self._path(layer.diff_id)
+        if path is None:
+            return
+        data = _layer_json(layer)
+        for name in ("index", "diff_id", "step"):
+            del data[name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+
+
+def _well_formed(entry: FileEntry) -> bool:
+    ints = (entry.mode, entry.uid, entry.gid, entry.size)
+    return (isinstance(entry.path, str) and entry.type in _KINDS and all(type(n) is int and n >= 0 for n in ints)
+            and (entry.sha256 is None or (isinstance(entry.sha256, str) and bool(_HEX64.fullmatch(entry.sha256))))
+            and (entry.link is None or isinstance(entry.link, str)))
+
+
+def read_archive(archive: Path, capture: Capture | None = None, cache: LayerCache | None = None) -> LayerIndex:
+    """Index every layer of the single image in `archive` (docker-archive or OCI layout tar).
+
+    With a `cache` (and nothing to capture: captured bytes are not cached), a layer indexed before is not read:
+    the outer tar is seekable, so skipping it costs nothing.
+    """
     if not archive.is_file():
         raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
     layers: list[Layer] = []
@@ -194,8 +266,15 @@ def read_archive(archive: Path, capture: Capture | None = None) -> LayerIndex:
     with _open_outer(archive) as outer:
         ref = read_image(outer)
         for i, name in enumerate(ref.layers):
+            known = cache.get(ref.diff_ids[i], i, ref.created_by[i]) if cache and capture is None else None
+            if known is not None:
+                layers.append(known)
+                per_layer.append({})
+                continue
             with _layer_tar(outer, name) as tf:
                 layer, captured = index_layer_tar(tf, i, ref.diff_ids[i], ref.created_by[i], capture)
+            if cache is not None and capture is None:
+                cache.put(layer)
             layers.append(layer)
             per_layer.append(captured)
     index = LayerIndex(ref.image_id, tuple(layers))
@@ -204,9 +283,9 @@ def read_archive(archive: Path, capture: Capture | None = None) -> LayerIndex:
     return LayerIndex(ref.image_id, index.layers, captured_view)
 
 
-def index_archive(archive: Path, dest: Path) -> LayerIndex:
+def index_archive(archive: Path, dest: Path, cache: LayerCache | None = None) -> LayerIndex:
     """Index the image in `archive` and write the index to `dest` (compact, deterministic JSON)."""
-    index = read_archive(archive)
+    index = read_archive(archive, cache=cache)
     write_index(index, dest)
     return index
 
@@ -226,13 +305,7 @@ def load_index(path: Path) -> LayerIndex:
     if data.get("version") != INDEX_VERSION:
         raise ConfigError(f"layer index {path} has version {data.get('version')}, expected {INDEX_VERSION}",
                           resolution="rebuild the image with this assembler")
-    layers = tuple(
-        Layer(int(layer["index"]), str(layer["diff_id"]), str(layer["step"]),
-              tuple(FileEntry(**entry) for entry in layer["entries"]),
-              tuple(layer.get("whiteouts", ())), tuple(layer.get("opaque", ())))
-        for layer in data["layers"]
-    )
-    return LayerIndex(str(data["image_id"]), layers)
+    return LayerIndex(str(data["image_id"]), tuple(_layer_from_json(layer) for layer in data["layers"]))
 
 
 # ------------------------------------------------------------------------------------------- merging

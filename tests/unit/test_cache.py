@@ -145,3 +145,23 @@ def test_cache_verify_and_gc_speak_json(tmp_path: Path) -> None:
     report = json.loads(dry.stdout)
     assert dry.returncode == 0 and report["dry_run"] and [r["key"] for r in report["removed"]] == [_key(1)]
     assert report["removed"][0]["reason"] and store.object_dir(_key(1)).exists()
+
+
+def test_gc_keeps_the_layer_indexes_entries_name_and_drops_the_rest(tmp_path: Path) -> None:
+    from assembler.rootfs.layers import FileEntry, Layer, LayerCache
+
+    store = Store(tmp_path)
+    kept, dropped = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    with store.writer(_key(1)) as tmp:
+        Store.commit_meta(tmp, {"phase": "rootfs", "key": _key(1), "image": "img",
+                                "oci": {"digest": "x", "layers": [{"digest": kept, "step": "RUN x"}]}})
+    layers = LayerCache(tmp_path)
+    for diff_id in (kept, dropped):
+        layers.put(Layer(0, diff_id, "", (FileEntry("etc", "dir", 0o755, 0, 0, 0),)))
+    (layers.root / "v0-old").mkdir()  # an index format this version does not read
+    assert cache.inventory(store).layer_index_bytes > 0
+    cache.gc(store, older_than=365 * 86400, dry_run=True)
+    assert len(list(layers.dir.glob("*.json"))) == 2  # a dry run removes nothing
+    cache.gc(store, older_than=365 * 86400)
+    assert [p.name for p in layers.root.iterdir()] == [layers.dir.name]
+    assert layers.get(kept, 3, "RUN x") is not None and layers.get(dropped, 0, "") is None
