@@ -47,14 +47,15 @@ IMPORT_FORMATS = {"vmdk": "VMDK", "raw": "RAW", "vhd": "VHD"}
 
 class AwsOptions(Options):
     bucket: str | None = Field(default=None, description="S3 bucket for the import method")
-    region: str | None = Field(default=None, description="region; default from the AWS config chain")
-    method: Literal["import", "ebs-direct"] = "import"
+    region: str | None = Field(default=None, description="AWS region (default: the SDK's chain)")
+    method: Literal["import", "ebs-direct"] = Field(
+        default="import", description="import (S3 + ImportSnapshot) or ebs-direct (EBS direct APIs: no S3, no role)")
     prefix: str = Field(default="assembler/", description="S3 key prefix")
     role_name: str = Field(default="vmimport", description="VM Import service role")
-    architecture: Literal["x86_64", "arm64"] = "x86_64"
-    volume_type: str = "gp3"
-    wait_timeout: int = Field(default=7200, description="seconds to wait for ImportSnapshot")
-    poll_interval: float = 15.0
+    architecture: Literal["x86_64", "arm64"] = Field(default="x86_64", description="the AMI's architecture")
+    volume_type: str = Field(default="gp3", description="EBS volume type of the AMI's root device")
+    wait_timeout: int = Field(default=7200, description="seconds to wait for the snapshot (either method)")
+    poll_interval: float = Field(default=15.0, description="seconds between polls of a pending snapshot")
 
 
 def boot_mode(firmware: tuple[str, ...]) -> str:

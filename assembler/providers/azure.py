@@ -41,13 +41,15 @@ class AzureOptions(Options):
     container: str = Field(default="assembler", description="blob container (created if missing)")
     account_url: str | None = Field(default=None, description="https://ACCOUNT.blob.core.windows.net")
     resource_group: str | None = Field(default=None, description="create images in this resource group")
-    location: str | None = None
-    gallery: str | None = None
-    gallery_image: str | None = None
-    gallery_version: str | None = Field(default=None, pattern=r"^\d+\.\d+\.\d+$")
+    location: str | None = Field(default=None, description="Azure region of the image")
+    gallery: str | None = Field(default=None, description="Compute Gallery name")
+    gallery_image: str | None = Field(default=None, description="gallery image definition")
+    gallery_version: str | None = Field(default=None, pattern=r"^\d+\.\d+\.\d+$",
+                                        description="gallery image version MAJOR.MINOR.PATCH")
     storage_account_id: str | None = Field(default=None, description="resource ID of the storage account")
-    hyper_v_generation: Literal["V1", "V2"] | None = None  # default: V2 when the image boots UEFI
-    workers: int = Field(default=4, ge=1, le=32)
+    hyper_v_generation: Literal["V1", "V2"] | None = Field(
+        default=None, description="HyperV generation (default: V2 when the image boots UEFI, else V1)")
+    workers: int = Field(default=4, ge=1, le=32, description="Put Page calls in flight (1 to 32)")
     retries: int = Field(default=5, ge=0, description="retries of each storage call (SDK backoff)")
 
 
@@ -112,7 +114,7 @@ class AzureProvider(BaseProvider):
             raise ConfigError("creating an Azure image needs --location", resolution="pass --location REGION")
         if opts.gallery and not (opts.gallery_image and opts.gallery_version and opts.resource_group):
             raise ConfigError("a gallery image version needs --resource-group, --gallery-image and a version",
-                              resolution="pass them, e.g. --option gallery_version=1.0.0")
+                              resolution="pass them, e.g. --gallery-version 1.0.0")
 
     def publish(self, ctx: PublishContext) -> Receipt:
         art = ctx.outputs.artifact("vhd")

@@ -299,10 +299,14 @@ class BaseProvider:
                        items=items)
 
 
+def option_flag(name: str) -> str:
+    """The `assembler publish` flag of an options-model field: role_name is --role-name."""
+    return "--" + name.replace("_", "-")
+
+
 def option_help(model: type[BaseModel]) -> str:
     parts = []
     for name, info in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        parts.append(f"{flag}{' (required)' if info.is_required() else ''}")
+        parts.append(f"{option_flag(name)}{' (required)' if info.is_required() else ''}")
     return ", ".join(parts) or "none"
 

@@ -53,9 +53,10 @@ class SeekableReader(ProgressReader):
 
 class GcpOptions(Options):
     bucket: str = Field(description="GCS bucket for the tar.gz")
-    project: str | None = Field(default=None, description="default: GOOGLE_CLOUD_PROJECT / ADC project")
-    prefix: str = "assembler"
-    family: str | None = None
+    project: str | None = Field(default=None,
+                                description="GCP project (default: GOOGLE_CLOUD_PROJECT or the ADC project)")
+    prefix: str = Field(default="assembler", description="GCS object prefix")
+    family: str | None = Field(default=None, description="GCE image family")
 
 
 def gce_name(value: str) -> str:

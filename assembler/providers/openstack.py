@@ -28,11 +28,12 @@ from assembler.providers.base import (
 
 
 class OpenStackOptions(Options):
-    cloud: str | None = Field(default=None, description="clouds.yaml entry; default OS_CLOUD / OS_* variables")
-    disk_format: Literal["qcow2", "raw"] = "qcow2"
-    visibility: Literal["private", "shared", "community", "public"] = "private"
-    os_distro: str | None = None
-    os_version: str | None = None
+    cloud: str | None = Field(default=None, description="clouds.yaml entry (default: OS_CLOUD or the OS_* variables)")
+    disk_format: Literal["qcow2", "raw"] = Field(default="qcow2", description="Glance disk format")
+    visibility: Literal["private", "shared", "community", "public"] = Field(default="private",
+                                                                            description="Glance visibility")
+    os_distro: str | None = Field(default=None, description="Glance os_distro property (e.g. debian)")
+    os_version: str | None = Field(default=None, description="Glance os_version property (e.g. 12)")
 
 
 def glance_properties(labels: dict[str, str], firmware: tuple[str, ...], opts: OpenStackOptions) -> dict[str, str]:

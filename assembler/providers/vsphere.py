@@ -18,10 +18,10 @@ from assembler.run import require_tool, run
 
 
 class VsphereOptions(Options):
-    library: str | None = Field(default=None, description="content library; none imports to the inventory")
-    datastore: str | None = None
-    folder: str | None = None
-    pool: str | None = None
+    library: str | None = Field(default=None, description="content library (else import to the inventory)")
+    datastore: str | None = Field(default=None, description="datastore")
+    folder: str | None = Field(default=None, description="VM folder for inventory import")
+    pool: str | None = Field(default=None, description="resource pool for inventory import")
 
 
 class VsphereProvider(BaseProvider):

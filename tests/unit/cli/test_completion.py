@@ -28,6 +28,9 @@ def complete(*words: str) -> list[str]:
     (("assembler", "build", "debian-1"), ["debian-12", "debian-12-k8s-node", "debian-13", "debian-13-k8s-node"]),
     (("assembler", "build", "debian-13", "--format", "vm"), ["vmdk"]),
     (("assembler", "lock", "debian-13-k"), ["debian-13-k8s-node"]),
+    # publish's provider flags are made from the options models at startup: the shell still sees them
+    (("assembler", "publish", "debian-12", "--acc"), ["--account-url"]),
+    (("assembler", "publish", "debian-12", "-p", "aws", "--method", ""), ["import", "ebs-direct"]),
 ])
-def test_bash_completes_commands_images_and_formats(words: tuple[str, ...], expected: list[str]) -> None:
+def test_bash_completes_commands_images_formats_and_flags(words: tuple[str, ...], expected: list[str]) -> None:
     assert complete(*words) == expected
