@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from rich.traceback import Traceback
+from typer.core import TyperGroup
 
 from assembler.cli import (
     boot_cmd,
@@ -26,8 +28,30 @@ from assembler.errors import AssemblerError
 from assembler.log import console, setup_logging
 from assembler.space import no_space_error
 
+
+class _Interrupted(BaseException):
+    """Ctrl-C inside a command, on its way to main().
+
+    typer turns a KeyboardInterrupt raised while a command runs into a silent exit 130, in standalone mode and
+    out of it alike, so main() could never tell the user. typer's handlers know nothing of this class, so it
+    passes them; a BaseException like KeyboardInterrupt, so no `except Exception` on the way swallows it.
+    """
+
+
+class _Group(TyperGroup):
+    """The root command group: every command (subgroups too) runs inside its invoke()."""
+
+    # ctx: the base class's click Context; Any because typer vendors its own click (typer._click, private)
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted from exc
+
+
 app = typer.Typer(
     name="assembler",
+    cls=_Group,
     help="Container-first VM image assembler: Containerfile -> OCI image -> rootfs -> bootable disks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -69,6 +93,15 @@ def _fail(exc: AssemblerError) -> NoReturn:
     sys.exit(1)
 
 
+def _interrupted(exc: BaseException) -> NoReturn:
+    if _state["debug"]:
+        # The KeyboardInterrupt's own frames (where the command was when Ctrl-C came), not _Interrupted's.
+        cause = exc.__cause__ if isinstance(exc, _Interrupted) and exc.__cause__ is not None else exc
+        console.print(Traceback.from_exception(type(cause), cause, cause.__traceback__))
+    console.print("[bold red]interrupted[/]")
+    sys.exit(130)
+
+
 def main() -> None:
     try:
         app()
@@ -79,9 +112,8 @@ def main() -> None:
         if full is None:
             raise
         _fail(full)
-    except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+    except (_Interrupted, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C before typer took over
+        _interrupted(exc)
 
 
 if __name__ == "__main__":

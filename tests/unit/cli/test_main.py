@@ -1,5 +1,6 @@
-"""main(): an AssemblerError is one clear message and exit 1, a full disk is one too, and Ctrl-C is exit 130;
-anything else is a bug and keeps its traceback."""
+"""main(): an AssemblerError is one clear message and exit 1, a full disk is one too, and Ctrl-C is one line
+and exit 130; usage errors and a command's own exit status are click's; anything else is a bug and keeps its
+traceback."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import typer
 
 from assembler.cli import list_cmd, main
 from assembler.errors import ConfigError
@@ -64,11 +66,35 @@ def test_another_os_error_is_a_bug_and_propagates(monkeypatch: pytest.MonkeyPatc
         main.main()
 
 
-def test_ctrl_c_is_exit_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctrl_c_is_exit_130_and_one_line_without_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # typer alone turns Ctrl-C into a silent exit 130: the user must still be told why the command stopped.
     monkeypatch.setattr(list_cmd, "list_images", _raising(KeyboardInterrupt()))
     assert _main(monkeypatch, "list") == 130
-    assert "Traceback" not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.err == "interrupted\n"
+    assert captured.out == ""
+
+
+def test_ctrl_c_with_debug_shows_where_the_command_was(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(list_cmd, "list_images", _raising(KeyboardInterrupt()))
+    assert _main(monkeypatch, "--debug", "list") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in fail" in err and "_Interrupted" not in err
+    assert err.splitlines()[-1] == "interrupted"
+
+
+def test_a_usage_error_keeps_clicks_message_and_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert _main(monkeypatch, "no-such-command") == 2
+    err = capsys.readouterr().err
+    assert "Usage: " in err and "No such command 'no-such-command'" in err
+
+
+def test_a_commands_own_exit_status_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(list_cmd, "list_images", _raising(typer.Exit(3)))
+    assert _main(monkeypatch, "list") == 3
 
 
 def test_no_command_shows_the_help(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
