@@ -34,6 +34,7 @@ from assembler.inspect import (
 )
 from assembler.manifest import Manifest, read_manifest
 from assembler.rootfs import layers
+from assembler.rootfs.downloads import Fetched
 from assembler.rootfs.layers import FileEntry, LayerIndex, Placed
 
 ZERO_BLOCK = 4096
@@ -373,24 +374,39 @@ def _deleted_package_step(a: Side, b: Side, name: str) -> tuple[int | None, str]
     return layer, (f"(in A) {step}" if step else "")
 
 
+def _pins(side: Side) -> dict[str, Fetched]:
+    """A side's download records by name, read as the BOM writer wrote them (Fetched: name, url, sha256).
+
+    Fetched.from_mapping names a record without one after its URL, drops a "sha256:" prefix and refuses one
+    without url or sha256, as the build does when it writes the BOM.
+    """
+    return {pin.name: pin for pin in map(Fetched.from_mapping, side.downloads)}
+
+
+def _pin_json(pin: Fetched) -> dict[str, str]:
+    # Only what a BOM records: from_mapping's dest and status would be its defaults, not facts of the build.
+    return {"name": pin.name, "url": pin.url, "sha256": pin.sha256}
+
+
 def diff_downloads(a: Side, b: Side) -> dict[str, list[dict[str, Any]]]:
-    """Download pins by name: a version change is an upgrade or downgrade; same version, other bytes: changed."""
-    da = {d.get("name") or d["url"]: d for d in a.downloads}
-    db = {d.get("name") or d["url"]: d for d in b.downloads}
-    result: dict[str, list[dict[str, Any]]] = {"added": [], "removed": [], "upgraded": [], "downgraded": [],
-                                               "changed": []}
-    for name in sorted(da.keys() | db.keys()):
-        old, new = da.get(name), db.get(name)
+    """Download pins by name: other bytes (sha256) or another source (url) is a change.
+
+    A pin is a URL and a checksum, not a version (downloads.yaml has none), so there is no upgrade or
+    downgrade to tell apart; `fields` says which of the two changed.
+    """
+    pa, pb = _pins(a), _pins(b)
+    result: dict[str, list[dict[str, Any]]] = {"added": [], "removed": [], "changed": []}
+    for name in sorted(pa.keys() | pb.keys()):
+        old, new = pa.get(name), pb.get(name)
         if old is None and new is not None:
-            result["added"].append(new)
+            result["added"].append(_pin_json(new))
         elif new is None and old is not None:
-            result["removed"].append(old)
-        elif old is not None and new is not None and (old["sha256"], old["url"]) != (new["sha256"], new["url"]):
-            order = bom.compare_versions(new.get("version", ""), old.get("version", ""))
-            kind = "upgraded" if order > 0 else "downgraded" if order < 0 else "changed"
-            result[kind].append({"name": name, "from": old.get("version", ""), "to": new.get("version", ""),
-                                 "from_url": old["url"], "to_url": new["url"], "from_sha256": old["sha256"],
-                                 "to_sha256": new["sha256"]})
+            result["removed"].append(_pin_json(old))
+        elif old is not None and new is not None:
+            fields = [f for f in ("sha256", "url") if getattr(old, f) != getattr(new, f)]
+            if fields:
+                result["changed"].append({"name": name, "fields": fields, "from_url": old.url, "to_url": new.url,
+                                          "from_sha256": old.sha256, "to_sha256": new.sha256})
     return result
 
 

@@ -78,12 +78,13 @@ def _downloads(downloads: dict[str, list[dict[str, Any]]], out: Console) -> None
         return
     out.print("[bold]downloads[/]")
     for d in downloads.get("added", []):
-        out.print(f"  {MARK['added']} {d.get('name')} {d.get('version', '')} {d['url']}")
+        out.print(f"  {MARK['added']} {escape(d['name'])} {escape(d['url'])}")
     for d in downloads.get("removed", []):
-        out.print(f"  {MARK['removed']} {d.get('name')} {d.get('version', '')} {d['url']}")
-    for kind in ("upgraded", "downgraded", "changed"):
-        for d in downloads.get(kind, []):
-            out.print(f"  {MARK['changed']} {d['name']} {d['from']} -> {d['to']} ({kind}) {d['to_url']}")
+        out.print(f"  {MARK['removed']} {escape(d['name'])} {escape(d['url'])}")
+    for d in downloads.get("changed", []):
+        # Only what changed: a new checksum (other bytes) and/or a new URL (another mirror or release).
+        what = [f"{field} {escape(d['from_' + field])} -> {escape(d['to_' + field])}" for field in d["fields"]]
+        out.print(f"  {MARK['changed']} {escape(d['name'])} " + ", ".join(what))
 
 
 def _files(files: list[dict[str, Any]], steps: list[dict[str, Any]], out: Console, limit: int) -> None:

@@ -8,9 +8,10 @@ import json
 import tarfile
 from pathlib import Path
 
-from assembler import diff
+from assembler import bom, diff
 from assembler.bom import compare_versions
 from assembler.rootfs import layers
+from assembler.rootfs.downloads import Fetched
 
 STEPS = ["/bin/sh -c #(nop) ADD base", "/bin/sh -c apt-get install -y tool", "/bin/sh -c #(nop) COPY file:x in /etc/x"]
 
@@ -93,17 +94,55 @@ def test_identical_trees_with_other_layer_times_are_identical(tmp_path: Path) ->
 
 def test_upgrade_and_downgrade_are_named(tmp_path: Path) -> None:
     a = diff.Side("a", "bom", packages={"k8s": {"version": "1.30.1", "architecture": "amd64"},
-                                        "x": {"version": "2.0", "architecture": "amd64"}},
-                  downloads=[{"name": "kubelet", "version": "1.30.1", "url": "u1", "sha256": "1"}])
+                                        "x": {"version": "2.0", "architecture": "amd64"}})
     b = diff.Side("b", "bom", packages={"k8s": {"version": "1.30.3", "architecture": "amd64"},
-                                        "x": {"version": "1:1.0", "architecture": "amd64"}},
-                  downloads=[{"name": "kubelet", "version": "1.30.0", "url": "u0", "sha256": "0"}])
+                                        "x": {"version": "1:1.0", "architecture": "amd64"}})
     report = diff.diff_sides(a, b)
     assert [(p["name"], p["from"], p["to"]) for p in report["packages"]["upgraded"]] == [
         ("k8s", "1.30.1", "1.30.3"), ("x", "2.0", "1:1.0")]
-    assert [d["name"] for d in report["downloads"]["downgraded"]] == ["kubelet"]
     assert "files (one side has no file tree: a disk or an SPDX file)" in report["not_compared"]
     assert compare_versions("1:1.0", "2.0") > 0
+
+
+K8S = "https://dl.k8s.io/release/v1.30.14/bin/linux/amd64/"
+MIRROR = "https://mirror.example/dl.k8s.io/release/v1.30.14/bin/linux/amd64/"
+
+
+def _bom(path: Path, *pins: Fetched) -> Path:
+    """An SPDX file whose download records are what the BOM writer makes of the build's Fetched records."""
+    doc = bom.spdx_document(bom.BomInput(image="demo", rootfs_sha256="ab" * 32, source_date_epoch=0,
+                                         dpkg=bom.DpkgDb(), downloads=pins))
+    return bom.write_document(doc, path)
+
+
+def _pin(name: str, sha: str, base: str = K8S) -> Fetched:
+    return Fetched(name, base + name, sha * 32, f"downloads/{name}", "fetched")
+
+
+def test_download_pins_differ_by_checksum_or_url(tmp_path: Path) -> None:
+    a = _bom(tmp_path / "a.spdx.json", _pin("kubelet", "11"), _pin("kubeadm", "22"), _pin("crictl", "33"),
+             _pin("helm", "44"))
+    b = _bom(tmp_path / "b.spdx.json", _pin("kubelet", "55"), _pin("kubeadm", "22", MIRROR), _pin("crictl", "33"),
+             _pin("cni", "66"))
+    report = diff.diff(str(a), str(b))
+    assert report["downloads"] == {
+        "added": [{"name": "cni", "url": K8S + "cni", "sha256": "66" * 32}],
+        "removed": [{"name": "helm", "url": K8S + "helm", "sha256": "44" * 32}],
+        "changed": [
+            {"name": "kubeadm", "fields": ["url"], "from_url": K8S + "kubeadm", "to_url": MIRROR + "kubeadm",
+             "from_sha256": "22" * 32, "to_sha256": "22" * 32},
+            {"name": "kubelet", "fields": ["sha256"], "from_url": K8S + "kubelet", "to_url": K8S + "kubelet",
+             "from_sha256": "11" * 32, "to_sha256": "55" * 32},
+        ],
+    }
+    assert not report["identical"]
+
+
+def test_a_pin_read_back_as_fetched_reads_it_is_the_same_pin(tmp_path: Path) -> None:
+    # No name (named after its URL) and a "sha256:" prefix: Fetched.from_mapping's reading of the same record.
+    a = diff.Side("a", "bom", downloads=[{"url": K8S + "kubelet", "sha256": "sha256:" + "11" * 32}])
+    b = diff.Side("b", "bom", downloads=[{"name": "kubelet", "url": K8S + "kubelet", "sha256": "11" * 32}])
+    assert diff.diff_downloads(a, b) == {"added": [], "removed": [], "changed": []}
 
 
 def test_content_digest_treats_holes_as_zeros(tmp_path: Path) -> None:

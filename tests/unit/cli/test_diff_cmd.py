@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from assembler import bom
+from assembler.rootfs.downloads import Fetched
 from tests.unit.bomdata import STATUS, rootfs, tar
 from tests.unit.cli.invoke import run
 
@@ -59,3 +61,22 @@ def test_exit_code_is_1_only_when_they_differ(pair: tuple[Path, Path]) -> None:
     same = run("diff", str(pair[0]), str(pair[0]), "--exit-code")
     assert same.exit_code == 0, same.output
     assert "no difference in files, packages" in same.stdout
+
+
+def test_a_changed_download_pin_shows_what_changed(tmp_path: Path) -> None:
+    def spdx(name: str, *pins: Fetched) -> Path:
+        return bom.write_document(bom.spdx_document(bom.BomInput(
+            image="demo", rootfs_sha256="ab" * 32, source_date_epoch=0, dpkg=bom.DpkgDb(), downloads=pins)),
+            tmp_path / name)
+
+    url = "https://dl.k8s.io/release/v1.30.14/bin/linux/amd64/"
+    a = spdx("a.spdx.json", Fetched("kubelet", url + "kubelet", "11" * 32, "downloads/kubelet", "fetched"),
+             Fetched("kubeadm", url + "kubeadm", "22" * 32, "downloads/kubeadm", "fetched"))
+    b = spdx("b.spdx.json", Fetched("kubelet", url + "kubelet", "33" * 32, "downloads/kubelet", "fetched"),
+             Fetched("crictl", url + "crictl", "44" * 32, "downloads/crictl", "fetched"))
+    result = run("diff", str(a), str(b), "--exit-code")
+    assert result.exit_code == 1, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert f"+ crictl {url}crictl" in lines
+    assert f"- kubeadm {url}kubeadm" in lines
+    assert f"~ kubelet sha256 {'11' * 32} -> {'33' * 32}" in lines
