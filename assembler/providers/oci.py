@@ -32,6 +32,7 @@ from assembler.providers.base import (
     Artifact,
     BaseProvider,
     Options,
+    Progress,
     PublishContext,
     PublishedItem,
     PublishError,
@@ -140,19 +141,51 @@ def _member_opener(archive: Path, offset: int) -> Callable[[], IO[bytes]]:
     return opener
 
 
-def containerdisk_image(artifact: Artifact, repo: str, annotations: dict[str, str]) -> OciImage:
-    """The docker-archive's config and (uncompressed) layer as an OCI image; nothing is extracted to disk."""
-    with tarfile.open(artifact.path) as tar:
+def archive_image(archive: Path, repo: str, annotations: dict[str, str], *, tag: str | None = None,
+                  what: str = "layer") -> OciImage:
+    """A docker-archive's config and (uncompressed) layers as an OCI image; nothing is extracted to disk.
+
+    The layers stay uncompressed, so each layer digest is its diff_id and the manifest digest is the same on
+    every push of the same archive. The tag defaults to the first 12 hex of the image ID."""
+    with tarfile.open(archive) as tar:
         index = json.loads(_read_member(tar, "manifest.json"))[0]
         config = _read_member(tar, index["Config"])
-        layer_name = index["Layers"][0]
-        layer_info = tar.getmember(layer_name)
-    diff_id = json.loads(config)["rootfs"]["diff_ids"][0]
-    layer = Blob(diff_id, layer_info.size, OCI_LAYER_TAR, _member_opener(artifact.path, layer_info.offset_data),
-                 "containerDisk layer")
+        members = [tar.getmember(name) for name in index["Layers"]]
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    if len(diff_ids) != len(members):
+        raise ConfigError(f"{archive} lists {len(members)} layers but its config {len(diff_ids)}",
+                          resolution="save the image again (`docker save`)")
+    layers = [Blob(diff_id, member.size, OCI_LAYER_TAR, _member_opener(archive, member.offset_data),
+                   what if len(members) == 1 else f"{what} {n + 1}/{len(members)}")
+              for n, (diff_id, member) in enumerate(zip(diff_ids, members, strict=True))]
     config_blob = _bytes_blob(config, OCI_CONFIG, "config")
-    tag = config_blob.digest.removeprefix("sha256:")[:12]
-    return OciImage(repo, tag, config_blob, [layer], annotations)
+    return OciImage(repo, tag or config_blob.digest.removeprefix("sha256:")[:12], config_blob, layers, annotations)
+
+
+def containerdisk_image(artifact: Artifact, repo: str, annotations: dict[str, str]) -> OciImage:
+    """The KubeVirt containerDisk (a one-layer docker-archive) as an OCI image."""
+    return archive_image(artifact.path, repo, annotations, what="containerDisk layer")
+
+
+def push_image(registry: Registry, host: str, kind: str, img: OciImage, progress: Progress) -> PublishedItem:
+    """Blobs the registry lacks, then the manifest; a tag that already names this manifest is left alone."""
+    ref = f"{host}/{img.repo}:{img.tag}"
+    url = f"{registry.base}{img.repo}/manifests/{img.digest}"
+    if registry.manifest_digest(img.repo, img.tag) == img.digest:
+        return PublishedItem(kind=kind, id=f"{ref}@{img.digest}", url=url, digest=img.digest, reused=True)
+    for blob in [*img.layers, img.config]:
+        if registry.has_blob(img.repo, blob.digest):
+            continue
+        task = progress.task(f"{img.repo}: {blob.label}", blob.size)
+        try:
+            registry.push_blob(img.repo, blob.digest, blob.size, blob.opener, task)
+        finally:
+            task.close()
+    digest = registry.put_manifest(img.repo, img.tag, img.manifest())
+    if digest != img.digest:
+        raise PublishError(f"registry {host} stored {ref} as {digest}, expected {img.digest}",
+                           resolution="the registry rewrote the manifest; use an OCI-compliant registry")
+    return PublishedItem(kind=kind, id=f"{ref}@{digest}", url=url, digest=digest)
 
 
 def _read_member(tar: tarfile.TarFile, name: str) -> bytes:
@@ -219,21 +252,5 @@ class OciProvider(BaseProvider):
         return self.receipt(ctx, sources, items)
 
     def _push(self, registry: Registry, kind: str, img: OciImage, ctx: PublishContext) -> PublishedItem:
-        ref = f"{self.opts.host}/{img.repo}:{img.tag}"
-        url = f"{registry.base}{img.repo}/manifests/{img.digest}"
-        if registry.manifest_digest(img.repo, img.tag) == img.digest:
-            return PublishedItem(kind=kind, id=f"{ref}@{img.digest}", url=url, digest=img.digest, reused=True)
-        for blob in [*img.layers, img.config]:
-            if registry.has_blob(img.repo, blob.digest):
-                continue
-            task = ctx.progress.task(f"{img.repo}: {blob.label}", blob.size)
-            try:
-                registry.push_blob(img.repo, blob.digest, blob.size, blob.opener, task)
-            finally:
-                task.close()
-        digest = registry.put_manifest(img.repo, img.tag, img.manifest())
-        if digest != img.digest:
-            raise PublishError(f"registry {self.opts.host} stored {ref} as {digest}, expected {img.digest}",
-                               resolution="the registry rewrote the manifest; use an OCI-compliant registry")
-        return PublishedItem(kind=kind, id=f"{ref}@{digest}", url=url, digest=digest)
+        return push_image(registry, self.opts.host, kind, img, ctx.progress)
 
