@@ -2,6 +2,11 @@
 
 `check()` looks for every locked file (store, then each source, HEAD only: it writes nothing) so
 `--locked` fails in seconds naming what is gone; `session_for()` turns the answer into a proxy session.
+
+A committed lock goes stale when the archive signs a newer state. The first build re-resolves against
+today's archive; its effective lock is kept in the cache (relocked/IMAGE/<committed digest>.json), and later
+builds of the same committed lock replay it while the store still serves every file of it: the same bits
+every time and the engine's layer cache, instead of a new mirror state (and no layer cache) per build.
 """
 
 from __future__ import annotations
@@ -10,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from assembler.errors import AssemblerError
+from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import sha256_bytes
 from assembler.log import log
 from assembler.mirrors import MirrorMap, load_mirror_map
 from assembler.packages import index
-from assembler.packages.lockfile import LOCK_FILE, Change, IndexFile, Lock, LockedPackage, read_lock
+from assembler.packages.lockfile import LOCK_FILE, Change, IndexFile, Lock, LockedPackage, read_lock, write_lock
 from assembler.packages.proxy import Session
 from assembler.packages.sources import Sources
 from assembler.packages.store import PackageStore
@@ -121,11 +126,39 @@ def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path]
     if lock is not None and not strict and not offline:
         missing = check(lock, store, sources_for(lock, snapshots=snapshots)).missing
         if missing:
-            log.warning("the lock of %s names %d file(s) no source has any more (first: %s); re-resolving "
-                        "against today's archive", image, len(missing), missing[0])
-            lock = None
+            relocked = _servable_relock(image, cache_dir, lock, store, snapshots)
+            log.warning("the lock of %s names %d file(s) no source has any more (first: %s); %s", image,
+                        len(missing), missing[0],
+                        "replaying the re-resolution an earlier build made of it (kept in the cache; "
+                        f"`assembler lock {context} --update` commits a fresh one)" if relocked
+                        else "re-resolving against today's archive")
+            lock = relocked
     sources = sources_for(lock, offline=offline, snapshots=snapshots)
     return Session(image, store, sources, keyrings, lock=lock, strict=strict or offline), missing
+
+
+def relock_path(cache_dir: Path, image: str, committed: Lock) -> Path:
+    return cache_dir / "relocked" / image / f"{committed.digest()}.json"
+
+
+def remember_relock(cache_dir: Path, image: str, committed: Lock, effective: Lock) -> None:
+    """Keep what a build of a stale committed lock resolved, for the next build of that same lock."""
+    path = relock_path(cache_dir, image, committed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lock(path, effective)
+
+
+def _servable_relock(image: str, cache_dir: Path, committed: Lock, store: PackageStore,
+                     snapshots: dict[str, str] | None) -> Lock | None:
+    path = relock_path(cache_dir, image, committed)
+    if not path.is_file():
+        return None
+    try:
+        relocked = read_lock(path)  # ours, but read back as untrusted: a damaged file means re-resolving
+    except ConfigError as exc:
+        log.debug("ignoring %s: %s", path, exc.brief)
+        return None
+    return relocked if check(relocked, store, sources_for(relocked, snapshots=snapshots)).complete else None
 
 
 def live_session(image: str, cache_dir: Path, keyrings: list[Path]) -> Session:

@@ -217,6 +217,8 @@ class RootfsPhase(Phase):
                 raise
         effective = session.effective_lock(base.packages, base.indexes)
         write_lock(out / LOCK_FILE, effective)
+        if missing and committed is not None and not self.ctx.update_lock:
+            locking.remember_relock(cache, spec.name, committed, effective)
         moved = lockfile.changes(committed, effective)
         locking.report(spec.name, moved)
         meta = {"path": LOCK_FILE, "sha256": effective.digest(), "replayed": session.lock is not None,

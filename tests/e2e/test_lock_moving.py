@@ -141,3 +141,31 @@ def test_the_default_build_re_resolves_and_reports_the_change(moving: Moving) ->
     assert "differ from the committed lock" in proc.stderr + proc.stdout
     effective = read_lock(moving.root / "refreshed" / "lock-test.lock.json")
     assert {p.name: p.version for p in effective.packages}[MOVED] == new
+
+
+def test_the_next_build_of_the_stale_lock_replays_its_re_resolution(moving: Moving) -> None:
+    """Re-resolved once per cache: later builds of the same stale lock replay that resolution (the same
+    packages and bits, and the engine's layer cache) instead of resolving the archive again, and say so."""
+    if not moving.repo.packages()[MOVED].endswith("+moved1"):
+        moving.repo.bump(MOVED)
+    proc, first = moving.build("cache-d", out="relock-0")
+    assert proc.returncode == 0 and first is not None, proc.stderr[-3000:]
+    assert first["lock"]["replayed"] is False and "re-resolving against today's archive" in proc.stderr
+    later = []
+    for n in (1, 2):  # each a new last step, so a new rootfs key
+        edited = moving.root / f"edited-{n}" / moving.image.name
+        shutil.copytree(moving.image, edited)
+        with (edited / "Containerfile").open("a") as handle:
+            handle.write(f'LABEL edited="{n}"\n')
+        proc = cli("build", str(edited), "--phases", "rootfs", "--no-boot-test", "--cache-dir",
+                   str(moving.root / "cache-d"), "--output", str(moving.root / f"relock-{n}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "replaying the re-resolution" in proc.stderr
+        later.append(json.loads((moving.root / f"relock-{n}" / "manifest.json").read_text()))
+    for manifest in later:
+        assert manifest["lock"]["replayed"] is True and manifest["lock"]["committed"] == first["lock"]["committed"]
+        assert manifest["lock"]["sha256"] == first["lock"]["sha256"]  # the same effective lock, not a new one
+        assert manifest["rootfs"]["sha256"] == first["rootfs"]["sha256"]  # a LABEL changes no file
+    # The second replay's apt layer is the engine's cached one from the first (rebuilt: new file times).
+    assert [layer["digest"] for layer in later[1]["oci"]["layers"]] == \
+        [layer["digest"] for layer in later[0]["oci"]["layers"]]
