@@ -4,13 +4,17 @@ VENV := .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup image test lint unit bench clean
+.PHONY: setup image container test lint unit bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 image: setup
 	$(VENV)/bin/assembler build $(IMAGE)
+
+# assembler and every host tool it uses as an image (localhost/assembler:VERSION), from our own Debian base.
+container: setup
+	$(VENV)/bin/python scripts/container build
 
 lint: setup
 	$(VENV)/bin/ruff check assembler tests

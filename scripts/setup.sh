@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on Debian 12: apt packages, the venv (with system site packages for python3-guestfs),
 # and a running container engine. Safe to run again: it only installs what is missing.
+# `setup.sh --system` stops after the host tools (apt): what the assembler container image installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,10 @@ fi
 
 # libguestfs needs a readable kernel in /boot (Debian makes it root-only by default).
 as_root chmod 0644 /boot/vmlinuz-* 2>/dev/null || true
+if [ "${1:-}" = "--system" ]; then
+  log "host tools ready"
+  exit 0
+fi
 
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/python ]; then
