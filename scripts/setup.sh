@@ -29,7 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! mke2fs -V 2>&1 | grep -qE 'mke2fs 1\.(4[7-9]\.[1-9]|4[8-9]|[5-9])'; then
+# Read the version first: `mke2fs -V | grep -q` under pipefail fails whenever grep exits before mke2fs's second
+# line is written (SIGPIPE), which reinstalled backports on some runs.
+mke2fs_version=$(mke2fs -V 2>&1 || true)
+if ! grep -qE 'mke2fs 1\.(4[7-9]\.[1-9]|4[8-9]|[5-9])' <<<"$mke2fs_version"; then
   log "installing e2fsprogs from bookworm-backports (tarball input for mke2fs -d)"
   sources=/etc/apt/sources.list.d/bookworm-backports.sources
   if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
