@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import CHUNK, canonical_json, sha256_bytes, sha256_file
+from assembler.log import log
 from assembler.registry import OCI_MANIFEST, TITLE, parse_repository
 from assembler.run import require_tool, run
 
@@ -336,7 +337,17 @@ class RegistryStore:
             (layout / "index.json").write_bytes(canonical_json(index))
             # skopeo skips the blobs the registry has and puts the manifest last: until that tag exists the
             # entry does not, whatever blobs a push that died left behind.
-            self._copy(f"oci:{layout}:{LAYOUT_REF}", self._ref(f":{self.tag(key)}"), "pushing to")
+            source, dest = f"oci:{layout}:{LAYOUT_REF}", self._ref(f":{self.tag(key)}")
+            try:
+                self._copy(source, dest, "pushing to")
+            except RemoteError as exc:
+                # Two machines pushing one key at once: the registry can refuse the second manifest ("blob
+                # unknown") while the first one's upload of that blob is being committed. Once more, skopeo
+                # finds every blob present and puts only the manifest.
+                if "blob unknown" not in exc.details:
+                    raise
+                log.debug("%s: retrying the push of %s after %s", self.name, key[:12], exc.details)
+                self._copy(source, dest, "pushing to")
         finally:
             shutil.rmtree(layout, ignore_errors=True)
         # Another machine may have pushed the same key meanwhile: the same files are fine, others are the
