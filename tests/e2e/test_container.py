@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -35,8 +36,10 @@ def tool_image(shared_cache: Path) -> Iterator[str]:
     proc = subprocess.run(["make", "container"], cwd=REPO, capture_output=True, text=True, timeout=3600,
                           env={**os.environ, "ASSEMBLER_CACHE_DIR": str(shared_cache)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    tag, image_id = proc.stdout.strip().splitlines()[-1].split()
-    assert tag == TAG and image_id.startswith("sha256:")
+    # The script's last word is "TAG IMAGE_ID"; the set-up and the build print their own lines around it.
+    built = re.findall(rf"^{re.escape(TAG)} (sha256:[0-9a-f]{{64}})$", proc.stdout, re.MULTILINE)
+    assert built, proc.stdout[-3000:]
+    image_id = built[-1]
     yield image_id
     subprocess.run(["docker", "rmi", "-f", TAG], capture_output=True, check=False)
 
