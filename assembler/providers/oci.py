@@ -167,9 +167,9 @@ def containerdisk_image(artifact: Artifact, repo: str, annotations: dict[str, st
     return archive_image(artifact.path, repo, annotations, what="containerDisk layer")
 
 
-def push_image(registry: Registry, host: str, kind: str, img: OciImage, progress: Progress) -> PublishedItem:
+def push_image(registry: Registry, kind: str, img: OciImage, progress: Progress) -> PublishedItem:
     """Blobs the registry lacks, then the manifest; a tag that already names this manifest is left alone."""
-    ref = f"{host}/{img.repo}:{img.tag}"
+    ref = f"{registry.host}/{img.repo}:{img.tag}"
     url = f"{registry.base}{img.repo}/manifests/{img.digest}"
     if registry.manifest_digest(img.repo, img.tag) == img.digest:
         return PublishedItem(kind=kind, id=f"{ref}@{img.digest}", url=url, digest=img.digest, reused=True)
@@ -183,7 +183,7 @@ def push_image(registry: Registry, host: str, kind: str, img: OciImage, progress
             task.close()
     digest = registry.put_manifest(img.repo, img.tag, img.manifest())
     if digest != img.digest:
-        raise PublishError(f"registry {host} stored {ref} as {digest}, expected {img.digest}",
+        raise PublishError(f"registry {registry.host} stored {ref} as {digest}, expected {img.digest}",
                            resolution="the registry rewrote the manifest; use an OCI-compliant registry")
     return PublishedItem(kind=kind, id=f"{ref}@{digest}", url=url, digest=digest)
 
@@ -252,5 +252,5 @@ class OciProvider(BaseProvider):
         return self.receipt(ctx, sources, items)
 
     def _push(self, registry: Registry, kind: str, img: OciImage, ctx: PublishContext) -> PublishedItem:
-        return push_image(registry, self.opts.host, kind, img, ctx.progress)
+        return push_image(registry, kind, img, ctx.progress)
 
