@@ -143,6 +143,11 @@ _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # the engine colours RUN stderr
 _STEP_RE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+(?:/\d+)?\s*:\s*(.*)$", re.IGNORECASE)
 
 
+def is_step_header(line: str) -> bool:
+    """A build's step header: Docker's "Step 3/9 : RUN ...", Podman's "[1/2] STEP 3/9: RUN ..."."""
+    return _STEP_RE.match(line.strip()) is not None
+
+
 def build_image(
     client: docker.DockerClient,
     context: Path,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +28,6 @@ from assembler.run import die_with_parent
 from assembler.store import Entry
 
 ROOTFS_TAR = "rootfs.tar"
-_STEP_LINE = re.compile(r"^(?:\[\d+/\d+\] )?STEP \d+", re.IGNORECASE)
 LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attributes changes with
 # Files of the build context that do not reach the engine's build and so must not bust the cache.
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
@@ -43,7 +41,7 @@ def context_hash(context: Path) -> str:
 def _show_step(line: str) -> None:
     # The engine streams every line of every RUN; the step headers are enough to follow progress
     # (Docker's "Step 3/9 : RUN ...", Podman's "[1/2] STEP 3/9: RUN ...").
-    if _STEP_LINE.match(line) or line.startswith("Successfully built"):
+    if engine.is_step_header(line) or line.startswith("Successfully built"):
         progress.stage(line.strip(), keep=True)
     else:
         log.debug("%s", line.rstrip())
