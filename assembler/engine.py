@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,11 +160,13 @@ def build_image(
     nocache: bool = False,
     on_output: Callable[[str], None] | None = None,
     redact: Callable[[str], str] = str,
+    drop: Callable[[docker.DockerClient, str], None] | None = None,
 ) -> BuiltImage:
     """Build context/containerfile, stream its output to on_output, return the image and its layers.
 
     Every line of output (and of an error) passes through `redact` first: the build's secret values never
-    reach a log or an error message, whatever a RUN step prints."""
+    reach a log or an error message, whatever a RUN step prints. The image the tag named before is handed to
+    `drop` (default: drop_superseded, here and now)."""
     if not (context / containerfile).is_file():
         raise ConfigError(f"Containerfile not found: {context / containerfile}",
                           resolution="create it, or pass the directory that holds it")
@@ -174,7 +178,7 @@ def build_image(
         raise EngineError(f"the build reported image {reported}, which the engine does not have",
                           resolution="rerun the build; check the engine's log")
     if previous is not None and previous != full_id:
-        drop_superseded(client, previous)
+        (drop or drop_superseded)(client, previous)
     return BuiltImage(id=full_id, tag=tag, steps=image_steps(client, full_id))
 
 
@@ -193,6 +197,42 @@ def drop_superseded(client: docker.DockerClient, previous: str) -> None:
         log.debug("removed superseded image %s", previous)
     except docker.errors.APIError as exc:  # in use, or gone already: nothing of ours to reclaim
         log.debug("kept superseded image %s: %s", previous, exc)
+
+
+@contextmanager
+def dropping_alongside() -> Iterator[Callable[[docker.DockerClient, str], None]]:
+    """A `drop` for build_image that removes the superseded image on a thread of its own while the caller goes
+    on (saving and flattening the new one), and waits for it on leaving, so no run ends with it forgotten.
+
+    Removing a few hundred MB of layer files takes the engine 1-2 s; the thread has its own connection (one
+    docker client is not shared between threads)."""
+    threads: list[threading.Thread] = []
+
+    def drop(client: docker.DockerClient, previous: str) -> None:
+        del client  # the caller's connection stays with the caller's thread
+        thread = threading.Thread(target=_drop_on_own_connection, args=(previous,), name="drop-superseded")
+        thread.start()
+        threads.append(thread)
+
+    try:
+        yield drop
+    finally:
+        for thread in threads:
+            thread.join()
+
+
+def _drop_on_own_connection(previous: str) -> None:
+    try:
+        client = connect(start=False)
+    except EngineError as exc:  # the engine went away: nothing to reclaim from here
+        log.debug("kept superseded image %s: %s", previous, exc.brief)
+        return
+    try:
+        drop_superseded(client, previous)
+    except requests.exceptions.RequestException as exc:
+        log.debug("kept superseded image %s: %s", previous, exc)
+    finally:
+        client.close()
 
 
 def _build_stream(client: docker.DockerClient, context: Path, containerfile: str, tag: str,

@@ -147,21 +147,24 @@ class RootfsPhase(Phase):
         recipe = self._recipe()
         locked: dict[str, Any] | None = None
         base_id = None
-        with secrets.serving(mounted.values) as (endpoint, served):
-            if endpoint:
-                buildargs["no_proxy"] = secrets.no_proxy_with(buildargs.get("no_proxy", ""), endpoint)
-            if recipe is None:  # a registry base: its apt sources are the Containerfile's own (dated snapshots)
-                built = self._build(client, mounted.context, buildargs)
-            else:
-                built, base_id, locked = self._build_locked(client, recipe, mounted.context, buildargs, out)
-        shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
-        archive = out / "image.tar"
-        progress.stage("saving the image from the engine")
-        engine.save_image(client, built.id, archive)
-        progress.stage("flattening the layers and indexing their files")
-        result = flatten_and_index(archive, out, cfg.source_date_epoch,
-                                   layers.LayerCache(cache_dir(self.ctx.store.root)))
-        archive.unlink()
+        # The image this build replaces leaves the engine while the new one is saved and flattened.
+        with engine.dropping_alongside() as drop:
+            with secrets.serving(mounted.values) as (endpoint, served):
+                if endpoint:
+                    buildargs["no_proxy"] = secrets.no_proxy_with(buildargs.get("no_proxy", ""), endpoint)
+                if recipe is None:  # a registry base: its apt sources are the Containerfile's own (dated snapshots)
+                    built = self._build(client, mounted.context, buildargs, drop)
+                else:
+                    built, base_id, locked = self._build_locked(client, recipe, mounted.context, buildargs, out,
+                                                                drop)
+            shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
+            archive = out / "image.tar"
+            progress.stage("saving the image from the engine")
+            engine.save_image(client, built.id, archive)
+            progress.stage("flattening the layers and indexing their files")
+            result = flatten_and_index(archive, out, cfg.source_date_epoch,
+                                       layers.LayerCache(cache_dir(self.ctx.store.root)))
+            archive.unlink()
         secrets.require_absent(out / ROOTFS_TAR, mounted.values)  # before the entry can be committed
         return {
             "engine": {"name": info.name, "version": info.version},
@@ -176,15 +179,16 @@ class RootfsPhase(Phase):
         }
 
     def _build(self, client: docker.DockerClient, context: Path, buildargs: dict[str, str],
-               nocache: bool | None = None) -> engine.BuiltImage:
+               drop: Callable[[docker.DockerClient, str], None], nocache: bool | None = None) -> engine.BuiltImage:
         spec = self.ctx.spec
         return engine.build_image(
             client, context, containerfile=spec.containerfile.name, tag=f"localhost/assembler/{spec.name}:latest",
             buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step,
-            redact=self._redact)
+            redact=self._redact, drop=drop)
 
     def _build_locked(self, client: docker.DockerClient, recipe: bootstrap.BaseRecipe, context: Path,
-                      buildargs: dict[str, str], out: Path) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
+                      buildargs: dict[str, str], out: Path, drop: Callable[[docker.DockerClient, str], None]
+                      ) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
         """Base and Containerfile with apt going through the locking proxy; the effective lock to out/."""
         spec, cache = self.ctx.spec, cache_dir(self.ctx.store.root)
         committed = self.ctx.lock or locking.read_image_lock(spec.context)
@@ -204,7 +208,7 @@ class RootfsPhase(Phase):
                                          cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
             session.layer = "image"
             try:
-                built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url},
+                built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url}, drop,
                                     nocache=self.ctx.nocache or replay is None)
             except EngineError as exc:
                 if session.refused:

@@ -138,3 +138,24 @@ def test_a_rebuild_under_the_same_tag_removes_the_image_it_superseded(engine_cli
     finally:
         for ref in (tag, "assembler-test/superseded-kept:latest"):
             engine.remove_image(engine_client, ref, force=True)
+
+
+def test_a_superseded_image_dropped_alongside_is_gone_when_the_block_ends(engine_client: docker.DockerClient,
+                                                                          debian_base: str, tmp_path: Path) -> None:
+    """The rootfs phase's way: the removal runs on its own connection while the caller goes on."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    tag = "assembler-test/superseded-alongside:latest"
+    ids = []
+    try:
+        for content in ("first", "second"):
+            (context / "Containerfile").write_text(
+                f"FROM localhost/assembler/base:debian-12\nRUN echo {content} > /etc/superseded\n")
+            with engine.dropping_alongside() as drop:
+                ids.append(engine.build_image(engine_client, context, tag=tag, buildargs={}, drop=drop).id)
+        assert ids[0] != ids[1]
+        assert engine.image_id(engine_client, ids[0]) is None
+        assert engine.image_id(engine_client, tag) == ids[1]
+        assert engine.image_id(engine_client, debian_base) == debian_base
+    finally:
+        engine.remove_image(engine_client, tag, force=True)
