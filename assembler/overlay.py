@@ -18,11 +18,11 @@ T = TypeVar("T")
 
 
 def ancestors(path: str) -> Iterator[str]:
-    """a/b/c -> a/b, a (nearest first)."""
-    parent = posixpath.dirname(path)
+    """a/b/c -> a/b, a (nearest first). Paths are normalised tar names: relative, no trailing slash."""
+    parent = path.rpartition("/")[0]
     while parent:
         yield parent
-        parent = posixpath.dirname(parent)
+        parent = parent.rpartition("/")[0]
 
 
 @dataclass
@@ -39,8 +39,11 @@ class Overlay(Generic[T]):
             self.remove_children(path)  # a file or link replaces a directory, explicit or implicit
         for parent in ancestors(path):
             above = self.nodes.get(parent)
-            if above is not None and not self.is_dir(above):
-                del self.nodes[parent]  # it is a directory now (implicit until a layer names it)
+            if above is None:
+                continue  # implicit: look further up
+            if self.is_dir(above):
+                break  # every node's ancestors in the tree are directories already: the rest are too
+            del self.nodes[parent]  # it is a directory now (implicit until a layer names it)
         self.nodes[path] = node
 
     def imply(self, directory: str, named: set[str], make_dir: Callable[[str], T]) -> None:
