@@ -155,10 +155,20 @@ def read_tar_members(tar_path: Path, want: Any = wants_dpkg) -> dict[str, bytes]
                     handle = tf.extractfile(member)
                     found[path] = handle.read() if handle else b""
                 elif member.issym():
-                    links[path] = tar_name(str(Path(path).parent / member.linkname))
+                    links[path] = link_target(path, member.linkname)
     except (OSError, tarfile.TarError) as exc:
         raise ConfigError(f"cannot read the rootfs tar {tar_path}", details=str(exc),
                           resolution="pass an uncompressed tar (the rootfs phase output)") from exc
+    return with_links(found, links)
+
+
+def link_target(path: str, linkname: str) -> str:
+    """Where a symlink member points, as a tar name (relative targets resolved against its directory)."""
+    return tar_name(str(Path(path).parent / linkname))
+
+
+def with_links(found: dict[str, bytes], links: Mapping[str, str]) -> dict[str, bytes]:
+    """Wanted symlinks (/etc/os-release) read as the wanted file they point at within the same tar."""
     for path, target in links.items():
         if target in found:
             found[path] = found[target]
@@ -384,9 +394,12 @@ def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_e
               oci: Mapping[str, Any] | None = None, base_image: str | None = None,
               layers_index: LayerIndex | None = None, downloads: Sequence[Mapping[str, Any]] = (),
               tools: Mapping[str, str] | None = None,
-              build_inputs: Mapping[str, Any] | None = None) -> BomInput:
-    """Gather the BOM's facts: dpkg and os-release from the rootfs tar, layers from the rootfs metadata."""
-    files = read_tar_members(rootfs_tar)
+              build_inputs: Mapping[str, Any] | None = None,
+              files: Mapping[str, bytes] | None = None) -> BomInput:
+    """Gather the BOM's facts: dpkg and os-release from the rootfs tar, layers from the rootfs metadata.
+
+    `files`: the tar's wanted members (read_tar_members) when the caller has read them already."""
+    files = read_tar_members(rootfs_tar) if files is None else files
     dpkg = dpkg_db(files)
     layers = tuple((str(x["digest"]), str(x["step"])) for x in (oci or {}).get("layers", []))
     return BomInput(

@@ -1,6 +1,7 @@
 """Raw disk assembly: rootfs tar -> GPT disk with an ext4 root, bootable on BIOS and UEFI."""
 
 from assembler.disk.assemble import DEFAULT_CMDLINE, DiskResult, PartitionResult, assemble_disk, tool_versions
+from assembler.disk.ext4 import TarIndex, index_tar, read_members
 from assembler.disk.layout import DiskLayout, Partition, RootFsOptions, layout_path, load_layout
 
 __all__ = [
@@ -10,8 +11,11 @@ __all__ = [
     "Partition",
     "PartitionResult",
     "RootFsOptions",
+    "TarIndex",
     "assemble_disk",
+    "index_tar",
     "layout_path",
     "load_layout",
+    "read_members",
     "tool_versions",
 ]

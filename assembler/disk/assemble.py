@@ -176,11 +176,13 @@ def _timed(timings: dict[str, float], name: str, start: float) -> None:
 
 def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str, source_date_epoch: int,
                   cmdline: str = DEFAULT_CMDLINE, size: int | None = None, headroom: int = 512 * 1024**2,
-                  work_dir: Path | None = None, extra_files: Mapping[str, bytes] | None = None) -> DiskResult:
+                  work_dir: Path | None = None, extra_files: Mapping[str, bytes] | None = None,
+                  index: ext4.TarIndex | None = None) -> DiskResult:
     """Build `dest` (a sparse raw disk) from `rootfs_tar`; ids derive from `seed` (the content digest).
 
     `extra_files` (path relative to / -> bytes) are added to the root filesystem like fstab and grub.cfg
     (root-owned, mode 0644, stamped with the epoch; missing parent directories are created 0755).
+    `index`: index_tar(rootfs_tar) when the caller has made it already.
     """
     if not seed:
         raise DiskError("assemble_disk needs a seed", resolution="pass the image's content digest as seed")
@@ -188,7 +190,8 @@ def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str
         raise DiskError(f"rootfs tar not found: {rootfs_tar}", resolution="build the rootfs phase first")
     timings: dict[str, float] = {}
     start = time.monotonic()
-    index = ext4.index_tar(rootfs_tar)
+    if index is None or index.path != rootfs_tar:
+        index = ext4.index_tar(rootfs_tar)
     kernel = ext4.find_kernel(index)
     ids = _ids(seed, layout)
     root_size = choose_root_size(layout, index.content_bytes(), size=size, headroom=headroom)

@@ -25,6 +25,15 @@ ENGINE_DIGESTS_NOTE = (
 )
 
 
+def bom_files(index: disk.TarIndex) -> dict[str, bytes]:
+    """The members the BOM reads (dpkg's database, os-release), at the offsets the disk's index found: what
+    bom.read_tar_members gives, without a second scan of the tar."""
+    wanted = [m for m in index.members if bom.wants_dpkg(m.name)]
+    found = {m.name: data for m, data in disk.read_members(index, [m for m in wanted if m.kind == "file"])}
+    return bom.with_links(found, {m.name: bom.link_target(m.name, m.linkname) for m in wanted
+                                  if m.kind == "symlink"})
+
+
 def layout_for(config_layout: str | None, overrides: dict[str, object]) -> disk.DiskLayout:
     path = disk.layout_path(config_layout) if config_layout else None
     return disk.load_layout(path, overrides or None)
@@ -74,7 +83,8 @@ class DiskPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         rootfs = self.input_entry("rootfs")
         cfg = self.ctx.spec.config
-        facts = self._bom_facts(rootfs)
+        index = disk.index_tar(rootfs.file(ROOTFS_TAR))  # one scan of the rootfs tar, for the BOM and the disk
+        facts = self._bom_facts(rootfs, bom_files(index))
         bom.write_document(bom.spdx_document(facts), out / BOM)
         bom.write_document(cyclonedx.cyclonedx_document(facts), out / CYCLONEDX)
         # The engine's image ID and layer digests change with every engine build (the classic builder stamps
@@ -85,13 +95,13 @@ class DiskPhase(Phase):
             rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
             cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
-            work_dir=out, extra_files=bom.embedded_files(embedded),
+            work_dir=out, extra_files=bom.embedded_files(embedded), index=index,
         )
         info = result.model_dump(mode="json")
         info["nondeterministic"] = [*info.get("nondeterministic", []), ENGINE_DIGESTS_NOTE]
         return {"disk": {**info, "path": RAW, "sha256": sha256_file(out / RAW)}, "bom": BOM}
 
-    def _bom_facts(self, rootfs: Entry) -> bom.BomInput:
+    def _bom_facts(self, rootfs: Entry, files: dict[str, bytes]) -> bom.BomInput:
         """What the SPDX bill of materials states, read once from the rootfs and its metadata."""
         meta = rootfs.meta
         index = rootfs.file(LAYERS_INDEX)
@@ -106,4 +116,5 @@ class DiskPhase(Phase):
                    "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
             build_inputs=inputs.build_inputs(
                 self.ctx.spec, lock=rootfs.file(LOCK_FILE) if meta.get("lock") else None),
+            files=files,
         )
