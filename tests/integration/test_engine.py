@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import tarfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import docker
@@ -112,8 +113,12 @@ def test_load_of_garbage_is_an_engine_error(engine_client: docker.DockerClient, 
         engine.load_archive(engine_client, junk)
 
 
+@pytest.mark.parametrize("alongside", [False, True], ids=["in-line", "alongside"])
 def test_a_rebuild_under_the_same_tag_removes_the_image_it_superseded(engine_client: docker.DockerClient,
-                                                                       debian_base: str, tmp_path: Path) -> None:
+                                                                       debian_base: str, tmp_path: Path,
+                                                                       alongside: bool) -> None:
+    """In line (build_image's default) and on a thread of its own while the caller goes on (the rootfs phase's
+    way): the superseded image is gone once the build (or the dropping_alongside block) returns."""
     context = tmp_path / "ctx"
     context.mkdir()
     tag = "assembler-test/superseded:latest"
@@ -123,7 +128,8 @@ def test_a_rebuild_under_the_same_tag_removes_the_image_it_superseded(engine_cli
             "FROM localhost/assembler/base:debian-12\n"
             f"RUN echo {content} > /etc/superseded && echo {content} > /etc/superseded-step-2\n"
             f"RUN echo {content} >> /etc/superseded\n")
-        ids.append(engine.build_image(engine_client, context, tag=tag, buildargs={}).id)
+        with engine.dropping_alongside() if alongside else nullcontext(None) as drop:
+            ids.append(engine.build_image(engine_client, context, tag=tag, buildargs={}, drop=drop).id)
     kept = engine.build_image(engine_client, context, tag="assembler-test/superseded-kept:latest", buildargs={})
     try:
         assert ids[0] != ids[1]
@@ -139,23 +145,3 @@ def test_a_rebuild_under_the_same_tag_removes_the_image_it_superseded(engine_cli
         for ref in (tag, "assembler-test/superseded-kept:latest"):
             engine.remove_image(engine_client, ref, force=True)
 
-
-def test_a_superseded_image_dropped_alongside_is_gone_when_the_block_ends(engine_client: docker.DockerClient,
-                                                                          debian_base: str, tmp_path: Path) -> None:
-    """The rootfs phase's way: the removal runs on its own connection while the caller goes on."""
-    context = tmp_path / "ctx"
-    context.mkdir()
-    tag = "assembler-test/superseded-alongside:latest"
-    ids = []
-    try:
-        for content in ("first", "second"):
-            (context / "Containerfile").write_text(
-                f"FROM localhost/assembler/base:debian-12\nRUN echo {content} > /etc/superseded\n")
-            with engine.dropping_alongside() as drop:
-                ids.append(engine.build_image(engine_client, context, tag=tag, buildargs={}, drop=drop).id)
-        assert ids[0] != ids[1]
-        assert engine.image_id(engine_client, ids[0]) is None
-        assert engine.image_id(engine_client, tag) == ids[1]
-        assert engine.image_id(engine_client, debian_base) == debian_base
-    finally:
-        engine.remove_image(engine_client, tag, force=True)
