@@ -15,6 +15,7 @@ import functools
 import gzip
 import hashlib
 import json
+import os
 import posixpath
 import shutil
 import tarfile
@@ -35,6 +36,7 @@ OPAQUE = ".wh..wh..opq"
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+COPY_CHUNK = 1 << 20  # file data is copied (and hashed) in pieces of this size
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,44 @@ def _oci_manifest(archive: tarfile.TarFile) -> tuple[str, list[str]]:
     return _blob(manifest["config"]["digest"]), [_blob(layer["digest"]) for layer in manifest["layers"]]
 
 
+class _Span:
+    """One member's data read straight from the file that holds it (os.pread at absolute offsets, in the
+    writer's large chunks), not through the nested tar readers (archive -> layer -> member) piece by piece."""
+
+    def __init__(self, fd: int, start: int, size: int) -> None:
+        self.fd, self.pos, self.end = fd, start, start + size
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.end - self.pos if size < 0 else min(size, self.end - self.pos)
+        data = os.pread(self.fd, size, self.pos)
+        self.pos += len(data)
+        return data
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A layer's tar and where its bytes lie: file descriptor and the offset of the layer's first byte."""
+
+    tar: tarfile.TarFile
+    fd: int
+    base: int
+
+    def data(self, member: tarfile.TarInfo) -> IO[bytes] | _Span | None:
+        if member.issparse():  # a sparse map needs tarfile's own reader
+            return self.tar.extractfile(member)
+        return _Span(self.fd, self.base + member.offset_data, member.size)
+
+
 @contextmanager
-def _open_layer(archive: tarfile.TarFile, name: str, scratch: Path) -> Iterator[tarfile.TarFile]:
-    """A seekable TarFile for a layer; compressed layers are decompressed to a scratch file first."""
-    handle = archive.extractfile(name)
-    if handle is None:
+def _open_layer(archive: tarfile.TarFile, fd: int, name: str, scratch: Path) -> Iterator[_Layer]:
+    """A seekable TarFile for a layer (`fd`: the archive's file); compressed layers are decompressed to a
+    scratch file first."""
+    try:
+        member = archive.getmember(name)
+    except KeyError:
+        member = None
+    handle = archive.extractfile(member) if member is not None and member.isreg() else None
+    if member is None or handle is None or member.issparse():
         raise ConfigError(f"layer {name} is missing from the archive")
     magic = handle.read(4)
     handle.seek(0)
@@ -161,10 +196,10 @@ def _open_layer(archive: tarfile.TarFile, name: str, scratch: Path) -> Iterator[
             plain.flush()
             plain.seek(0)
             with tarfile.open(fileobj=plain, mode="r:") as layer:
-                yield layer
+                yield _Layer(layer, plain.fileno(), 0)
         return
     with tarfile.open(fileobj=handle, mode="r:") as layer:
-        yield layer
+        yield _Layer(layer, fd, member.offset_data)
 
 
 # ------------------------------------------------------------------------------------ applying the layers
@@ -256,7 +291,7 @@ def _output_info(path: str, source: tarfile.TarInfo, sde: int) -> tarfile.TarInf
     return info
 
 
-def _write_tree(tree: Overlay[_Node], layers: list[tarfile.TarFile], out: tarfile.TarFile, sde: int) -> int:
+def _write_tree(tree: Overlay[_Node], layers: list[_Layer], out: tarfile.TarFile, sde: int) -> int:
     """Write every surviving path in sorted order; the first path of a link group carries the data."""
     first_of: dict[int, str] = {}
     count = 0
@@ -270,7 +305,7 @@ def _write_tree(tree: Overlay[_Node], layers: list[tarfile.TarFile], out: tarfil
                 out.addfile(info)
             else:
                 first_of[group] = path
-                out.addfile(info, layers[node.layer].extractfile(node.source))
+                out.addfile(info, layers[node.layer].data(node.source))
         else:
             out.addfile(info)
         count += 1
@@ -290,17 +325,19 @@ def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int) -> Flatten
         raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
     with _open_archive(archive) as outer, ExitStack() as stack, atomic_path(dest_tar) as tmp:
         image = read_image(outer)
+        fd = os.open(archive, os.O_RDONLY)
+        stack.callback(os.close, fd)
         tree, infos, layers = _tree(), [], []
         for index, name in enumerate(image.layers):
-            layer = stack.enter_context(_open_layer(outer, name, dest_tar.parent))
+            layer = stack.enter_context(_open_layer(outer, fd, name, dest_tar.parent))
             layers.append(layer)
-            entries, whiteouts = _apply_layer(tree, index, layer)
+            entries, whiteouts = _apply_layer(tree, index, layer.tar)
             infos.append(LayerInfo(index, name, image.diff_ids[index], image.created_by[index], entries,
                                    whiteouts))
         with tmp.open("wb") as raw:
             writer = _HashingWriter(raw)
             with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                              encoding="utf-8", errors="surrogateescape") as out:
+                              encoding="utf-8", errors="surrogateescape", copybufsize=COPY_CHUNK) as out:
                 count = _write_tree(tree, layers, out, source_date_epoch)
     return FlattenResult(path=dest_tar, sha256=writer.digest.hexdigest(), size=writer.size, entries=count,
                          image_id=image.image_id, layers=infos)
