@@ -63,7 +63,8 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
                              initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX, cache)
-        result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch)
+        result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch,
+                                 members=cache.members if cache is not None else None)
         indexing.result()
     return result
 

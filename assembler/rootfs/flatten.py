@@ -166,6 +166,7 @@ class _Layer:
     tar: tarfile.TarFile
     fd: int
     base: int
+    size: int  # of the (uncompressed) layer tar: a cached header list is used only for a layer of this size
 
     def data(self, member: tarfile.TarInfo) -> IO[bytes] | _Span | None:
         if member.issparse():  # a sparse map needs tarfile's own reader
@@ -196,10 +197,85 @@ def _open_layer(archive: tarfile.TarFile, fd: int, name: str, scratch: Path) -> 
             plain.flush()
             plain.seek(0)
             with tarfile.open(fileobj=plain, mode="r:") as layer:
-                yield _Layer(layer, plain.fileno(), 0)
+                yield _Layer(layer, plain.fileno(), 0, os.fstat(plain.fileno()).st_size)
         return
     with tarfile.open(fileobj=handle, mode="r:") as layer:
-        yield _Layer(layer, fd, member.offset_data)
+        yield _Layer(layer, fd, member.offset_data, member.size)
+
+
+# ------------------------------------------------------------------------------------ parsed headers, cached
+
+MEMBERS_VERSION = 1
+_TYPES = frozenset(t.decode("latin-1") for t in (*tarfile.SUPPORTED_TYPES, tarfile.AREGTYPE))
+
+
+class MemberCache:
+    """Each layer's parsed tar headers by content digest (diff_id): a rebuild parses only the layers it has not
+    seen (a last-step change: the new layer), and reads the others' data at the offsets kept here.
+
+    A layer tar's bytes are a function of its diff_id, so are the headers and their offsets. Files here are
+    ours but read back as untrusted: one that does not parse, or a layer of another size, is parsed again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, diff_id: str) -> Path | None:
+        algo, _, hexdigest = diff_id.partition(":")
+        ok = algo == "sha256" and len(hexdigest) == 64 and all(c in "0123456789abcdef" for c in hexdigest)
+        return self.root / f"{hexdigest}.json" if ok else None
+
+    def get(self, diff_id: str, size: int) -> list[tarfile.TarInfo] | None:
+        path = self._path(diff_id)
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != MEMBERS_VERSION or data.get("size") != size:
+                return None
+            return [_member(record) for record in data["members"]]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def put(self, diff_id: str, size: int, members: list[tarfile.TarInfo]) -> None:
+        path = self._path(diff_id)
+        if path is None or any(m.issparse() for m in members):  # a sparse map is not kept: parse such a layer
+            return
+        records = [[m.name, m.type.decode("latin-1"), m.mode, m.uid, m.gid, m.mtime, m.size, m.linkname,
+                    m.devmajor, m.devminor, m.offset, m.offset_data,
+                    {k: v for k, v in sorted(m.pax_headers.items()) if k.startswith(XATTR_PREFIXES)}]
+                   for m in members]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"version": MEMBERS_VERSION, "size": size, "members": records},
+                                      separators=(",", ":")) + "\n")
+
+
+def _member(record: list[Any]) -> tarfile.TarInfo:
+    """A header as the layer tar had it (what flatten uses of it), from a cached record; ValueError if not."""
+    name, kind, mode, uid, gid, mtime, size, linkname, major, minor, offset, offset_data, pax = record
+    ints = (mode, uid, gid, size, major, minor, offset, offset_data)
+    if (not isinstance(name, str) or kind not in _TYPES or not isinstance(linkname, str)
+            or not all(type(n) is int and n >= 0 for n in ints) or type(mtime) not in (int, float)
+            or not isinstance(pax, dict)
+            or not all(isinstance(k, str) and k.startswith(XATTR_PREFIXES) and isinstance(v, str)
+                       for k, v in pax.items())):
+        raise ValueError("malformed cached header")
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.mtime = kind.encode("latin-1"), mode, uid, gid, mtime
+    info.size, info.linkname, info.devmajor, info.devminor = size, linkname, major, minor
+    info.offset, info.offset_data, info.pax_headers = offset, offset_data, pax
+    return info
+
+
+def _layer_members(layer: _Layer, diff_id: str, cache: MemberCache | None) -> list[tarfile.TarInfo]:
+    cached = cache.get(diff_id, layer.size) if cache is not None else None
+    if cached is not None:
+        return cached
+    members = layer.tar.getmembers()
+    if cache is not None:
+        cache.put(diff_id, layer.size, members)
+    return members
 
 
 # ------------------------------------------------------------------------------------ applying the layers
@@ -211,9 +287,8 @@ def _open_layer(archive: tarfile.TarFile, fd: int, name: str, scratch: Path) -> 
 ENGINE_MOUNT_POINTS = frozenset({"etc/resolv.conf", "etc/hosts", "etc/hostname", "run/.containerenv"})
 
 
-def _apply_layer(tree: Overlay[_Node], index: int, layer: tarfile.TarFile) -> tuple[int, int]:
+def _apply_layer(tree: Overlay[_Node], index: int, members: list[tarfile.TarInfo]) -> tuple[int, int]:
     """Apply one layer: its whiteouts against the lower layers first, then its entries."""
-    members = layer.getmembers()
     in_layer: dict[str, _Node] = {}
     named: set[str] = set()
     implied = functools.partial(_implicit_dir, index=index)
@@ -319,8 +394,10 @@ def _open_archive(archive: Path) -> tarfile.TarFile:
         raise ConfigError(f"not a tar archive: {archive}", details=str(exc)) from exc
 
 
-def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int) -> FlattenResult:
-    """Flatten the single image in `archive` into a deterministic rootfs tar at dest_tar (atomically)."""
+def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int,
+            members: MemberCache | None = None) -> FlattenResult:
+    """Flatten the single image in `archive` into a deterministic rootfs tar at dest_tar (atomically);
+    `members`: where each layer's parsed headers are kept by diff_id."""
     if not archive.is_file():
         raise ConfigError(f"image archive not found: {archive}", resolution="save the image first")
     with _open_archive(archive) as outer, ExitStack() as stack, atomic_path(dest_tar) as tmp:
@@ -331,7 +408,7 @@ def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int) -> Flatten
         for index, name in enumerate(image.layers):
             layer = stack.enter_context(_open_layer(outer, fd, name, dest_tar.parent))
             layers.append(layer)
-            entries, whiteouts = _apply_layer(tree, index, layer.tar)
+            entries, whiteouts = _apply_layer(tree, index, _layer_members(layer, image.diff_ids[index], members))
             infos.append(LayerInfo(index, name, image.diff_ids[index], image.created_by[index], entries,
                                    whiteouts))
         with tmp.open("wb") as raw:

@@ -27,6 +27,7 @@ from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
+from assembler.rootfs import flatten
 from assembler.rootfs.flatten import read_image
 
 INDEX_VERSION = 1
@@ -204,16 +205,20 @@ class LayerCache:
         rules = hashlib.sha256("\n".join(sorted(BUILD_ONLY_PATHS)).encode()).hexdigest()[:12]
         self.root = cache_root / "layers"
         self.dir = self.root / f"v{INDEX_VERSION}-{rules}"
+        # The flattener's parsed headers of the same layers (flatten.MemberCache), pruned with them.
+        self.members = flatten.MemberCache(self.root / f"members-v{flatten.MEMBERS_VERSION}")
 
     def prune(self, keep: set[str]) -> int:
-        """Drop every index whose layer no entry names any more (and those of other index formats)."""
+        """Drop every index (and parsed header list) whose layer no entry names any more, and those of other
+        formats."""
         removed = 0
-        for stale in (p for p in self.root.glob("*") if p != self.dir):
+        current = (self.dir, self.members.root)
+        for stale in (p for p in self.root.glob("*") if p not in current):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-        for path in sorted(self.dir.glob("*")):
+        for path in sorted(p for d in current for p in d.glob("*")):
             if f"sha256:{path.stem}" not in keep or path.suffix != ".json":
                 path.unlink(missing_ok=True)
                 removed += 1

@@ -95,3 +95,71 @@ def test_the_rootfs_phase_indexes_through_the_cache(tmp_path: Path) -> None:
     assert (tmp_path / "first" / LAYERS_INDEX).read_bytes() == (tmp_path / "second" / LAYERS_INDEX).read_bytes()
     assert (tmp_path / "first" / LAYERS_INDEX).read_bytes() == _index_bytes(archive, tmp_path / "plain.json", None)
     assert len(list(cache.dir.glob("*.json"))) == 2
+
+
+def test_the_flattener_parses_only_the_layers_it_has_not_seen(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its parsed headers are kept by diff_id beside the index: a last-step change parses the new layer only,
+    and the rootfs is the same bytes as one flattened without the cache."""
+    import tarfile
+
+    from assembler.rootfs import flatten
+
+    cache = layers.LayerCache(tmp_path / "cache")
+    flatten.flatten(docker_archive(tmp_path / "one.tar", [BASE, TOP]), tmp_path / "one-rootfs.tar",
+                    source_date_epoch=1_700_000_000, members=cache.members)
+    assert len(list(cache.members.root.glob("*.json"))) == 2
+    changed = [*TOP[:2], E("etc/d", b"the last step changed")]
+    archive = docker_archive(tmp_path / "two.tar", [BASE, changed])
+    parsed: list[int] = []
+    real = tarfile.TarFile.getmembers
+
+    def counting(self: tarfile.TarFile) -> list[tarfile.TarInfo]:
+        members = real(self)
+        if not any(m.name == "manifest.json" for m in members):  # a layer, not the outer archive
+            parsed.append(len(members))
+        return members
+
+    monkeypatch.setattr(tarfile.TarFile, "getmembers", counting)
+    cached = flatten.flatten(archive, tmp_path / "cached.tar", source_date_epoch=1_700_000_000,
+                             members=cache.members)
+    assert parsed == [len(changed)]
+    monkeypatch.undo()
+    plain = flatten.flatten(archive, tmp_path / "plain.tar", source_date_epoch=1_700_000_000)
+    assert cached.sha256 == plain.sha256
+    assert (tmp_path / "cached.tar").read_bytes() == (tmp_path / "plain.tar").read_bytes()
+
+
+def test_a_damaged_forged_or_mismatched_header_list_is_parsed_again(tmp_path: Path) -> None:
+    from assembler.rootfs import flatten
+
+    archive = docker_archive(tmp_path / "image.tar", [BASE, TOP])
+    cache = layers.LayerCache(tmp_path / "cache")
+    fresh = flatten.flatten(archive, tmp_path / "fresh.tar", source_date_epoch=1, members=cache.members).sha256
+    files = sorted(cache.members.root.glob("*.json"))
+    files[0].write_text("{not json")
+    forged = json.loads(files[1].read_text())
+    forged["members"][0][10] = -512  # an offset before the layer
+    files[1].write_text(json.dumps(forged))
+    assert flatten.flatten(archive, tmp_path / "again.tar", source_date_epoch=1, members=cache.members).sha256 == fresh
+    resized = json.loads(files[1].read_text())
+    assert resized["members"] != forged["members"]  # rewritten from the layer
+    resized["size"] += 512  # kept for a layer of another size: not used for this one
+    resized["members"] = []
+    files[1].write_text(json.dumps(resized))
+    assert flatten.flatten(archive, tmp_path / "sized.tar", source_date_epoch=1, members=cache.members).sha256 == fresh
+
+
+def test_gc_prunes_header_lists_with_the_indexes(tmp_path: Path) -> None:
+    from assembler.rootfs import flatten
+
+    archive = docker_archive(tmp_path / "image.tar", [BASE, TOP])
+    cache = layers.LayerCache(tmp_path / "cache")
+    flatten.flatten(archive, tmp_path / "rootfs.tar", source_date_epoch=1, members=cache.members)
+    layers.index_archive(archive, tmp_path / "index.json", cache)
+    kept = layers.read_archive(archive).layers[0].diff_id
+    (cache.root / "members-v0").mkdir()  # another format's
+    assert cache.prune({kept}) == 2
+    assert sorted(p.stem for p in cache.members.root.glob("*")) == [kept.removeprefix("sha256:")]
+    assert sorted(p.stem for p in cache.dir.glob("*")) == [kept.removeprefix("sha256:")]
+    assert not (cache.root / "members-v0").exists()
