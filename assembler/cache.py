@@ -1,10 +1,10 @@
 """What the cache holds, whether it is intact, and bounding it: `assembler cache ls|verify|gc`.
 
-The cache has phase entries (objects/, see store.py), the package store (packages/, .debs and indexes named
-by their sha256), bootstrapped bases (base/), each image layer's file index and parsed tar headers by its
-diff_id (layers/, what a rebuild does not read again; gc drops those no entry names) and what killed builds left (tmp/, removed by
-every build's start and by gc). Sizes are allocated bytes (a raw disk is sparse); an entry linked into an
-out/ directory shares its bytes with it, so removing the entry frees them only once that output is gone too.
+The cache has phase entries (objects/, see store.py), the package store (packages/, .debs and indexes named by their
+sha256), bootstrapped bases (base/), each image layer's file index and parsed tar headers by its diff_id (layers/,
+what a rebuild does not read again; gc drops those no entry names) and what killed builds left (tmp/, removed by
+every build's start and by gc). Sizes are allocated bytes (a raw disk is sparse); an entry linked into an out/
+directory shares its bytes with it, so removing the entry frees them only once that output is gone too.
 """
 
 from __future__ import annotations
