@@ -164,9 +164,9 @@ def _open(url: str, method: str = "GET", timeout: float = TIMEOUT) -> Iterator[A
     key = (parts.scheme, parts.netloc)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    for attempt in range(2):
-        conn = pool.get(key) or kind(parts.netloc, timeout=timeout)
-        pool[key] = conn
+    while True:
+        kept = pool.get(key)
+        conn = pool[key] = kept or kind(parts.netloc, timeout=timeout)
         try:
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
@@ -176,8 +176,8 @@ def _open(url: str, method: str = "GET", timeout: float = TIMEOUT) -> Iterator[A
         except (http.client.HTTPException, OSError):
             conn.close()
             del pool[key]
-            if attempt:
-                raise
+            if kept is None:
+                raise  # a new connection failed: the host does not answer (no second wait for it)
             # the server closed the kept connection since its last answer: once more on a new one
     try:
         if 300 <= response.status < 400:

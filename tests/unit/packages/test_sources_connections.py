@@ -96,3 +96,16 @@ def test_sources_available_probes_on_kept_connections(server: str) -> None:
     assert all(found.available(f"{server}/file") for _ in range(5))
     assert not found.available(f"{server}/missing")
     assert len(_Handler.connections) == 1
+
+
+def test_a_host_that_does_not_answer_is_an_os_error_and_not_available() -> None:
+    import socket
+
+    from assembler.mirrors import MirrorMap
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/file"
+    with pytest.raises(OSError), sources._open(url):
+        pass
+    assert not sources.Sources(MirrorMap()).available(url)
