@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import tarfile
 import tempfile
@@ -36,6 +37,7 @@ OPAQUE = ".wh..wh..opq"
 XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 COPY_CHUNK = 1 << 20  # file data is copied (and hashed) in pieces of this size
 
 
@@ -209,6 +211,13 @@ MEMBERS_VERSION = 1
 _TYPES = frozenset(t.decode("latin-1") for t in (*tarfile.SUPPORTED_TYPES, tarfile.AREGTYPE))
 
 
+def layer_file(directory: Path, diff_id: str) -> Path | None:
+    """Where a cache keeps what it knows of one layer: DIR/<hex of a sha256 diff_id>.json (None for any other
+    digest, so a crafted one names no other path)."""
+    algo, _, hexdigest = diff_id.partition(":")
+    return directory / f"{hexdigest}.json" if algo == "sha256" and _HEX64.fullmatch(hexdigest) else None
+
+
 class MemberCache:
     """Each layer's parsed tar headers by content digest (diff_id): a rebuild parses only the layers it has not
     seen (a last-step change: the new layer), and reads the others' data at the offsets kept here.
@@ -220,13 +229,8 @@ class MemberCache:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _path(self, diff_id: str) -> Path | None:
-        algo, _, hexdigest = diff_id.partition(":")
-        ok = algo == "sha256" and len(hexdigest) == 64 and all(c in "0123456789abcdef" for c in hexdigest)
-        return self.root / f"{hexdigest}.json" if ok else None
-
     def get(self, diff_id: str, size: int) -> list[tarfile.TarInfo] | None:
-        path = self._path(diff_id)
+        path = layer_file(self.root, diff_id)
         if path is None or not path.is_file():
             return None
         try:
@@ -238,7 +242,7 @@ class MemberCache:
             return None
 
     def put(self, diff_id: str, size: int, members: list[tarfile.TarInfo]) -> None:
-        path = self._path(diff_id)
+        path = layer_file(self.root, diff_id)
         if path is None or any(m.issparse() for m in members):  # a sparse map is not kept: parse such a layer
             return
         records = [[m.name, m.type.decode("latin-1"), m.mode, m.uid, m.gid, m.mtime, m.size, m.linkname,

@@ -28,7 +28,6 @@ from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
 from assembler.rootfs import flatten
-from assembler.rootfs.flatten import read_image
 
 INDEX_VERSION = 1
 WHITEOUT = ".wh."
@@ -224,12 +223,8 @@ class LayerCache:
                 removed += 1
         return removed
 
-    def _path(self, diff_id: str) -> Path | None:
-        algo, _, hexdigest = diff_id.partition(":")
-        return self.dir / f"{hexdigest}.json" if algo == "sha256" and _HEX64.fullmatch(hexdigest) else None
-
     def get(self, diff_id: str, index: int, step: str) -> Layer | None:
-        path = self._path(diff_id)
+        path = flatten.layer_file(self.dir, diff_id)
         if path is None or not path.is_file():
             return None
         try:
@@ -240,7 +235,7 @@ class LayerCache:
         return layer if all(map(_well_formed, layer.entries)) else None
 
     def put(self, layer: Layer) -> None:
-        path = self._path(layer.diff_id)
+        path = flatten.layer_file(self.dir, layer.diff_id)
         if path is None:
             return
         data = _layer_json(layer)
@@ -269,7 +264,7 @@ def read_archive(archive: Path, capture: Capture | None = None, cache: LayerCach
     layers: list[Layer] = []
     per_layer: list[dict[str, bytes]] = []
     with _open_outer(archive) as outer:
-        ref = read_image(outer)
+        ref = flatten.read_image(outer)
         for i, name in enumerate(ref.layers):
             known = cache.get(ref.diff_ids[i], i, ref.created_by[i]) if cache and capture is None else None
             if known is not None:
