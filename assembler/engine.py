@@ -55,6 +55,10 @@ class LayerStep:
     created_by: str
 
 
+# What build_image hands the image its tag named before: drop_superseded, or dropping_alongside()'s.
+Drop = Callable[[docker.DockerClient, str], None]
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     id: str  # config digest, sha256:...
@@ -160,7 +164,7 @@ def build_image(
     nocache: bool = False,
     on_output: Callable[[str], None] | None = None,
     redact: Callable[[str], str] = str,
-    drop: Callable[[docker.DockerClient, str], None] | None = None,
+    drop: Drop | None = None,
 ) -> BuiltImage:
     """Build context/containerfile, stream its output to on_output, return the image and its layers.
 
@@ -200,7 +204,7 @@ def drop_superseded(client: docker.DockerClient, previous: str) -> None:
 
 
 @contextmanager
-def dropping_alongside() -> Iterator[Callable[[docker.DockerClient, str], None]]:
+def dropping_alongside() -> Iterator[Drop]:
     """A `drop` for build_image that removes the superseded image on a thread of its own while the caller goes
     on (saving and flattening the new one), and waits for it on leaving, so no run ends with it forgotten.
 

@@ -180,7 +180,7 @@ class RootfsPhase(Phase):
         }
 
     def _build(self, client: docker.DockerClient, context: Path, buildargs: dict[str, str],
-               drop: Callable[[docker.DockerClient, str], None], nocache: bool | None = None) -> engine.BuiltImage:
+               drop: engine.Drop, nocache: bool | None = None) -> engine.BuiltImage:
         spec = self.ctx.spec
         return engine.build_image(
             client, context, containerfile=spec.containerfile.name, tag=f"localhost/assembler/{spec.name}:latest",
@@ -188,7 +188,7 @@ class RootfsPhase(Phase):
             redact=self._redact, drop=drop)
 
     def _build_locked(self, client: docker.DockerClient, recipe: bootstrap.BaseRecipe, context: Path,
-                      buildargs: dict[str, str], out: Path, drop: Callable[[docker.DockerClient, str], None]
+                      buildargs: dict[str, str], out: Path, drop: engine.Drop
                       ) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
         """Base and Containerfile with apt going through the locking proxy; the effective lock to out/."""
         spec, cache = self.ctx.spec, cache_dir(self.ctx.store.root)
