@@ -72,6 +72,7 @@ class DiskRecord(_Record):
     sha256: str | None = Field(None, pattern=SHA256)
     size: int | None = None
     firmware: tuple[str, ...] = ()
+    secure_boot: bool = False  # signed shim, grub and kernel on the ESP: publish asks for Secure Boot + TPM
     partitions: tuple[PartitionResult, ...] = ()
     kernel_version: str | None = None
 

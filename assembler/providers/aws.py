@@ -1,4 +1,5 @@
-"""AWS: an EBS snapshot from the disk, then an AMI (ENA, boot mode from the manifest's firmware list).
+"""AWS: an EBS snapshot from the disk, then an AMI (ENA, boot mode from the manifest's firmware list; a Secure
+Boot image is registered `uefi` with NitroTPM, `TpmSupport=v2.0`).
 
 Two routes to the snapshot (`--method`):
 - `import` (default): the streamOptimized VMDK to S3 (multipart, resumable: a re-run continues the pending
@@ -92,7 +93,11 @@ class AwsProvider(BaseProvider):
                       f"ImportSnapshot {IMPORT_FORMATS[art.format]} with role {opts.role_name}; wait"]
         else:
             steps.append(f"StartSnapshot + PutSnapshotBlock (non-zero 512 KiB blocks of {art.path.name})")
-        steps.append(f"RegisterImage ENA, BootMode {boot_mode(ctx.outputs.firmware)}; tag image and snapshot")
+        if ctx.outputs.secure_boot:
+            steps.append("RegisterImage ENA, BootMode uefi, TpmSupport v2.0 (Secure Boot image); "
+                         "tag image and snapshot")
+        else:
+            steps.append(f"RegisterImage ENA, BootMode {boot_mode(ctx.outputs.firmware)}; tag image and snapshot")
         return steps
 
     def s3_key(self, ctx: PublishContext, art: Artifact) -> str:
@@ -225,18 +230,26 @@ class AwsProvider(BaseProvider):
                            resolution="re-run later: the same ClientToken picks the task up again")
 
     def register(self, ec2: Any, ctx: PublishContext, name: str, snapshot_id: str) -> str:
-        resp = ec2.register_image(**register_request(name, snapshot_id, ctx.outputs.firmware, self.opts))
+        resp = ec2.register_image(**register_request(name, snapshot_id, ctx.outputs.firmware, self.opts,
+                                                     secure_boot=ctx.outputs.secure_boot))
         return str(resp["ImageId"])
 
 
-def register_request(name: str, snapshot_id: str, firmware: tuple[str, ...], opts: AwsOptions) -> dict[str, Any]:
+def register_request(name: str, snapshot_id: str, firmware: tuple[str, ...], opts: AwsOptions, *,
+                     secure_boot: bool = False) -> dict[str, Any]:
     root = "/dev/xvda"
-    return {
+    body = {
         "Name": name, "Description": f"assembler image {name}", "Architecture": opts.architecture,
         "RootDeviceName": root, "VirtualizationType": "hvm", "EnaSupport": True, "BootMode": boot_mode(firmware),
         "BlockDeviceMappings": [{"DeviceName": root, "Ebs": {"SnapshotId": snapshot_id, "VolumeType": opts.volume_type,
                                                              "DeleteOnTermination": True}}],
     }
+    if secure_boot:
+        # NitroTPM needs the AMI to boot UEFI only (uefi-preferred would let a BIOS-only instance type
+        # start it without TPM or Secure Boot). No UefiData: an instance then starts with an empty
+        # variable store, in Secure Boot setup mode (see docs/publish.md).
+        body |= {"BootMode": "uefi", "TpmSupport": "v2.0"}
+    return body
 
 
 def upload_s3(s3: Any, bucket: str, key: str, art: Artifact, ctx: PublishContext) -> PublishedItem:

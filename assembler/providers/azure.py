@@ -7,6 +7,9 @@ interrupted one by skipping the pages the service already lists (`get_page_range
 Blob name: IMAGE-<12 hex of the VHD's sha256>.vhd. Credentials: AZURE_STORAGE_CONNECTION_STRING, else
 --account-url with azure-identity's DefaultAzureCredential (env, managed identity, az login); the management
 calls use DefaultAzureCredential and AZURE_SUBSCRIPTION_ID.
+Trusted Launch (Secure Boot + vTPM) is a property of the gallery image definition (its SecurityType feature),
+which publish does not create: for a Secure Boot image it checks the definition and warns when it lacks it.
+A managed image cannot be Trusted Launch at all (Azure allows it only from a gallery).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from assembler.errors import AssemblerError, ConfigError
+from assembler.log import log
 from assembler.providers.base import (
     Artifact,
     BaseProvider,
@@ -35,6 +39,8 @@ from assembler.providers.base import (
 
 PAGE = 512
 MAX_PUT = 4 << 20  # the service's limit for one Put Page
+# SecurityType values of a gallery image definition under which a VM can start with Trusted Launch.
+TRUSTED_LAUNCH = ("TrustedLaunch", "TrustedLaunchSupported", "TrustedLaunchAndConfidentialVmSupported")
 
 
 class AzureOptions(Options):
@@ -78,6 +84,14 @@ def gallery_version_request(opts: AzureOptions, blob_url: str, tags: dict[str, s
     }
 
 
+def security_type(definition: Any) -> str | None:
+    """The SecurityType feature of a gallery image definition (GalleryImage), None when it has none."""
+    for feature in getattr(definition, "features", None) or ():
+        if str(feature.name).lower() == "securitytype":
+            return str(feature.value)
+    return None
+
+
 def azure_tags(labels: dict[str, str]) -> dict[str, str]:
     return {f"assembler-{k}" if not k.startswith("assembler") else k: v[:256] for k, v in labels.items()}
 
@@ -99,9 +113,15 @@ class AzureProvider(BaseProvider):
         art, opts = ctx.outputs.artifact("vhd"), self.opts
         steps = [f"upload {art.path.name} as page blob {opts.container}/{self.blob_name(ctx, art)} "
                  f"(4 MiB pages, zero pages skipped, {opts.workers} threads)"]
+        secure = ctx.outputs.secure_boot
         if opts.resource_group:
-            steps.append(f"create image {self.blob_name(ctx, art)[:-4]} in {opts.resource_group} ({opts.location})")
+            steps.append(f"create image {self.blob_name(ctx, art)[:-4]} in {opts.resource_group} ({opts.location})"
+                         + (" (a managed image: no Trusted Launch, Azure allows that only from a gallery)"
+                            if secure else ""))
         if opts.gallery:
+            if secure:
+                steps.append(f"check that gallery image definition {opts.gallery}/{opts.gallery_image} has "
+                             "SecurityType TrustedLaunch (Secure Boot image)")
             steps.append(f"create gallery image version {opts.gallery}/{opts.gallery_image}/{opts.gallery_version}")
         return steps
 
@@ -174,6 +194,8 @@ class AzureProvider(BaseProvider):
             image = compute.images.begin_create_or_update(group, name, body).result()
             items.append(PublishedItem(kind="image", id=image.id, digest=art.sha256))
         if opts.gallery:
+            if ctx.outputs.secure_boot:
+                self.check_trusted_launch(compute, group, ctx.outputs.image)
             args = (group, opts.gallery, opts.gallery_image, opts.gallery_version)
             version = _get_or_none(compute.gallery_image_versions.get, *args)
             if version is not None:
@@ -184,6 +206,20 @@ class AzureProvider(BaseProvider):
                 version = compute.gallery_image_versions.begin_create_or_update(*args, body).result()
                 items.append(PublishedItem(kind="gallery-image-version", id=version.id, digest=art.sha256))
         return items
+
+    def check_trusted_launch(self, compute: Any, group: str, image: str) -> None:
+        """A warning, not an error: a version in a Standard definition still boots, just without Secure Boot
+        and vTPM, and the definition is the user's to change."""
+        opts = self.opts
+        definition = _get_or_none(compute.gallery_images.get, group, opts.gallery, opts.gallery_image)
+        if definition is None:
+            return  # creating the version fails with Azure's own message
+        found = security_type(definition)
+        if (found or "").lower() not in {value.lower() for value in TRUSTED_LAUNCH}:
+            log.warning("%s is signed for Secure Boot, but gallery image definition %s/%s has SecurityType %s: "
+                        "its VMs start without Secure Boot and vTPM; a definition with "
+                        "`--features SecurityType=TrustedLaunch` (az sig image-definition create) gives them",
+                        image, opts.gallery, opts.gallery_image, found or "Standard")
 
 
 def _get_or_none(getter: Any, *args: Any) -> Any:

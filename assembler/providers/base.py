@@ -86,6 +86,13 @@ class BuildOutputs:
         disk = self.manifest.disk
         return tuple(disk.firmware) if disk and disk.firmware else ("bios", "uefi")
 
+    @property
+    def secure_boot(self) -> bool:
+        """Signed for UEFI Secure Boot: publish asks the cloud for Secure Boot and a vTPM. A BIOS-only image
+        has no ESP to verify, so the manifest's flag alone is not enough."""
+        disk = self.manifest.disk
+        return bool(disk and disk.secure_boot) and "uefi" in self.firmware
+
     def find(self, fmt: str) -> Artifact | None:
         """The output in `fmt`, its digest computed from the file: what is published is what is named."""
         entry = self.manifest.output(fmt)

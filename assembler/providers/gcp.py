@@ -70,10 +70,19 @@ def label_value(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
 
 
+def guest_os_features(firmware: tuple[str, ...], secure_boot: bool = False) -> list[str]:
+    """UEFI_COMPATIBLE is all Shielded VM (vTPM, integrity monitoring) asks of an image: the API has no TPM
+    feature. SECURE_BOOT marks the image's boot chain as signed; an instance still turns Secure Boot on
+    itself (shieldedInstanceConfig.enableSecureBoot, off by default)."""
+    if "uefi" not in firmware:
+        return []
+    return ["UEFI_COMPATIBLE", "SECURE_BOOT"] if secure_boot else ["UEFI_COMPATIBLE"]
+
+
 def image_body(name: str, source_uri: str, firmware: tuple[str, ...], labels: dict[str, str],
-               family: str | None) -> dict[str, Any]:
+               family: str | None, *, secure_boot: bool = False) -> dict[str, Any]:
     """The images.insert body (field names as the Compute API and google-cloud-compute's Image take them)."""
-    features = [{"type_": "UEFI_COMPATIBLE"}] if "uefi" in firmware else []
+    features = [{"type_": feature} for feature in guest_os_features(firmware, secure_boot)]
     body: dict[str, Any] = {
         "name": name, "raw_disk": {"source": source_uri}, "guest_os_features": features,
         "labels": {k.replace(":", "-"): label_value(v) for k, v in labels.items()},
@@ -108,8 +117,11 @@ class GcpProvider(BaseProvider):
     def plan(self, ctx: PublishContext) -> list[str]:
         art = ctx.outputs.artifact("gce")
         image, obj = self.names(ctx, art)
-        return [f"upload {art.path.name} to gs://{self.opts.bucket}/{obj} (resumable)",
-                f"images.insert {image} in project {self.opts.project or '$GOOGLE_CLOUD_PROJECT'}"]
+        features = guest_os_features(ctx.outputs.firmware, ctx.outputs.secure_boot)
+        insert = f"images.insert {image} in project {self.opts.project or '$GOOGLE_CLOUD_PROJECT'}"
+        if features:
+            insert += f", guestOsFeatures {', '.join(features)}"
+        return [f"upload {art.path.name} to gs://{self.opts.bucket}/{obj} (resumable)", insert]
 
     def publish(self, ctx: PublishContext) -> Receipt:
         art = ctx.outputs.artifact("gce")
@@ -133,7 +145,8 @@ class GcpProvider(BaseProvider):
             items.append(PublishedItem(kind="image", id=image_name, url=url, digest=art.sha256, reused=True))
         else:
             body = image_body(image_name, f"https://storage.googleapis.com/{self.opts.bucket}/{obj}",
-                              ctx.outputs.firmware, ctx.outputs.labels(art), self.opts.family)
+                              ctx.outputs.firmware, ctx.outputs.labels(art), self.opts.family,
+                              secure_boot=ctx.outputs.secure_boot)
             self.insert_image(images, project, body)
             items.append(PublishedItem(kind="image", id=image_name, url=url, digest=art.sha256))
         return self.receipt(ctx, [art], items)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import boto3
 import pytest
 
 from assembler import providers
-from assembler.providers.aws import upload_s3
+from assembler.providers.aws import AwsProvider, upload_s3
 from assembler.providers.base import Artifact, PublishContext, PublishError
 from tests.integration.publish_servers import Server, make_outputs, moto  # noqa: F401
 
@@ -65,6 +67,35 @@ def test_ebs_direct_registers_tagged_ami_and_rerun_is_noop(aws_env: Server, tmp_
     assert again.noop
     count = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [ami["Name"]]}])["Images"]
     assert len(count) == 1
+
+
+def _text(body: str | bytes) -> str:
+    return body.decode() if isinstance(body, bytes) else body
+
+
+def test_secure_boot_image_registers_uefi_with_nitro_tpm(aws_env: Server, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    out = make_outputs(tmp_path / "out", "sbdemo", [], firmware=("bios", "uefi"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["disk"]["secure_boot"] = True
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    sent: list[dict[str, str]] = []
+    register = AwsProvider.register
+
+    def recording(self: AwsProvider, ec2: Any, *args: Any) -> str:
+        # What goes over the wire to the server: the query-string body botocore serialised.
+        ec2.meta.events.register("before-send.ec2.RegisterImage",
+                                 lambda request, **_: sent.append(dict(parse_qsl(_text(request.body)))))
+        return register(self, ec2, *args)
+    monkeypatch.setattr(AwsProvider, "register", recording)
+    receipt, _ = providers.publish(out, "aws", {"method": "ebs-direct", "poll_interval": 0.1})
+    (request,) = sent
+    assert request["BootMode"] == "uefi" and request["TpmSupport"] == "v2.0" and "UefiData" not in request
+    ami = boto3.client("ec2").describe_images(ImageIds=[{i.kind: i.id for i in receipt.items}["ami"]])["Images"][0]
+    # moto (5.2) keeps only Name and Description of a RegisterImage: every AMI reads back BootMode uefi
+    # (its default) and without TpmSupport, so the request above is what shows the flags were sent.
+    assert ami["BootMode"] == "uefi"
+    assert ami.get("TpmSupport") in (None, "v2.0")
 
 
 def test_s3_multipart_upload_resumes_pending_parts(aws_env: Server, tmp_path: Path) -> None:

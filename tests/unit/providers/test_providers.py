@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,13 @@ import assembler.providers as providers
 from assembler.errors import ConfigError
 from assembler.providers import ProviderName, builtin_providers, load_providers, resolve
 from assembler.providers.aws import AwsOptions, AwsProvider, boot_mode, register_request
-from assembler.providers.azure import AzureOptions, AzureProvider, gallery_version_request, image_request
+from assembler.providers.azure import (
+    AzureOptions,
+    AzureProvider,
+    gallery_version_request,
+    image_request,
+    security_type,
+)
 from assembler.providers.base import Artifact, BuildOutputs, PublishContext, Receipt, write_receipt
 from assembler.providers.gcp import GcpProvider, gce_name, image_body
 from assembler.providers.openstack import OpenStackProvider
@@ -27,7 +34,8 @@ from tests.helpers import cli
 MIB = 1 << 20
 
 
-def fake_outputs(root: Path, image: str = "demo", firmware: tuple[str, ...] = ("bios", "uefi")) -> Path:
+def fake_outputs(root: Path, image: str = "demo", firmware: tuple[str, ...] = ("bios", "uefi"),
+                 secure_boot: bool = False) -> Path:
     """out/IMAGE/ with small stand-in files (no qemu-img): the providers only read bytes and digests."""
     out = root / image
     out.mkdir(parents=True)
@@ -40,6 +48,8 @@ def fake_outputs(root: Path, image: str = "demo", firmware: tuple[str, ...] = ("
         outputs.append({"format": fmt, "path": name, "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {"image": image, "outputs": outputs, "oci": {"digest": "sha256:" + "ab" * 32},
                 "rootfs": {"sha256": "cd" * 32}, "disk": {"firmware": list(firmware)}}
+    if secure_boot:
+        manifest["disk"]["secure_boot"] = True
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -458,3 +468,116 @@ def test_publish_refuses_an_output_changed_since_the_build(tmp_path: Path) -> No
         BuildOutputs.load(out).artifact("raw")
     qcow2 = BuildOutputs.load(out).artifact("qcow2")
     assert qcow2.sha256 == hashlib.sha256((out / "demo.qcow2").read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------- Secure Boot + TPM (manifest's disk record)
+
+
+def test_secure_boot_needs_the_manifest_flag_and_uefi(tmp_path: Path) -> None:
+    assert BuildOutputs.load(fake_outputs(tmp_path / "a", firmware=("uefi",), secure_boot=True)).secure_boot
+    assert BuildOutputs.load(fake_outputs(tmp_path / "b", firmware=("bios", "uefi"), secure_boot=True)).secure_boot
+    assert not BuildOutputs.load(fake_outputs(tmp_path / "c", firmware=("bios",), secure_boot=True)).secure_boot
+    assert not BuildOutputs.load(fake_outputs(tmp_path / "d", firmware=("uefi",))).secure_boot  # older manifest
+
+
+def test_aws_secure_boot_registers_uefi_only_with_nitro_tpm(tmp_path: Path) -> None:
+    plain = register_request("demo-x", "snap-1", ("bios", "uefi"), AwsOptions())
+    assert plain["BootMode"] == "uefi-preferred" and "TpmSupport" not in plain and "UefiData" not in plain
+    secure = register_request("demo-x", "snap-1", ("bios", "uefi"), AwsOptions(), secure_boot=True)
+    assert secure == plain | {"BootMode": "uefi", "TpmSupport": "v2.0"}
+
+    ctx = ctx_for(fake_outputs(tmp_path, firmware=("bios", "uefi"), secure_boot=True))
+    provider = resolve("aws", {"method": "ebs-direct"})
+    assert isinstance(provider, AwsProvider)
+    assert "RegisterImage ENA, BootMode uefi, TpmSupport v2.0 (Secure Boot image)" in provider.plan(ctx)[-1]
+    ec2, stub = stubbed("ec2")
+    stub.add_response("register_image", {"ImageId": "ami-1"}, secure)  # validated against the EC2 API model
+    with stub:
+        assert provider.register(ec2, ctx, "demo-x", "snap-1") == "ami-1"
+    plain_ctx = ctx_for(fake_outputs(tmp_path / "plain", firmware=("bios", "uefi")))
+    assert provider.plan(plain_ctx)[-1].startswith("RegisterImage ENA, BootMode uefi-preferred;")
+
+
+def test_gce_secure_boot_adds_the_guest_os_feature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud import compute_v1
+
+    features = image_body("n", "u", ("bios", "uefi"), {}, None, secure_boot=True)["guest_os_features"]
+    assert features == [{"type_": "UEFI_COMPATIBLE"}, {"type_": "SECURE_BOOT"}]
+    assert [f.type_ for f in compute_v1.Image(guest_os_features=features).guest_os_features] == [
+        "UEFI_COMPATIBLE", "SECURE_BOOT"]  # names the Compute API's enum knows
+    assert image_body("n", "u", ("uefi",), {}, None)["guest_os_features"] == [{"type_": "UEFI_COMPATIBLE"}]
+    assert image_body("n", "u", ("bios",), {}, None, secure_boot=True)["guest_os_features"] == []
+
+    out = fake_outputs(tmp_path, firmware=("uefi",), secure_boot=True)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "proj")
+    images = FakeImages()
+    bucket = SimpleNamespace(blob=lambda name, chunk_size=None: FakeBlob({}, name, chunk_size))
+    monkeypatch.setattr(GcpProvider, "storage_client", lambda self, project: SimpleNamespace(bucket=lambda n: bucket))
+    monkeypatch.setattr(GcpProvider, "images_client", lambda self: images)
+    monkeypatch.setattr(GcpProvider, "insert_image", lambda self, cl, project, body: cl.inserted.append(body))
+    provider = resolve("gcp", {"bucket": "bkt"})
+    assert provider.plan(ctx_for(out))[-1].endswith("guestOsFeatures UEFI_COMPATIBLE, SECURE_BOOT")
+    providers.publish(out, "gcp", {"bucket": "bkt"})
+    assert images.inserted[0]["guest_os_features"] == [{"type_": "UEFI_COMPATIBLE"}, {"type_": "SECURE_BOOT"}]
+
+
+class FakeGalleryCompute(FakeCompute):
+    def __init__(self, security: str | None) -> None:
+        super().__init__()
+        features = [SimpleNamespace(name="SecurityType", value=security)] if security else []
+        self.looked_up: list[tuple[Any, ...]] = []
+
+        def get(*args: Any) -> Any:
+            self.looked_up.append(args)
+            return SimpleNamespace(features=features)
+        self.gallery_images = SimpleNamespace(get=get)
+
+
+AZURE_GALLERY = {"resource_group": "rg", "location": "westeurope", "gallery": "gal", "gallery_image": "deb",
+                 "gallery_version": "1.2.3", "storage_account_id": "/subscriptions/s/sa"}
+
+
+@pytest.mark.parametrize(("security", "warned"), [("TrustedLaunch", False), ("TrustedLaunchSupported", False),
+                                                  (None, True), ("ConfidentialVM", True)])
+def test_azure_secure_boot_checks_the_gallery_definition_for_trusted_launch(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, security: str | None, warned: bool) -> None:
+    ctx = ctx_for(fake_outputs(tmp_path, firmware=("uefi",), secure_boot=True))
+    provider = resolve("azure", AZURE_GALLERY)
+    assert isinstance(provider, AzureProvider)
+    fake = FakeGalleryCompute(security)
+    provider.compute_client = lambda: fake  # type: ignore[method-assign]
+    art = ctx.outputs.artifact("vhd")
+    with caplog.at_level(logging.WARNING, logger="assembler"):
+        items = provider.create_images(ctx, art, "https://sa.blob/x.vhd", {})
+    assert [i.kind for i in items] == ["image", "gallery-image-version"]
+    assert fake.looked_up == [("rg", "gal", "deb")]
+    assert ("has SecurityType" in caplog.text) is warned
+    if warned:
+        assert f"SecurityType {security or 'Standard'}" in caplog.text and "SecurityType=TrustedLaunch" in caplog.text
+    # The managed image has no security type to set (Azure: Trusted Launch only from a gallery).
+    assert fake.calls[0][1][2] == image_request(AzureOptions(**AZURE_GALLERY), "https://sa.blob/x.vhd", ("uefi",), {})
+    plan = provider.plan(ctx)
+    assert "(a managed image: no Trusted Launch" in plan[1]
+    assert plan[2] == "check that gallery image definition gal/deb has SecurityType TrustedLaunch (Secure Boot image)"
+
+
+def test_azure_without_secure_boot_does_not_look_at_the_definition(tmp_path: Path) -> None:
+    ctx = ctx_for(fake_outputs(tmp_path, firmware=("uefi",)))
+    provider = resolve("azure", AZURE_GALLERY)
+    assert isinstance(provider, AzureProvider)
+    fake = FakeGalleryCompute(None)
+    provider.compute_client = lambda: fake  # type: ignore[method-assign]
+    provider.create_images(ctx, ctx.outputs.artifact("vhd"), "https://sa.blob/x.vhd", {})
+    assert fake.looked_up == []
+    assert not any("Trusted Launch" in step or "SecurityType" in step for step in provider.plan(ctx))
+
+
+def test_azure_security_type_reads_the_sdk_model() -> None:
+    from azure.mgmt.compute import models
+
+    definition = models.GalleryImage(location="x", properties=models.GalleryImageProperties(
+        os_type="Linux", os_state="Generalized",
+        identifier=models.GalleryImageIdentifier(publisher="p", offer="o", sku="s"),
+        features=[models.GalleryImageFeature(name="SecurityType", value="TrustedLaunch")]))
+    assert security_type(definition) == "TrustedLaunch"
+    assert security_type(SimpleNamespace(features=None)) is None
