@@ -11,6 +11,7 @@ APT_PACKAGES=(
   grub-efi-amd64-bin grub-common initramfs-tools-core zstd uidmap openssh-client podman libarchive13
   ca-certificates make
   docker-registry dpkg-dev gnupg gpgv strace
+  swtpm sbsigntool
 )
 # mke2fs >= 1.47.1 reads the rootfs tarball directly (`mke2fs -d rootfs.tar`): reproducible ext4 without
 # extracting, so no host ctimes/atimes leak in. bookworm ships 1.47.0; bookworm-backports has 1.47.2.
