@@ -61,7 +61,10 @@ def _default_disk_buses() -> list[DiskBus]:
 
 
 class BootConfig(_Strict):
-    firmware: Literal["bios", "uefi", "both"] = "both"
+    firmware: Literal["bios", "uefi", "uefi-secureboot", "both", "all"] = Field(
+        "both", description="both: bios + uefi; all: bios, uefi and uefi-secureboot (OVMF with Microsoft's "
+        "keys, Secure Boot enforcing)")
+    tpm: bool = Field(False, description="a TPM 2.0 (swtpm) in UEFI boots, checked with its event log")
     disk_buses: list[DiskBus] = Field(default_factory=_default_disk_buses, min_length=1,
                                       description="boot once per firmware and controller of the root disk")
     timeout: int = Field(600, gt=0)
@@ -105,6 +108,8 @@ class ImageConfig(_Strict):
     formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
     disk: DiskConfig = Field(default_factory=DiskConfig)
     boot: BootConfig = Field(default_factory=BootConfig)
+    secure_boot: bool = Field(False, description="UEFI boots the image's Microsoft-signed shim, then its "
+                              "Debian-signed grub and kernel (needs shim-signed and grub-efi-amd64-signed)")
     properties: dict[str, str] = Field(default_factory=dict, description="versions shown in OVF/labels")
     scan: ScanConfig | None = Field(None, description="scan the disk's packages against OSV advisories")
     snapshots: dict[str, str] = Field(

@@ -5,7 +5,8 @@ The steps, in order, all on one sparse file that is renamed into place at the en
   2. derive every id from the seed (disk GUID, partition GUIDs, filesystem UUIDs, ext4 hash seed)
   3. GPT with sfdisk
   4. ext4 root with `mke2fs -d` straight from the tar (plus our fstab and grub.cfg), at its offset
-  5. ESP: FAT32 + BOOTX64.EFI (grub-mkimage x86_64-efi)
+  5. ESP: FAT32 + BOOTX64.EFI (grub-mkimage x86_64-efi), or for Secure Boot the image's signed shim as
+     BOOTX64.EFI beside its signed grub
   6. BIOS: core.img (grub-mkimage i386-pc) into the BIOS boot partition, boot.img into the MBR
 """
 
@@ -67,6 +68,7 @@ class DiskResult(BaseModel):
     kernel_version: str
     cmdline: str
     firmware: tuple[str, ...]
+    secure_boot: bool = False  # the UEFI path is the signed shim -> grub -> kernel chain
     root_uuid: str
     esp_uuid: str | None
     ext4_source: str  # "tar" (mke2fs reads the tar) or "tree" (extracted first; older e2fsprogs)
@@ -177,12 +179,14 @@ def _timed(timings: dict[str, float], name: str, start: float) -> None:
 def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str, source_date_epoch: int,
                   cmdline: str = DEFAULT_CMDLINE, size: int | None = None, headroom: int = 512 * 1024**2,
                   work_dir: Path | None = None, extra_files: Mapping[str, bytes] | None = None,
-                  index: ext4.TarIndex | None = None) -> DiskResult:
+                  index: ext4.TarIndex | None = None, secure_boot: bool = False) -> DiskResult:
     """Build `dest` (a sparse raw disk) from `rootfs_tar`; ids derive from `seed` (the content digest).
 
     `extra_files` (path relative to / -> bytes) are added to the root filesystem like fstab and grub.cfg
     (root-owned, mode 0644, stamped with the epoch; missing parent directories are created 0755).
     `index`: index_tar(rootfs_tar) when the caller has made it already.
+    `secure_boot`: the UEFI path is the image's Microsoft-signed shim, its Debian-signed grub and kernel
+    (grub.SIGNED_CHAIN) instead of a grub made from modules; the BIOS path is the same either way.
     """
     if not seed:
         raise DiskError("assemble_disk needs a seed", resolution="pass the image's content digest as seed")
@@ -203,12 +207,12 @@ def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str
         undo.push(f"remove {work}", lambda: shutil.rmtree(work, ignore_errors=True))
         with atomic_path(dest) as tmp:
             built = _build(tmp, work, index, layout, ids, planned, disk_size, kernel, cmdline,
-                           source_date_epoch, timings, extra_files or {})
+                           source_date_epoch, timings, extra_files or {}, secure_boot)
             umask = os.umask(0)
             os.umask(umask)
             tmp.chmod(0o666 & ~umask)  # mkstemp made it 0600
     _timed(timings, "total", start)
-    return _result(dest, disk_size, layout, ids, planned, kernel, cmdline, built, timings)
+    return _result(dest, disk_size, layout, ids, planned, kernel, cmdline, built, timings, secure_boot)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ class _Built:
 
 def _build(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
            planned: list[PlannedPartition], disk_size: int, kernel: str, cmdline: str, epoch: int,
-           timings: dict[str, float], extra_files: Mapping[str, bytes]) -> _Built:
+           timings: dict[str, float], extra_files: Mapping[str, bytes], secure_boot: bool) -> _Built:
     with disk.open("r+b") as handle:
         handle.truncate(disk_size)  # sparse: only what the filesystems write takes space
     gpt.write_gpt(disk, ids.disk_guid, [(p, ids.partuuids[p.role], _label(layout, p.role)) for p in planned])
@@ -230,7 +234,7 @@ def _build(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids
                               extra_files)
     _timed(timings, "ext4", t)
     t = time.monotonic()
-    _bootloaders(disk, work, index, layout, ids, places, epoch)
+    _bootloaders(disk, work, index, layout, ids, places, epoch, secure_boot)
     _timed(timings, "boot", t)
     warnings = [f"xattr not copied (mke2fs tar mode keeps security.capability only): {x}"
                 for x in ext4.dropped_xattrs(index)] if source == "tar" else []
@@ -263,19 +267,24 @@ def _root_fs(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, i
 
 
 def _bootloaders(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
-                 places: dict[str, PlannedPartition], epoch: int) -> None:
+                 places: dict[str, PlannedPartition], epoch: int, secure_boot: bool) -> None:
     early = work / "early.cfg"
     early.write_text(grub.early_config(ids.root_uuid))
     if "uefi" in layout.firmware:
-        moddir = grub.extract_modules(index, "x86_64-efi", work / "grub")
-        efi = work / "BOOTX64.EFI"
-        grub.mkimage("x86_64-efi", moddir, early, efi)
-        os.utime(efi, (epoch, epoch))
+        if secure_boot:
+            files = grub.signed_chain(index, early, work / "signed")
+        else:
+            moddir = grub.extract_modules(index, "x86_64-efi", work / "grub")
+            efi = work / "BOOTX64.EFI"
+            grub.mkimage("x86_64-efi", moddir, early, efi)
+            files = {"EFI/BOOT/BOOTX64.EFI": efi}
+        for path in files.values():
+            os.utime(path, (epoch, epoch))
         esp_part = layout.partition("esp")
         assert esp_part is not None  # the layout validator guarantees it
         place = places["esp"]
         esp.make_esp(disk, place.start, place.size, serial=ids.esp_serial, label=esp_part.label or "ESP",
-                     epoch=epoch, files={"EFI/BOOT/BOOTX64.EFI": efi})
+                     epoch=epoch, files=files)
     elif "esp" in places:
         place = places["esp"]
         esp.make_esp(disk, place.start, place.size, serial=ids.esp_serial, label="ESP", epoch=epoch, files={})
@@ -287,7 +296,8 @@ def _bootloaders(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayou
 
 
 def _result(dest: Path, disk_size: int, layout: DiskLayout, ids: _Ids, planned: list[PlannedPartition],
-            kernel: str, cmdline: str, built: _Built, timings: dict[str, float]) -> DiskResult:
+            kernel: str, cmdline: str, built: _Built, timings: dict[str, float],
+            secure_boot: bool) -> DiskResult:
     fs_uuids = {"root": ids.root_uuid, "esp": fat_uuid(ids.esp_serial), "bios_boot": None}
     parts = tuple(
         PartitionResult(number=p.number, role=p.role, start=p.start, size=p.size,
@@ -299,6 +309,7 @@ def _result(dest: Path, disk_size: int, layout: DiskLayout, ids: _Ids, planned: 
         path=str(dest), size=disk_size, disk_guid=ids.disk_guid, partitions=parts, kernel_version=kernel,
         cmdline=f"root=UUID={ids.root_uuid} ro {cmdline}".strip(), firmware=layout.firmware,
         root_uuid=ids.root_uuid, esp_uuid=fs_uuids["esp"] if layout.partition("esp") else None,
+        secure_boot=secure_boot and "uefi" in layout.firmware,
         ext4_source=built.ext4_source, nondeterministic=built.nondeterministic, warnings=built.warnings,
         timings=timings,
     )

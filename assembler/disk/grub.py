@@ -1,4 +1,5 @@
-"""grub for both firmwares, built with grub-mkimage from the image's own modules (no grub-install).
+"""grub for both firmwares, built with grub-mkimage from the image's own modules (no grub-install), or for
+Secure Boot the image's signed shim and grub (SIGNED_CHAIN).
 
 Both images (BIOS core.img, UEFI BOOTX64.EFI) embed the same early config: find the root filesystem
 by its UUID, then read /boot/grub/grub.cfg from it. Every module that config needs is built in, so
@@ -77,6 +78,45 @@ def extract_modules(index: TarIndex, platform: str, dest: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
     return target
+
+
+# The Secure Boot chain on the ESP, from the image's own packages (shim-signed, shim-helpers-amd64-signed,
+# grub-efi-amd64-signed): the firmware runs the removable-media path EFI/BOOT/BOOTX64.EFI, i.e. the
+# Microsoft-signed shim, which loads grubx64.efi (and MokManager, mmx64.efi, when a MOK request is pending)
+# from its own directory and verifies them with Debian's CA. fbx64.efi (the fallback that writes boot entries
+# and resets) is left out: a cloud disk boots by the removable path every time.
+SIGNED_CHAIN = {
+    "EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
+    "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+    "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed",
+}
+# Debian's signed grub is built with the prefix /EFI/debian on the device it was loaded from and sources
+# $prefix/grub.cfg: ours is the same early config the unsigned images embed. Its modules are built in (a
+# Secure Boot grub loads none from disk).
+SIGNED_GRUB_CONFIG = "EFI/debian/grub.cfg"
+
+
+def signed_chain(index: TarIndex, early_cfg: Path, dest: Path) -> dict[str, Path]:
+    """The ESP's files for Secure Boot ({ESP path: local file}), the binaries copied out of the rootfs tar."""
+    by_name = {m.name: m for m in index.members if m.name in SIGNED_CHAIN.values()}
+    missing = [name for name in SIGNED_CHAIN.values() if name not in by_name or by_name[name].kind != "file"]
+    if missing:
+        raise DiskError(
+            f"secure_boot is on but the image lacks the signed boot chain: {', '.join('/' + m for m in missing)}",
+            resolution="install shim-signed and grub-efi-amd64-signed in the image (apt-get install "
+            "--no-install-recommends shim-signed grub-efi-amd64-signed), or set secure_boot: false in image.yaml",
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    data = {m.name: blob for m, blob in read_members(index, [by_name[name] for name in SIGNED_CHAIN.values()])}
+    files: dict[str, Path] = {}
+    for esp_path, name in SIGNED_CHAIN.items():
+        local = dest / Path(esp_path).name
+        local.write_bytes(data[name])
+        files[esp_path] = local
+    config = dest / "grub.cfg"
+    config.write_bytes(early_cfg.read_bytes())
+    files[SIGNED_GRUB_CONFIG] = config
+    return files
 
 
 def _modules(moddir: Path, platform: str) -> list[str]:

@@ -60,6 +60,7 @@ class DiskPhase(Phase):
             "size": self._size(),
             "headroom": parse_size(cfg.disk.headroom),
             "cmdline": cfg.disk.cmdline,
+            "secure_boot": cfg.secure_boot,
             "source_date_epoch": cfg.source_date_epoch,
             "tools": disk.tool_versions(),
             "bom": bom.BOM_FORMAT,
@@ -95,7 +96,7 @@ class DiskPhase(Phase):
             rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
             cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
-            work_dir=out, extra_files=bom.embedded_files(embedded), index=index,
+            work_dir=out, extra_files=bom.embedded_files(embedded), index=index, secure_boot=cfg.secure_boot,
         )
         info = result.model_dump(mode="json")
         info["nondeterministic"] = [*info.get("nondeterministic", []), ENGINE_DIGESTS_NOTE]
