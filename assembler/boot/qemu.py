@@ -26,7 +26,10 @@ from assembler.config import DiskBus
 from assembler.errors import BootError, ConfigError
 from assembler.run import output, require_tool, run, spawn
 
-Firmware = Literal["bios", "uefi"]
+# uefi-secureboot: OVMF with Microsoft's keys enrolled and Secure Boot enforcing (needs SMM, hence q35,smm=on
+# and a secure pflash), so only Microsoft-signed first-stage loaders run: shim, then what shim verifies.
+Firmware = Literal["bios", "uefi", "uefi-secureboot"]
+FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-secureboot")
 # The controller the root disk sits on, i.e. the driver the image's initramfs must carry to find its root.
 # QEMU emulates the controllers of most clouds; Hyper-V's storvsc and Xen's blkfront it cannot.
 DISK_BUSES: dict[DiskBus, str] = {
@@ -38,9 +41,31 @@ DISK_BUSES: dict[DiskBus, str] = {
 }
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
+OVMF_VARS_SECURE = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 SUFFIX_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc"}
 FORMATS = frozenset({"raw", "qcow2", "vmdk", "vpc", "vhdx"})
 STOP_GRACE_SECONDS = 5.0
+
+
+FIRMWARE_CHOICES: dict[str, list[str]] = {"both": ["bios", "uefi"], "all": list(FIRMWARES)}
+
+
+def firmware(name: str) -> Firmware:
+    """Validate one firmware name."""
+    for known in FIRMWARES:
+        if name == known:
+            return known
+    raise ConfigError(f"unknown firmware {name!r}", resolution="use " + ", ".join(FIRMWARES))
+
+
+def firmwares(choice: str) -> list[Firmware]:
+    """A firmware choice (one name, `both` = bios + uefi, `all` = every firmware) as the boots to run."""
+    names = FIRMWARE_CHOICES.get(choice, [choice])
+    if choice not in FIRMWARE_CHOICES and choice not in FIRMWARES:
+        raise ConfigError(f"unknown firmware {choice!r}",
+                          resolution="use " + ", ".join([*FIRMWARES, *FIRMWARE_CHOICES]))
+    return [firmware(name) for name in names]
 
 
 def disk_format(disk: Path, fmt: str | None) -> str:
@@ -90,6 +115,7 @@ class QemuSpec:
     accelerator: str
     ovmf_vars: Path | None = None
     disk_bus: DiskBus = "virtio"
+    tpm_socket: Path | None = None  # swtpm's control socket: a TPM 2.0 (CRB) for the guest
     memory_mib: int = 1024
     cpus: int = 2
 
@@ -118,17 +144,24 @@ def root_disk_devices(bus: DiskBus) -> list[str]:
 def qemu_argv(spec: QemuSpec) -> list[str]:
     """The full qemu-system-x86_64 command line for one boot."""
     # graphics=off makes SeaBIOS print to the serial port, so a disk that never boots still leaves a log.
-    machine = "pc" if spec.firmware == "bios" else "q35"
+    machine = {"bios": "pc", "uefi": "q35", "uefi-secureboot": "q35,smm=on"}[spec.firmware]
     argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-machine", f"{machine},graphics=off", "-accel", spec.accelerator,
             "-m", str(spec.memory_mib), "-smp", str(spec.cpus)]
     if spec.accelerator == "kvm":
         argv += ["-cpu", "host"]
-    if spec.firmware == "uefi":
+    if spec.firmware != "bios":
         if spec.ovmf_vars is None:
             raise ValueError("UEFI needs a per-run copy of the OVMF variable store")
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(OVMF_CODE)}",
+        code = OVMF_CODE_SECURE if spec.firmware == "uefi-secureboot" else OVMF_CODE
+        if spec.firmware == "uefi-secureboot":
+            # Only SMM code may write the variable store: the guest cannot switch Secure Boot off.
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(code)}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.ovmf_vars)}"]
+    if spec.tpm_socket is not None:
+        argv += ["-chardev", f"socket,id=chrtpm,path={_opt(spec.tpm_socket)}",
+                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0"]
     argv += [
         "-drive", f"if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,file={_opt(spec.overlay)}",
         *root_disk_devices(spec.disk_bus),
@@ -145,13 +178,19 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     return argv
 
 
-def copy_ovmf_vars(workdir: Path) -> Path:
+def ovmf_vars_template(firmware: Firmware) -> Path:
+    """The variable store a run starts from: Microsoft's keys enrolled for uefi-secureboot, else empty."""
+    return OVMF_VARS_SECURE if firmware == "uefi-secureboot" else OVMF_VARS
+
+
+def copy_ovmf_vars(workdir: Path, firmware: Firmware = "uefi") -> Path:
     """Each UEFI run gets its own writable variable store; the system template stays untouched."""
-    for path in (OVMF_CODE, OVMF_VARS):
+    code = OVMF_CODE_SECURE if firmware == "uefi-secureboot" else OVMF_CODE
+    for path in (code, ovmf_vars_template(firmware)):
         if not path.is_file():
             raise ConfigError(f"OVMF firmware not found: {path}", resolution="apt-get install ovmf")
     dest = workdir / "OVMF_VARS.fd"
-    shutil.copyfile(OVMF_VARS, dest)
+    shutil.copyfile(ovmf_vars_template(firmware), dest)
     return dest
 
 
@@ -169,6 +208,15 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
     _LIVE.pop(proc.pid, None)
+
+
+def register(proc: subprocess.Popen[bytes]) -> None:
+    """A helper process of a boot (swtpm) that must not outlive assembler either: killed with the QEMUs."""
+    _LIVE[proc.pid] = proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    _kill(proc)
 
 
 def kill_all() -> None:

@@ -3,6 +3,7 @@ disk bus): the boot engine."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from assembler import progress
 from assembler.accel import accelerator
-from assembler.boot import guest, qemu, seed, stages
+from assembler.boot import guest, qemu, seed, stages, tpm
 from assembler.boot.checks import CheckResult, CheckSuite, load_checks
 from assembler.boot.hygiene import check_artifact
 from assembler.boot.junit import write_junit
@@ -38,19 +39,21 @@ class _Run:
     console_log: Path
     accelerator: str
     workdir: Path
+    tpm: bool = False
 
 
 def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: CheckSuite, timeout: float,
-              keep: bool, console_log: Path, disk_bus: DiskBus = "virtio") -> BootResult:
+              keep: bool, console_log: Path, disk_bus: DiskBus = "virtio", tpm: bool = False) -> BootResult:
     """Boot a throw-away overlay of `disk` with `firmware`, its root disk on `disk_bus`, log in with a fresh
-    key, run the guest checks.
+    key, run the guest checks. `tpm`: a fresh TPM 2.0 (swtpm) for a UEFI boot, and the checks that it is
+    there and holds the measured-boot event log.
 
     Raises BootError when the guest never brings up SSH (details: the console tail). QEMU is stopped
     whatever happens; `keep` leaves the work directory (overlay, seed, key) for debugging.
     """
     run = _Run(disk=disk, fmt=qemu.disk_format(disk, fmt), firmware=firmware, disk_bus=disk_bus,
                checks=checks, timeout=timeout,
-               console_log=console_log, accelerator=accelerator(),
+               console_log=console_log, accelerator=accelerator(), tpm=tpm and firmware != "bios",
                workdir=Path(tempfile.mkdtemp(prefix=f"assembler-boot-{firmware}-")))
     try:
         return _boot(run, keep)
@@ -65,16 +68,19 @@ def _boot(run: _Run, keep: bool) -> BootResult:
     overlay = qemu.make_overlay(run.disk, run.fmt, run.workdir / "overlay.qcow2")
     key = seed.generate_key(run.workdir)
     seed_iso = seed.write_seed(run.workdir, key.public)
-    ovmf_vars = qemu.copy_ovmf_vars(run.workdir) if run.firmware == "uefi" else None
+    ovmf_vars = qemu.copy_ovmf_vars(run.workdir, run.firmware) if run.firmware != "bios" else None
     run.console_log.parent.mkdir(parents=True, exist_ok=True)
     log.info("booting %s with %s, root disk on %s (%s), timeout %.0fs", run.disk.name, run.firmware,
              run.disk_bus, run.accelerator, run.timeout)
     for attempt in range(PORT_ATTEMPTS):
-        spec = qemu.QemuSpec(overlay=overlay, seed=seed_iso, firmware=run.firmware, ssh_port=qemu.free_port(),
-                             console_log=run.console_log, accelerator=run.accelerator, ovmf_vars=ovmf_vars,
-                             disk_bus=run.disk_bus)
         try:
-            result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private))
+            with contextlib.ExitStack() as stack:
+                socket = stack.enter_context(tpm.running_swtpm(run.workdir / f"try{attempt}")) if run.tpm else None
+                spec = qemu.QemuSpec(overlay=overlay, seed=seed_iso, firmware=run.firmware,
+                                     ssh_port=qemu.free_port(), console_log=run.console_log,
+                                     accelerator=run.accelerator, ovmf_vars=ovmf_vars, disk_bus=run.disk_bus,
+                                     tpm_socket=socket)
+                result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private))
         except _PortTaken:
             log.debug("port %d was taken before QEMU bound it (attempt %d)", spec.ssh_port, attempt + 1)
             continue
@@ -113,6 +119,8 @@ def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: flo
         if vm.exited() is not None and "host forwarding" in vm.stderr_tail():
             raise _PortTaken
         qemu.check_started(vm, run.firmware, run.console_log)
+        if run.firmware == "uefi-secureboot":
+            _check_not_refused(run)
 
     try:
         guest.wait_for_ssh(ssh, deadline, still_running)
@@ -128,18 +136,36 @@ def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: flo
         ) from None
 
 
+def _check_not_refused(run: _Run) -> None:
+    """A binary Secure Boot refused never boots: say which, now, instead of waiting out the timeout."""
+    line = tpm.refusal(qemu.console_tail(run.console_log, lines=400))
+    if line is not None:
+        raise BootError(
+            f"Secure Boot refused to run the boot chain ({run.firmware}, root disk on {run.disk_bus})",
+            details=f"console: {line}\nlast console lines:\n{qemu.console_tail(run.console_log)}",
+            resolution="the ESP must hold the image's signed shim (BOOTX64.EFI) and signed grub (grubx64.efi) "
+            "and the kernel must be Debian-signed: set secure_boot: true in image.yaml with shim-signed and "
+            "grub-efi-amd64-signed installed, and rebuild; a modified binary breaks its signature",
+        )
+
+
 def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
     results = []
     if run.checks.boot.cloud_init:
         results.append(guest.wait_cloud_init(ssh, SETTLE_SECONDS))
     results.append(guest.wait_system_running(ssh, SETTLE_SECONDS, run.checks.boot.allow_degraded))
-    results += guest.run_probes(ssh, run.checks.probes(), PROBES_SECONDS)
+    probes = run.checks.probes()
+    if run.firmware == "uefi-secureboot":
+        probes += tpm.secure_boot_probes()
+    if run.tpm:
+        probes += tpm.tpm_probes()
+    results += guest.run_probes(ssh, probes, PROBES_SECONDS)
     return results
 
 
 def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_file: Path | None,
               timeout: float, keep: bool, out_dir: Path, fmt: str | None = None,
-              disk_buses: list[DiskBus] | None = None) -> BootReport:
+              disk_buses: list[DiskBus] | None = None, tpm: bool = False) -> BootReport:
     """Hygiene of the artefact once, alongside a boot per firmware and disk bus (one at a time; default
     virtio-blk); writes console logs and junit.xml into out_dir. A boot that fails is recorded, not raised,
     so every combination gets tried."""
@@ -150,7 +176,7 @@ def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_fil
     # libguestfs appliance runs while the first guest boots, each TCG VM on its own core, instead of before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hygiene") as pool:
         pending = pool.submit(_hygiene, disk, fmt, checks)
-        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir)
+        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir, tpm)
                 for firmware in firmwares for bus in (disk_buses or ["virtio"])]
         hygiene, hygiene_seconds = pending.result()
     report = BootReport(disk=str(disk), format=fmt, hygiene=hygiene,
@@ -169,15 +195,13 @@ def _hygiene(disk: Path, fmt: str, checks: CheckSuite) -> tuple[list[CheckResult
 
 
 def _boot_or_record(disk: Path, fmt: str, firmware: str, bus: DiskBus, checks: CheckSuite, timeout: float,
-                    keep: bool, out_dir: Path) -> BootResult:
-    if firmware not in ("bios", "uefi"):
-        raise BootError(f"unknown firmware {firmware!r}", resolution="use bios, uefi or both")
-    typed: qemu.Firmware = "bios" if firmware == "bios" else "uefi"
+                    keep: bool, out_dir: Path, tpm: bool = False) -> BootResult:
+    typed = qemu.firmware(firmware)
     console_log = out_dir / (f"console-{firmware}.log" if bus == "virtio" else f"console-{firmware}-{bus}.log")
     try:
         with progress.activity(firmware if bus == "virtio" else f"{firmware}/{bus}"):
             return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
-                             console_log=console_log, disk_bus=bus)
+                             console_log=console_log, disk_bus=bus, tpm=tpm)
     except BootError as exc:
         return BootResult(firmware=firmware, disk_bus=bus, accelerator=accelerator(), booted=False,
                           error=f"{exc.brief}\n{exc.details}".strip(), console_log=str(console_log))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import typer
 
@@ -13,7 +12,10 @@ from assembler.errors import ConfigError
 
 def boot(
     disk: Path = typer.Argument(..., help="disk to boot (raw, qcow2, vmdk, vhd); never modified"),
-    firmware: str = typer.Option("both", "--firmware", help="bios, uefi or both"),
+    firmware: str = typer.Option(
+        "both", "--firmware",
+        help="bios, uefi, uefi-secureboot (Microsoft keys, Secure Boot enforcing), both (bios + uefi) or all"),
+    tpm: bool = typer.Option(False, "--tpm", help="give UEFI guests a TPM 2.0 (swtpm) and check its event log"),
     disk_bus: list[str] = typer.Option(
         ["virtio"], "--disk-bus",
         help="controller of the root disk: virtio, scsi (virtio-scsi), nvme, sata, pvscsi; repeat to boot on each"),
@@ -23,7 +25,8 @@ def boot(
     output: Path | None = typer.Option(None, "--output", "-o", help="where console logs and JUnit go"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
 ) -> None:
-    """Boot DISK under BIOS and/or UEFI, run hygiene and guest checks; exit 0 only if all pass."""
+    """Boot DISK under BIOS, UEFI and/or UEFI with Secure Boot, run hygiene and guest checks; exit 0 only if
+    all pass."""
     from assembler import boot as boot_engine
     from assembler import progress
     from assembler.boot.qemu import disk_bus as parse_disk_bus
@@ -33,16 +36,15 @@ def boot(
         raise ConfigError(f"no such disk: {disk}", resolution="pass the path of a disk image")
     if not 0 < timeout < float("inf"):  # also false for nan
         raise ConfigError(f"invalid --timeout {timeout}", resolution="give a positive number of seconds, e.g. 600")
-    if firmware not in ("bios", "uefi", "both"):
-        raise ConfigError(f"unknown firmware: {firmware}", resolution="use bios, uefi or both")
     if checks is not None and not checks.is_file():
         raise ConfigError(f"no such checks file: {checks}", resolution="pass an existing YAML file")
     buses = [parse_disk_bus(name) for name in dict.fromkeys(disk_bus)]
-    firmwares: list[Literal["bios", "uefi"]] = ["bios", "uefi"] if firmware == "both" else [firmware]  # type: ignore[list-item]
+    firmwares = boot_engine.firmwares(firmware)
     out_dir = output or disk.parent
     with progress.activity(f"boot {disk.name}"):
         report = boot_engine.boot_test(disk, firmwares=firmwares, checks_file=checks, timeout=timeout, keep=keep,
-                                       out_dir=out_dir, fmt=detect_format(disk), disk_buses=buses)
+                                       out_dir=out_dir, fmt=detect_format(disk), disk_buses=buses,
+                                       tpm=tpm)
     boot_engine.print_summary(report)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

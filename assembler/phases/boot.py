@@ -1,4 +1,4 @@
-"""boot: boot a copy of the disk in QEMU (BIOS and/or UEFI) and run the image's checks."""
+"""boot: boot a copy of the disk in QEMU (BIOS, UEFI, UEFI with Secure Boot) and run the image's checks."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ from assembler.errors import BootError
 from assembler.fsutil import atomic_path, sha256_file
 from assembler.pipeline import Artefact, Phase
 from assembler.store import META, Entry
-
-
-def firmwares(choice: str) -> list[str]:
-    return ["bios", "uefi"] if choice == "both" else [choice]
 
 
 class BootPhase(Phase):
@@ -30,7 +26,8 @@ class BootPhase(Phase):
         checks = self._checks_file()
         cfg = self.ctx.spec.config.boot
         return {
-            "firmware": firmwares(cfg.firmware),
+            "firmware": boot.firmwares(cfg.firmware),
+            "tpm": cfg.tpm,
             "disk_buses": list(cfg.disk_buses),
             "checks": sha256_file(checks) if checks else None,
             "builtin_checks": boot.BUILTIN_CHECKS_VERSION,
@@ -48,8 +45,8 @@ class BootPhase(Phase):
         disk = self.input_entry("disk")
         cfg = self.ctx.spec.config.boot
         report = boot.boot_test(
-            disk.file("disk.raw"), firmwares=firmwares(cfg.firmware), checks_file=self._checks_file(),
-            timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses),
+            disk.file("disk.raw"), firmwares=boot.firmwares(cfg.firmware), checks_file=self._checks_file(),
+            timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses), tpm=cfg.tpm,
         )
         published = self.ctx.output_dir
         if not report.passed:
