@@ -19,11 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pefile
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from assembler.errors import BootError, DiskError
+from assembler.errors import BootError, ConfigError, DiskError
 
 PREDICTION_FORMAT = 1
+# The variable store the prediction is for: Debian ovmf's, with Microsoft's keys enrolled (what `assembler boot
+# --firmware uefi-secureboot` starts every run from).
+SECURE_BOOT_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 
 EV_NO_ACTION = 0x00000003
 EV_SEPARATOR = 0x00000004
@@ -77,7 +80,8 @@ ASSUMPTIONS = (
     "no fbx64.efi beside EFI/BOOT/BOOTX64.EFI (shim would run fallback instead of grub)",
     "no option ROM or driver verified by a db entry other than the one that verifies shim",
     "no MOK variables, SbatPolicy or revocations.efi beyond what the variable store holds",
-    "grub verifies the kernel once through shim's protocol (one PCR 4 measurement of the kernel)",
+    "grub has shim verify the kernel and then starts it through shim's loader (two PCR 4 measurements of the "
+    "kernel, as Debian 12's grub 2.06 and shim 16.1 do)",
 )
 
 
@@ -104,6 +108,18 @@ class Prediction(BaseModel):
     inputs: dict[str, str]  # shim/grub/kernel Authenticode sha256, the variable store's file sha256
     uncertain: list[str]  # parts that could not be derived exactly (empty when the prediction is exact)
     assumptions: list[str]
+
+
+def load_prediction(path: Path) -> Prediction:
+    """Read IMAGE.pcrs.json: a file from elsewhere, so validated, and one clear error when it is not one."""
+    try:
+        return Prediction.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the PCR prediction {path}: {exc.strerror}",
+                          resolution="pass the IMAGE.pcrs.json the disk phase wrote (--pcrs)") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a PCR prediction", details=str(exc)[:1000],
+                          resolution="pass the IMAGE.pcrs.json the disk phase wrote, or rebuild the disk") from exc
 
 
 class LogEvent(BaseModel):
@@ -593,8 +609,12 @@ def predict(shim: bytes, grub: bytes, kernel: bytes, ovmf_vars: Path) -> Predict
         _event(4, EV_SEPARATOR, _sha256(SEPARATOR_DATA), "firmware: separator (end of pre-boot)"),
         _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["shim"], "shim (EFI/BOOT/BOOTX64.EFI), by the firmware"),
         _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["grub"], "grub (EFI/BOOT/grubx64.efi), by shim"),
+        # Debian's grub 2.06 has shim verify the kernel (shim_lock) and then starts it through shim's image
+        # loader, and shim measures it each time: twice in a real boot's log (Debian 12, shim 16.1).
         _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["kernel"],
-               "kernel, by shim's verify protocol when grub loads it"),
+               "kernel, by shim's verify protocol when grub checks it"),
+        _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["kernel"],
+               "kernel, by shim's loader when grub starts it"),
     ]
     events += _policy_events(store, secure)
 
@@ -613,7 +633,8 @@ def predict(shim: bytes, grub: bytes, kernel: bytes, ovmf_vars: Path) -> Predict
             uncertain.append("no db certificate names shim's signer chain: the firmware would refuse shim, and "
                              "the db authority event is left out")
 
-    # shim 16.1 import_mok_state(): MokSBState if set, then SbatLevel, then MokListTrusted (inverse: 1 if unset).
+    # shim 16.1 import_mok_state(): MokSBState if set, then SbatLevel. (No MokListTrusted event when it is unset:
+    # a real boot's log has none.)
     moksb = store.get((SHIM_LOCK_GUID, "MokSBState"))
     if moksb and moksb.data:
         events.append(_authority("MokSBState", SHIM_LOCK_GUID, moksb.data, "shim: MokSBState"))
@@ -631,10 +652,8 @@ def predict(shim: bytes, grub: bytes, kernel: bytes, ovmf_vars: Path) -> Predict
                              "approximated by comparing version and datestamp")
         events.append(_authority("SbatLevel", SHIM_LOCK_GUID, candidate,
                                  "shim: SbatLevel " + candidate.split(b"\n", 1)[0].decode("ascii", "replace")))
-    if (SHIM_LOCK_GUID, "MokListTrusted") not in store:
-        events.append(_authority("MokListTrusted", SHIM_LOCK_GUID, b"\x01", "shim: MokListTrusted (unset, so 1)"))
-    else:
-        uncertain.append("MokListTrusted is set in the variable store; its measurement is left out")
+    if (SHIM_LOCK_GUID, "MokListTrusted") in store:
+        uncertain.append("MokListTrusted is set in the variable store; its measurement is not modelled")
 
     if secure:
         # shim verifies grub and then the kernel with its vendor certificate; it logs each distinct one once.
@@ -643,7 +662,9 @@ def predict(shim: bytes, grub: bytes, kernel: bytes, ovmf_vars: Path) -> Predict
             uncertain.append("shim carries no X.509 vendor certificate (a vendor_db build?): the authority it "
                              "logs for grub and the kernel is not predicted")
         else:
-            events.append(_authority("Shim", SHIM_LOCK_GUID, cert,
+            # Logged under the name of the list shim found it in (MokListRT, where shim mirrors its built-in
+            # certificate), as an EFI_SIGNATURE_DATA: shim's GUID as owner, then the certificate.
+            events.append(_authority("MokListRT", SHIM_LOCK_GUID, SHIM_LOCK_GUID.bytes_le + cert,
                                      f"shim: its vendor certificate verifies grub: {common_name(cert)}"))
             for name, image in (("grub", grub), ("kernel", kernel)):
                 if not _anchors(cert, _signature_blobs(image, name)):

@@ -308,12 +308,16 @@ def test_prediction_sequence(tmp_path: Path) -> None:
         ("EV_SEPARATOR", hashlib.sha256(bytes(4)).hexdigest()),
         ("EV_EFI_BOOT_SERVICES_APPLICATION", measured.authenticode_sha256(SHIM)),
         ("EV_EFI_BOOT_SERVICES_APPLICATION", measured.authenticode_sha256(GRUB)),
-        ("EV_EFI_BOOT_SERVICES_APPLICATION", measured.authenticode_sha256(KERNEL)),
+        ("EV_EFI_BOOT_SERVICES_APPLICATION", measured.authenticode_sha256(KERNEL)),  # shim_lock verify
+        ("EV_EFI_BOOT_SERVICES_APPLICATION", measured.authenticode_sha256(KERNEL)),  # shim's loader
     ]
     pcr7 = [e for e in prediction.events if e.pcr == 7]
     assert [e.description.split(":")[0] for e in pcr7] == [
-        "firmware", "firmware", "firmware", "firmware", "firmware", "firmware", "firmware", "shim", "shim", "shim"]
-    assert "Test UEFI CA" in pcr7[6].description and "Test Distro CA" in pcr7[9].description
+        "firmware", "firmware", "firmware", "firmware", "firmware", "firmware", "firmware", "shim", "shim"]
+    assert "Test UEFI CA" in pcr7[6].description and "Test Distro CA" in pcr7[8].description
+    # shim logs its built-in certificate as the MokListRT entry it mirrors it into: its GUID as owner, the cert.
+    assert pcr7[8].sha256 == hashlib.sha256(measured.variable_data(
+        "MokListRT", measured.SHIM_LOCK_GUID, measured.SHIM_LOCK_GUID.bytes_le + VENDOR)).hexdigest()
     db_entry = MS_OWNER.bytes_le + MS_CA
     assert pcr7[6].sha256 == hashlib.sha256(
         measured.SECURITY_DB_GUID.bytes_le + struct.pack("<QQ", 2, len(db_entry)) + "db".encode("utf-16-le")
@@ -358,7 +362,7 @@ def test_compare_matches_and_explains(tmp_path: Path) -> None:
     replayed = measured.replay(wrong)
     problems = measured.compare(prediction, wrong, {4: replayed[4], 7: replayed[7]})
     assert any("PCR 4 event 5" in p and "kernel" in p and "EV_EFI_BOOT_SERVICES_APPLICATION" in p for p in problems)
-    assert any("PCR 7 event 11: unexpected EV_EFI_VARIABLE_AUTHORITY" in p for p in problems)
+    assert any("PCR 7 event 10: unexpected EV_EFI_VARIABLE_AUTHORITY" in p for p in problems)
     assert any(p.startswith("PCR 4: predicted") for p in problems)
 
     missing = [e for e in events if not (e.pcr == 4 and e.sha256 == measured.authenticode_sha256(GRUB))]
