@@ -2,6 +2,7 @@
 
 from assembler.disk.assemble import DEFAULT_CMDLINE, DiskResult, PartitionResult, assemble_disk, tool_versions
 from assembler.disk.ext4 import TarIndex, index_tar, read_members
+from assembler.disk.grub import boot_chain
 from assembler.disk.layout import DiskLayout, Partition, RootFsOptions, layout_path, load_layout
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "RootFsOptions",
     "TarIndex",
     "assemble_disk",
+    "boot_chain",
     "index_tar",
     "layout_path",
     "load_layout",

@@ -96,18 +96,22 @@ SIGNED_CHAIN = {
 SIGNED_GRUB_CONFIG = "EFI/debian/grub.cfg"
 
 
-def signed_chain(index: TarIndex, early_cfg: Path, dest: Path) -> dict[str, Path]:
-    """The ESP's files for Secure Boot ({ESP path: local file}), the binaries copied out of the rootfs tar."""
-    by_name = {m.name: m for m in index.members if m.name in SIGNED_CHAIN.values()}
-    missing = [name for name in SIGNED_CHAIN.values() if name not in by_name or by_name[name].kind != "file"]
+def _read_files(index: TarIndex, names: list[str]) -> dict[str, bytes]:
+    by_name = {m.name: m for m in index.members if m.name in names}
+    missing = [name for name in names if name not in by_name or by_name[name].kind != "file"]
     if missing:
         raise DiskError(
             f"secure_boot is on but the image lacks the signed boot chain: {', '.join('/' + m for m in missing)}",
             resolution="install shim-signed and grub-efi-amd64-signed in the image (apt-get install "
             "--no-install-recommends shim-signed grub-efi-amd64-signed), or set secure_boot: false in image.yaml",
         )
+    return {m.name: blob for m, blob in read_members(index, [by_name[name] for name in names])}
+
+
+def signed_chain(index: TarIndex, early_cfg: Path, dest: Path) -> dict[str, Path]:
+    """The ESP's files for Secure Boot ({ESP path: local file}), the binaries copied out of the rootfs tar."""
+    data = _read_files(index, list(SIGNED_CHAIN.values()))
     dest.mkdir(parents=True, exist_ok=True)
-    data = {m.name: blob for m, blob in read_members(index, [by_name[name] for name in SIGNED_CHAIN.values()])}
     files: dict[str, Path] = {}
     for esp_path, name in SIGNED_CHAIN.items():
         local = dest / Path(esp_path).name
@@ -117,6 +121,14 @@ def signed_chain(index: TarIndex, early_cfg: Path, dest: Path) -> dict[str, Path
     config.write_bytes(early_cfg.read_bytes())
     files[SIGNED_GRUB_CONFIG] = config
     return files
+
+
+def boot_chain(index: TarIndex, kernel_version: str) -> tuple[bytes, bytes, bytes]:
+    """What the firmware and shim measure and verify in turn: shim, grub, the kernel (for PCR predictions)."""
+    shim, grub, kernel = (SIGNED_CHAIN["EFI/BOOT/BOOTX64.EFI"], SIGNED_CHAIN["EFI/BOOT/grubx64.efi"],
+                          f"boot/vmlinuz-{kernel_version}")
+    data = _read_files(index, [shim, grub, kernel])
+    return data[shim], data[grub], data[kernel]
 
 
 def _modules(moddir: Path, platform: str) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from assembler import __version__, bom, cyclonedx, disk, inputs
+from assembler import __version__, bom, cyclonedx, disk, inputs, measured
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
@@ -18,6 +18,7 @@ from assembler.store import Entry
 RAW = "disk.raw"
 BOM = "bom.spdx.json"
 CYCLONEDX = "bom.cdx.json"
+PCRS = "pcrs.json"
 ENGINE_DIGESTS_NOTE = (
     "oci: the engine's image ID and layer digests differ between engine builds (the classic builder stamps "
     "layer files and history with the build time); they are in IMAGE.spdx.json beside the outputs but not "
@@ -61,6 +62,8 @@ class DiskPhase(Phase):
             "headroom": parse_size(cfg.disk.headroom),
             "cmdline": cfg.disk.cmdline,
             "secure_boot": cfg.secure_boot,
+            # The PCR prediction is for the host's Secure Boot firmware variables: another store, another one.
+            "pcr_firmware": self._firmware_vars_digest(),
             "source_date_epoch": cfg.source_date_epoch,
             "tools": disk.tool_versions(),
             "bom": bom.BOM_FORMAT,
@@ -69,10 +72,16 @@ class DiskPhase(Phase):
             "context": sha256_tree(self.ctx.spec.context),
         }
 
+    def _firmware_vars_digest(self) -> str | None:
+        vars_file = measured.SECURE_BOOT_VARS
+        return sha256_file(vars_file) if self.ctx.spec.config.secure_boot and vars_file.is_file() else None
+
     def artefacts(self, entry: Entry) -> list[Artefact]:
         name = self.ctx.spec.name
         found = [Artefact(entry.file(BOM), f"{name}.spdx.json", entry.key, "spdx"),
                  Artefact(entry.file(CYCLONEDX), f"{name}.cdx.json", entry.key, "cyclonedx")]
+        if entry.meta.get("pcrs"):
+            found.append(Artefact(entry.file(PCRS), f"{name}.pcrs.json", entry.key, "pcrs"))
         if "raw" in self.ctx.formats:
             found.append(Artefact(entry.file(RAW), f"{name}.raw", entry.key, "raw", entry.meta["disk"].get("sha256")))
         return found
@@ -100,7 +109,12 @@ class DiskPhase(Phase):
         )
         info = result.model_dump(mode="json")
         info["nondeterministic"] = [*info.get("nondeterministic", []), ENGINE_DIGESTS_NOTE]
-        return {"disk": {**info, "path": RAW, "sha256": sha256_file(out / RAW)}, "bom": BOM}
+        done = {"disk": {**info, "path": RAW, "sha256": sha256_file(out / RAW)}, "bom": BOM}
+        if result.secure_boot and self._firmware_vars_digest() is not None:
+            prediction = measured.predict(*disk.boot_chain(index, result.kernel_version), measured.SECURE_BOOT_VARS)
+            (out / PCRS).write_text(prediction.model_dump_json(indent=2) + "\n")
+            done["pcrs"] = PCRS
+        return done
 
     def _bom_facts(self, rootfs: Entry, files: dict[str, bytes]) -> bom.BomInput:
         """What the SPDX bill of materials states, read once from the rootfs and its metadata."""
