@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from assembler import measured
 from assembler.config import DiskBus
 from assembler.errors import BootError, ConfigError
 from assembler.run import output, require_tool, run, spawn
@@ -42,7 +43,7 @@ DISK_BUSES: dict[DiskBus, str] = {
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
-OVMF_VARS_SECURE = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+OVMF_VARS_SECURE = measured.SECURE_BOOT_VARS
 SUFFIX_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc"}
 FORMATS = frozenset({"raw", "qcow2", "vmdk", "vpc", "vhdx"})
 STOP_GRACE_SECONDS = 5.0

@@ -27,6 +27,9 @@ class BootResult(BaseModel):
     stages: dict[str, float] = {}
     results: list[CheckResult] = []
     console_log: str = ""
+    # With a TPM: PCR values (sha256 bank) the guest read after boot, and the file its event log was saved to.
+    pcrs: dict[str, str] = {}
+    event_log: str | None = None
     error: str | None = None
     workdir: str | None = None
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from assembler import progress
+from assembler import measured, progress
 from assembler.accel import accelerator
 from assembler.boot import guest, qemu, seed, stages, tpm
 from assembler.boot.checks import CheckResult, CheckSuite, load_checks
@@ -20,6 +20,7 @@ from assembler.boot.junit import write_junit
 from assembler.boot.report import BootReport, BootResult
 from assembler.config import DiskBus
 from assembler.errors import AssemblerError, BootError
+from assembler.fsutil import atomic_path
 from assembler.log import console, log
 
 # Seconds the guest may take for `cloud-init status --wait` etc. after SSH is up, beyond the boot timeout.
@@ -40,13 +41,16 @@ class _Run:
     accelerator: str
     workdir: Path
     tpm: bool = False
+    prediction: measured.Prediction | None = None
 
 
 def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: CheckSuite, timeout: float,
-              keep: bool, console_log: Path, disk_bus: DiskBus = "virtio", tpm: bool = False) -> BootResult:
+              keep: bool, console_log: Path, disk_bus: DiskBus = "virtio", tpm: bool = False,
+              prediction: measured.Prediction | None = None) -> BootResult:
     """Boot a throw-away overlay of `disk` with `firmware`, its root disk on `disk_bus`, log in with a fresh
     key, run the guest checks. `tpm`: a fresh TPM 2.0 (swtpm) for a UEFI boot, and the checks that it is
-    there and holds the measured-boot event log.
+    there and holds the measured-boot event log; under uefi-secureboot its PCRs 4 and 7 are compared with
+    `prediction` (the disk phase's IMAGE.pcrs.json) when given.
 
     Raises BootError when the guest never brings up SSH (details: the console tail). QEMU is stopped
     whatever happens; `keep` leaves the work directory (overlay, seed, key) for debugging.
@@ -54,6 +58,7 @@ def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: C
     run = _Run(disk=disk, fmt=qemu.disk_format(disk, fmt), firmware=firmware, disk_bus=disk_bus,
                checks=checks, timeout=timeout,
                console_log=console_log, accelerator=accelerator(), tpm=tpm and firmware != "bios",
+               prediction=prediction,
                workdir=Path(tempfile.mkdtemp(prefix=f"assembler-boot-{firmware}-")))
     try:
         return _boot(run, keep)
@@ -108,10 +113,34 @@ def _boot_once(run: _Run, spec: qemu.QemuSpec, ssh: guest.Ssh) -> BootResult:
         results = [CheckResult(name="ssh login", kind="boot", passed=True,
                                message=f"root login with the injected key after {boot_seconds:.1f}s")]
         results += _guest_checks(run, ssh)
+        pcrs: dict[str, str] = {}
+        event_log = None
+        if run.tpm:
+            check, pcrs, event_log = _measured_boot(run, ssh)
+            results.append(check)
         checks_seconds = time.monotonic() - started - boot_seconds
     return BootResult(firmware=run.firmware, disk_bus=run.disk_bus, accelerator=run.accelerator, booted=True,
                       boot_seconds=round(boot_seconds, 1), checks_seconds=round(checks_seconds, 1),
-                      stages=split, results=results, console_log=str(run.console_log))
+                      stages=split, results=results, console_log=str(run.console_log), pcrs=pcrs,
+                      event_log=event_log)
+
+
+def _measured_boot(run: _Run, ssh: guest.Ssh) -> tuple[CheckResult, dict[str, str], str]:
+    """Read PCRs 4 and 7 and the event log, keep the log beside the console log, compare with the prediction."""
+    found = tpm.read_measurements(ssh, PROBES_SECONDS)
+    saved = run.console_log.with_name(run.console_log.stem.replace("console", "eventlog", 1) + ".bin")
+    with atomic_path(saved) as tmp:
+        tmp.write_bytes(found.event_log)
+    pcrs = {str(pcr): value for pcr, value in sorted(found.pcrs.items())}
+    shown = ", ".join(f"PCR {pcr} {value[:16]}…" for pcr, value in pcrs.items())
+    events = measured.parse_event_log(found.event_log)
+    if run.prediction is None or run.firmware != "uefi-secureboot":
+        why = "no prediction given" if run.prediction is None else "predictions hold for uefi-secureboot"
+        return CheckResult(name="measured boot", kind="tpm", passed=True,
+                           message=f"{shown} ({len(events)} events; {why}: recorded)"), pcrs, str(saved)
+    problems = measured.compare(run.prediction, events, found.pcrs)
+    message = f"{shown} equal the prediction" if not problems else "; ".join(problems)[:2000]
+    return CheckResult(name="measured boot", kind="tpm", passed=not problems, message=message), pcrs, str(saved)
 
 
 def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: float) -> None:
@@ -165,7 +194,8 @@ def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
 
 def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_file: Path | None,
               timeout: float, keep: bool, out_dir: Path, fmt: str | None = None,
-              disk_buses: list[DiskBus] | None = None, tpm: bool = False) -> BootReport:
+              disk_buses: list[DiskBus] | None = None, tpm: bool = False,
+              prediction: measured.Prediction | None = None) -> BootReport:
     """Hygiene of the artefact once, alongside a boot per firmware and disk bus (one at a time; default
     virtio-blk); writes console logs and junit.xml into out_dir. A boot that fails is recorded, not raised,
     so every combination gets tried."""
@@ -176,7 +206,7 @@ def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_fil
     # libguestfs appliance runs while the first guest boots, each TCG VM on its own core, instead of before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hygiene") as pool:
         pending = pool.submit(_hygiene, disk, fmt, checks)
-        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir, tpm)
+        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir, tpm, prediction)
                 for firmware in firmwares for bus in (disk_buses or ["virtio"])]
         hygiene, hygiene_seconds = pending.result()
     report = BootReport(disk=str(disk), format=fmt, hygiene=hygiene,
@@ -195,13 +225,14 @@ def _hygiene(disk: Path, fmt: str, checks: CheckSuite) -> tuple[list[CheckResult
 
 
 def _boot_or_record(disk: Path, fmt: str, firmware: str, bus: DiskBus, checks: CheckSuite, timeout: float,
-                    keep: bool, out_dir: Path, tpm: bool = False) -> BootResult:
+                    keep: bool, out_dir: Path, tpm: bool = False,
+                    prediction: measured.Prediction | None = None) -> BootResult:
     typed = qemu.firmware(firmware)
     console_log = out_dir / (f"console-{firmware}.log" if bus == "virtio" else f"console-{firmware}-{bus}.log")
     try:
         with progress.activity(firmware if bus == "virtio" else f"{firmware}/{bus}"):
             return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
-                             console_log=console_log, disk_bus=bus, tpm=tpm)
+                             console_log=console_log, disk_bus=bus, tpm=tpm, prediction=prediction)
     except BootError as exc:
         return BootResult(firmware=firmware, disk_bus=bus, accelerator=accelerator(), booted=False,
                           error=f"{exc.brief}\n{exc.details}".strip(), console_log=str(console_log))

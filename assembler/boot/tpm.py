@@ -7,12 +7,16 @@ process-group kill, and `--terminate` ends it when QEMU closes the connection).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from assembler.boot import qemu
+from assembler.boot import guest, qemu
 from assembler.boot.checks import Probe, ProbeOutput
 from assembler.errors import BootError
 from assembler.run import require_tool, spawn
@@ -101,3 +105,42 @@ def tpm_probes() -> list[Probe]:
         Probe("tpm present", "tpm", "test -c /dev/tpm0 && cat /sys/class/tpm/tpm0/tpm_version_major", _judge_tpm),
         Probe("measured-boot event log", "tpm", f"wc -c < {EVENT_LOG}", _judge_event_log),
     ]
+
+
+MEASURED_PCRS = (4, 7)
+EVENT_LOG_LIMIT = 1 << 20  # a firmware's log is tens of KiB; more is not a log
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What the guest's TPM holds after boot: PCR values of the sha256 bank and the firmware's event log."""
+
+    pcrs: dict[int, str]
+    event_log: bytes
+
+
+def read_measurements(ssh: guest.Ssh, timeout: float) -> Measurements:
+    """PCRs 4 and 7 and the event log, read over SSH; the guest's output is untrusted and checked."""
+    reads = " ".join(f'"$(cat /sys/class/tpm/tpm0/pcr-sha256/{pcr})"' for pcr in MEASURED_PCRS)
+    out = ssh.run_settled(f"printf '%s\\n' {reads} && base64 -w0 {EVENT_LOG}", timeout=timeout)
+    lines = out.stdout.strip().splitlines()
+    if out.exit_status != 0 or len(lines) != len(MEASURED_PCRS) + 1:
+        raise BootError("could not read the guest's PCRs and event log",
+                        details=f"exit {out.exit_status}: {out.stderr.strip()[-300:]}",
+                        resolution="boot with --tpm; the kernel needs TPM support (tpm_crb) and securityfs")
+    pcrs: dict[int, str] = {}
+    for pcr, value in zip(MEASURED_PCRS, lines, strict=False):
+        if not re.fullmatch(r"[0-9A-Fa-f]{64}", value.strip()):
+            raise BootError(f"the guest reported a malformed PCR {pcr}", details=value[:100],
+                            resolution="check the guest kernel's /sys/class/tpm/tpm0/pcr-sha256")
+        pcrs[pcr] = value.strip().lower()
+    encoded = lines[-1].strip()
+    if len(encoded) > EVENT_LOG_LIMIT * 4 // 3 + 4:
+        raise BootError("the guest's event log is implausibly large", details=f"{len(encoded)} base64 characters",
+                        resolution="read it by hand in the guest: " + EVENT_LOG)
+    try:
+        log_bytes = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise BootError("the guest's event log is not valid base64", details=str(exc),
+                        resolution="read it by hand in the guest: " + EVENT_LOG) from exc
+    return Measurements(pcrs=pcrs, event_log=log_bytes)

@@ -16,6 +16,9 @@ def boot(
         "both", "--firmware",
         help="bios, uefi, uefi-secureboot (Microsoft keys, Secure Boot enforcing), both (bios + uefi) or all"),
     tpm: bool = typer.Option(False, "--tpm", help="give UEFI guests a TPM 2.0 (swtpm) and check its event log"),
+    pcrs: Path | None = typer.Option(
+        None, "--pcrs", help="PCR prediction to compare under uefi-secureboot --tpm (default: DISK's directory's "
+        "<name>.pcrs.json, written by the build, when present)"),
     disk_bus: list[str] = typer.Option(
         ["virtio"], "--disk-bus",
         help="controller of the root disk: virtio, scsi (virtio-scsi), nvme, sata, pvscsi; repeat to boot on each"),
@@ -28,7 +31,7 @@ def boot(
     """Boot DISK under BIOS, UEFI and/or UEFI with Secure Boot, run hygiene and guest checks; exit 0 only if
     all pass."""
     from assembler import boot as boot_engine
-    from assembler import progress
+    from assembler import measured, progress
     from assembler.boot.qemu import disk_bus as parse_disk_bus
     from assembler.formats import detect_format
 
@@ -40,11 +43,16 @@ def boot(
         raise ConfigError(f"no such checks file: {checks}", resolution="pass an existing YAML file")
     buses = [parse_disk_bus(name) for name in dict.fromkeys(disk_bus)]
     firmwares = boot_engine.firmwares(firmware)
+    if pcrs is not None and not pcrs.is_file():
+        raise ConfigError(f"no such PCR prediction: {pcrs}", resolution="pass the IMAGE.pcrs.json of the build")
+    sibling = disk.with_name(f"{disk.stem}.pcrs.json")
+    prediction_file = pcrs or (sibling if tpm and sibling.is_file() else None)
+    prediction = measured.load_prediction(prediction_file) if prediction_file else None
     out_dir = output or disk.parent
     with progress.activity(f"boot {disk.name}"):
         report = boot_engine.boot_test(disk, firmwares=firmwares, checks_file=checks, timeout=timeout, keep=keep,
                                        out_dir=out_dir, fmt=detect_format(disk), disk_buses=buses,
-                                       tpm=tpm)
+                                       tpm=tpm, prediction=prediction)
     boot_engine.print_summary(report)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

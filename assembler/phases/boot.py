@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from assembler import boot
+from assembler import boot, measured
 from assembler.errors import BootError
 from assembler.fsutil import atomic_path, sha256_file
+from assembler.phases.disk import PCRS
 from assembler.pipeline import Artefact, Phase
 from assembler.store import META, Entry
 
@@ -47,6 +48,7 @@ class BootPhase(Phase):
         report = boot.boot_test(
             disk.file("disk.raw"), firmwares=boot.firmwares(cfg.firmware), checks_file=self._checks_file(),
             timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses), tpm=cfg.tpm,
+            prediction=measured.load_prediction(disk.file(PCRS)) if disk.meta.get("pcrs") else None,
         )
         published = self.ctx.output_dir
         if not report.passed:
