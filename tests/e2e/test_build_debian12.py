@@ -1,4 +1,4 @@
-"""The default image end to end: build, every format, read back, boot in BIOS and UEFI, reuse."""
+"""debian-12 end to end: build, every format, read back, boot in BIOS, UEFI and UEFI Secure Boot, reuse."""
 
 from __future__ import annotations
 
@@ -130,10 +130,10 @@ def test_disk_holds_the_container_files(debian12: Built) -> None:
     assert efi
 
 
-def test_boot_passed_in_bios_and_uefi(debian12: Built) -> None:
+def test_boot_passed_in_bios_uefi_and_uefi_secureboot(debian12: Built) -> None:
     boot = debian12.manifest["boot"]
     runs = {r["firmware"]: r for r in boot["runs"]}
-    assert set(runs) == {"bios", "uefi"}
+    assert set(runs) == {"bios", "uefi", "uefi-secureboot"}  # image.yaml: firmware all, tpm true
     for run in runs.values():
         failed = [r for r in run["results"] if not r["passed"]]
         assert run["booted"] and not failed, failed or run["error"]
@@ -149,7 +149,7 @@ def test_boot_passed_in_bios_and_uefi(debian12: Built) -> None:
     # The build's boot report names the image and files that exist in out/, not the store's temporary paths.
     assert "boot test of debian-12 (raw)" in debian12.stderr
     shown = re.findall(r"(?:console log|JUnit report:) (\S+)", debian12.stderr)
-    assert len(shown) == 3 and all(Path(p).is_file() and Path(p).parent == debian12.out for p in shown), shown
+    assert len(shown) == 4 and all(Path(p).is_file() and Path(p).parent == debian12.out for p in shown), shown
 
 
 def test_second_build_reuses_every_phase(debian12: Built) -> None:
