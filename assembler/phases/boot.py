@@ -67,8 +67,9 @@ class BootPhase(Phase):
 
 
 def _in_output(report: boot.BootReport, image: str, published: Path) -> boot.BootReport:
-    runs = [run.model_copy(update={"console_log": str(published / Path(run.console_log).name)})
-            if run.console_log else run for run in report.runs]
+    runs = [run.model_copy(update={name: str(published / Path(path).name) for name, path in
+                                   (("console_log", run.console_log), ("event_log", run.event_log)) if path})
+            for run in report.runs]
     junit = str(published / Path(report.junit).name) if report.junit else None
     return report.model_copy(update={"disk": image, "runs": runs, "junit": junit})
 
@@ -76,8 +77,9 @@ def _in_output(report: boot.BootReport, image: str, published: Path) -> boot.Boo
 def _relative_paths(report: dict[str, Any]) -> dict[str, Any]:
     """The report names files in the store's temporary directory; out/ holds them under the same names."""
     for run in report.get("runs", []):
-        if run.get("console_log"):
-            run["console_log"] = Path(run["console_log"]).name
+        for name in ("console_log", "event_log"):
+            if run.get(name):
+                run[name] = Path(run[name]).name
     if report.get("junit"):
         report["junit"] = Path(report["junit"]).name
     report.pop("disk", None)
