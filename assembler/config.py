@@ -90,7 +90,8 @@ SecretId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-
 class ScanConfig(_Strict):
     """The scan phase: the disk's packages against an OSV advisory database after every build."""
 
-    db: str = Field(min_length=1, description="OSV file, directory or zip; relative to the image directory")
+    db: str = Field(min_length=1, description="OSV file, directory or zip (relative to the image directory), "
+                    "or its http(s) URL, fetched into the cache")
     fail_on: FailOn | None = Field(None, description="fail the build on a finding at least this severe")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,7 +90,11 @@ def load_advisories(db: Path) -> list[Advisory]:
         raise ConfigError(f"no advisory database at {db}",
                           resolution="pass --db FILE|DIR|ZIP in OSV format, e.g. osv.dev's Debian export "
                                      "(see README: Vulnerability scan)")
-    return [_advisory(doc, where) for where, doc in _documents(db)]
+    try:
+        return [_advisory(doc, where) for where, doc in _documents(db)]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as exc:  # a member that does not unpack
+        raise ConfigError(f"{db} is a damaged zip", details=str(exc)[:500],
+                          resolution="pass an intact OSV zip (fetch it again)") from exc
 
 
 def _documents(db: Path) -> Iterator[tuple[str, Any]]:
@@ -252,6 +257,7 @@ class ScanReport:
     packages: int
     advisories: int
     findings: tuple[Finding, ...]
+    db: Mapping[str, str | None] | None = None  # the database's source, sha256 and fetch time (scan_db)
 
     def failing(self, threshold: Severity | None) -> list[Finding]:
         return at_least(self.findings, threshold) if threshold else []
@@ -262,14 +268,14 @@ class ScanReport:
     def as_dict(self, threshold: Severity | None) -> dict[str, Any]:
         return {"release": self.release, "packages": self.packages, "advisories": self.advisories,
                 "counts": self.counts(), "findings": [asdict(f) for f in self.findings], "fail_on": threshold,
-                "failed": bool(self.failing(threshold))}
+                "failed": bool(self.failing(threshold)), "db": dict(self.db) if self.db is not None else None}
 
 
-def scan_packages(packages: Sequence[Mapping[str, str]], release: str | None,
-                  advisories: Sequence[Advisory]) -> ScanReport:
-    """inspect's (or the BOM's) package list against the advisories."""
+def scan_packages(packages: Sequence[Mapping[str, str]], release: str | None, advisories: Sequence[Advisory],
+                  db: Mapping[str, str | None] | None = None) -> ScanReport:
+    """inspect's (or the BOM's) package list against the advisories (`db`: where they came from)."""
     installed = installed_from(packages)
-    return ScanReport(release, len(installed), len(advisories), tuple(match(installed, advisories, release)))
+    return ScanReport(release, len(installed), len(advisories), tuple(match(installed, advisories, release)), db)
 
 
 def database_digest(db: Path) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import http
 import http.client
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -139,25 +140,27 @@ class Sources:
             return False
 
 
-def _request(url: str, method: str = "GET") -> urllib.request.Request:
-    return urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT})
+def _request(url: str, method: str = "GET", headers: Mapping[str, str] | None = None) -> urllib.request.Request:
+    return urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
 
 
 _kept = threading.local()  # (scheme, host) -> the connection this thread keeps open to it
 
 
 @contextmanager
-def _open(url: str, method: str = "GET", timeout: float = TIMEOUT) -> Iterator[Any]:
+def _open(url: str, method: str = "GET", timeout: float = TIMEOUT,
+          headers: Mapping[str, str] | None = None) -> Iterator[Any]:
     """The response to one request, on a connection kept open per host and thread.
 
     A new TCP connection per file stalled for 1-5 s now and then here: 200 HEAD probes of a lock took 10-36 s
     with one connection each, 0.3 s on kept-alive ones. A redirect, a proxy from the environment or anything
-    but http(s) goes through urllib as before; an error status raises urllib's HTTPError, as urlopen does.
+    but http(s) goes through urllib as before; an error status raises urllib's HTTPError, as urlopen does, and
+    so does 304 Not Modified (the answer to conditional `headers`, If-None-Match/If-Modified-Since).
     """
     parts = urllib.parse.urlsplit(url)
     proxied = parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
     if parts.scheme not in ("http", "https") or proxied:
-        with urllib.request.urlopen(_request(url, method), timeout=timeout) as plain:
+        with urllib.request.urlopen(_request(url, method, headers), timeout=timeout) as plain:
             yield plain
         return
     pool: dict[tuple[str, str], http.client.HTTPConnection] = _kept.__dict__.setdefault("connections", {})
@@ -170,7 +173,7 @@ def _open(url: str, method: str = "GET", timeout: float = TIMEOUT) -> Iterator[A
         try:
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
-            conn.request(method, target, headers={"User-Agent": USER_AGENT})
+            conn.request(method, target, headers={"User-Agent": USER_AGENT, **(headers or {})})
             response = conn.getresponse()
             break
         except (http.client.HTTPException, OSError):
@@ -180,11 +183,11 @@ def _open(url: str, method: str = "GET", timeout: float = TIMEOUT) -> Iterator[A
                 raise  # a new connection failed: the host does not answer (no second wait for it)
             # the server closed the kept connection since its last answer: once more on a new one
     try:
-        if 300 <= response.status < 400:
+        if 300 <= response.status < 400 and response.status != http.HTTPStatus.NOT_MODIFIED:
             response.read()
-            with urllib.request.urlopen(_request(url, method), timeout=timeout) as followed:
+            with urllib.request.urlopen(_request(url, method, headers), timeout=timeout) as followed:
                 yield followed
-        elif response.status >= 400:
+        elif response.status >= 400 or response.status == http.HTTPStatus.NOT_MODIFIED:
             response.read()
             raise urllib.error.HTTPError(url, response.status, response.reason, response.msg, None)
         else:
@@ -195,6 +198,9 @@ def _open(url: str, method: str = "GET", timeout: float = TIMEOUT) -> Iterator[A
         if not response.isclosed() or response.will_close:  # unread or closing: not reusable
             conn.close()
             pool.pop(key, None)
+
+
+open_url = _open  # the project's one HTTP client, for fetches beyond the package store (the OSV feed)
 
 
 def _chunks(response: Any) -> Iterator[bytes]:

@@ -1,8 +1,8 @@
 """scan: the disk's packages (from the BOM it embeds) against an OSV advisory database (image.yaml scan:).
 
-Keyed by the disk and the database's digest: a new feed, or a new disk, scans again; the same pair is
-reused. With `fail_on`, a finding at least that severe fails the build before the boot test, with the
-report in out/IMAGE/ to read.
+Keyed by the disk and the database's digest (for a URL, of the copy fetched into the cache): a new feed, or
+a new disk, scans again; the same pair is reused. With `fail_on`, a finding at least that severe fails the
+build before the boot test, with the report in out/IMAGE/ to read.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from assembler.fsutil import atomic_path, write_json
 from assembler.log import console
 from assembler.phases.disk import BOM
 from assembler.pipeline import Artefact, Phase
+from assembler.scan_db import Database, open_database
 from assembler.store import Entry
 
 REPORT = "scan.json"
@@ -34,17 +35,14 @@ class ScanPhase(Phase):
         assert cfg is not None, "ScanPhase is planned only for images with scan: in image.yaml"
         return cfg
 
-    def _db(self) -> Path:
-        path = Path(self._config().db).expanduser()
-        return path if path.is_absolute() else self.ctx.spec.context / path
-
     @functools.cached_property
-    def _db_digest(self) -> str:
-        """Hashed once per build (a whole feed is ~100 MB): the key and the manifest name the same bytes."""
-        return scan.database_digest(self._db())
+    def _db(self) -> Database:
+        """Fetched (a URL) or hashed (a path) once per build, a whole feed being ~100 MB: the key, the report
+        and the manifest name the same bytes, the ones scanned."""
+        return open_database(self._config().db, self.ctx.store.root, base=self.ctx.spec.context)
 
     def material(self) -> dict[str, Any]:
-        return {"db": self._db_digest, "fail_on": self._config().fail_on}
+        return {"db": self._db.sha256, "fail_on": self._config().fail_on}
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
         return [Artefact(entry.file(REPORT), f"{self.ctx.spec.name}.scan.json", entry.key, "scan")]
@@ -55,8 +53,8 @@ class ScanPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         cfg, name = self._config(), self.ctx.spec.name
         doc = bom.load_spdx(self.input_entry("disk").file(BOM))
-        result = scan.scan_packages(bom.package_list(doc), bom.release_of(doc).get("VERSION_ID"),
-                                    scan.load_advisories(self._db()))
+        result = scan.scan_packages(bom.package_list(doc), bom.release_of(doc).get("VERSION_ID"), self._db.load(),
+                                    self._db.provenance())
         write_json(out / REPORT, result.as_dict(cfg.fail_on))
         counts = ", ".join(f"{n} {s}" for s, n in result.counts().items()) or "none"
         console.print(f"  scan {name}: {len(result.findings)} finding(s) in {result.packages} packages ({counts})")
@@ -71,4 +69,5 @@ class ScanPhase(Phase):
                             resolution=f"read {published}; upgrade the packages (`assembler lock {name} --update`) "
                                        "or raise scan.fail_on in image.yaml")
         return {"scan": {"report": REPORT, "counts": result.counts(), "fail_on": cfg.fail_on,
-                         "db_sha256": self._db_digest, "findings": len(result.findings)}}
+                         "db": self._db.source, "db_sha256": self._db.sha256, "db_fetched": self._db.fetched,
+                         "findings": len(result.findings)}}

@@ -142,7 +142,7 @@ def test_the_command_on_a_bom_fails_on_request_and_prints_json(tmp_path: Path) -
 
 # ------------------------------------------------------------------------------------------- the phase
 
-def _phase_ctx(tmp_path: Path, db: Path, fail_on: str | None) -> tuple[Any, Any]:
+def _phase_ctx(tmp_path: Path, db: Path | str, fail_on: str | None) -> tuple[Any, Any]:
     from assembler.config import ImageConfig, ImageSpec
     from assembler.phases.scan import ScanPhase
     from assembler.pipeline import BuildRun
