@@ -64,7 +64,7 @@ class BootConfig(_Strict):
     firmware: Literal["bios", "uefi", "uefi-secureboot", "both", "all"] = Field(
         "both", description="both: bios + uefi; all: bios, uefi and uefi-secureboot (OVMF with Microsoft's "
         "keys, Secure Boot enforcing)")
-    tpm: bool = Field(False, description="a TPM 2.0 (swtpm) in UEFI boots, checked with its event log")
+    tpm: bool = Field(False, description="a TPM 2.0 (swtpm) in uefi-secureboot boots: event log and PCRs checked")
     disk_buses: list[DiskBus] = Field(default_factory=_default_disk_buses, min_length=1,
                                       description="boot once per firmware and controller of the root disk")
     timeout: int = Field(600, gt=0)

@@ -15,7 +15,8 @@ def boot(
     firmware: str = typer.Option(
         "both", "--firmware",
         help="bios, uefi, uefi-secureboot (Microsoft keys, Secure Boot enforcing), both (bios + uefi) or all"),
-    tpm: bool = typer.Option(False, "--tpm", help="give UEFI guests a TPM 2.0 (swtpm) and check its event log"),
+    tpm: bool = typer.Option(False, "--tpm", help="give uefi-secureboot guests a TPM 2.0 (swtpm) and check the "
+                             "firmware's event log and PCRs"),
     pcrs: Path | None = typer.Option(
         None, "--pcrs", help="PCR prediction to compare under uefi-secureboot --tpm (default: DISK's directory's "
         "<name>.pcrs.json, written by the build, when present)"),
