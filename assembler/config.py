@@ -109,6 +109,8 @@ class ImageConfig(_Strict):
     formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
     disk: DiskConfig = Field(default_factory=DiskConfig)
     boot: BootConfig = Field(default_factory=BootConfig)
+    customize: str | None = Field(None, description="customisation YAML (users, packages, files, sysctls, "
+                                  "kernel_args, services, run), relative to the image directory: one more layer")
     secure_boot: bool = Field(False, description="UEFI boots the image's Microsoft-signed shim, then its "
                               "Debian-signed grub and kernel (needs shim-signed and grub-efi-amd64-signed)")
     properties: dict[str, str] = Field(default_factory=dict, description="versions shown in OVF/labels")

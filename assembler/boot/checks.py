@@ -332,6 +332,8 @@ class HygieneOptions(_Model):
 
     max_var_log_mib: float = Field(default=10, ge=0)
     skip: list[str] = Field(default_factory=list)
+    # authorized_keys files a customisation declares (a user and their public keys): not "baked in" by mistake.
+    allowed_authorized_keys: list[str] = Field(default_factory=list)
 
     @field_validator("skip")
     @classmethod
@@ -402,6 +404,17 @@ def parse_checks(text: str, source: str = "<checks>") -> CheckSuite:
 
 def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def merged(base: CheckSuite, extra: CheckSuite) -> CheckSuite:
+    """Two suites as one: each kind's checks together (extra's win on the same key), hygiene allowances added."""
+    data = base.model_dump(mode="json")
+    more = extra.model_dump(mode="json")
+    for kind in ("service", "file", "command", "package", "kernel_module", "sysctl", "mount"):
+        data[kind] = {**data[kind], **more[kind]}
+    data["hygiene"]["allowed_authorized_keys"] = sorted(
+        {*data["hygiene"]["allowed_authorized_keys"], *more["hygiene"]["allowed_authorized_keys"]})
+    return CheckSuite.model_validate(data)
 
 
 def load_checks(path: Path | None) -> CheckSuite:

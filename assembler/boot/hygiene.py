@@ -109,9 +109,14 @@ def shell_history(tree: Tree, _opts: HygieneOptions) -> tuple[bool, str]:
     return _none_of(tree, ["/root/.*_history", "/home/*/.*_history"], "shell history")
 
 
-def authorized_keys(tree: Tree, _opts: HygieneOptions) -> tuple[bool, str]:
+def authorized_keys(tree: Tree, opts: HygieneOptions) -> tuple[bool, str]:
     patterns = ["/root/.ssh/authorized_keys", "/home/*/.ssh/authorized_keys"]
-    return _none_of(tree, patterns, "baked-in authorized_keys")
+    found = [path for pattern in patterns for path in tree.glob(pattern)
+             if path not in opts.allowed_authorized_keys]
+    if found:
+        return False, f"baked-in authorized_keys present: {', '.join(found[:5])}"
+    declared = f" (declared: {', '.join(opts.allowed_authorized_keys)})" if opts.allowed_authorized_keys else ""
+    return True, f"no baked-in authorized_keys{declared}"
 
 
 def apt_lists(tree: Tree, _opts: HygieneOptions) -> tuple[bool, str]:

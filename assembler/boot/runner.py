@@ -14,7 +14,7 @@ from pathlib import Path
 from assembler import measured, progress
 from assembler.accel import accelerator
 from assembler.boot import guest, qemu, seed, stages, tpm
-from assembler.boot.checks import CheckResult, CheckSuite, load_checks
+from assembler.boot.checks import CheckResult, CheckSuite, load_checks, merged
 from assembler.boot.hygiene import check_artifact
 from assembler.boot.junit import write_junit
 from assembler.boot.report import BootReport, BootResult
@@ -200,11 +200,13 @@ def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
 def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_file: Path | None,
               timeout: float, keep: bool, out_dir: Path, fmt: str | None = None,
               disk_buses: list[DiskBus] | None = None, tpm: bool = False,
-              prediction: measured.Prediction | None = None) -> BootReport:
+              prediction: measured.Prediction | None = None, extra_checks: CheckSuite | None = None) -> BootReport:
     """Hygiene of the artefact once, alongside a boot per firmware and disk bus (one at a time; default
     virtio-blk); writes console logs and junit.xml into out_dir. A boot that fails is recorded, not raised,
     so every combination gets tried."""
     checks = load_checks(checks_file)
+    if extra_checks is not None:  # a customisation's: the guest shows each of its items
+        checks = merged(checks, extra_checks)
     fmt = qemu.disk_format(disk, fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The hygiene checks read the artefact (read-only), never the guest, which runs on its own overlay: so the

@@ -58,6 +58,8 @@ def build(
     dry_run: bool = typer.Option(False, "--dry-run", help="show the plan, run nothing"),
     no_cache: bool = typer.Option(False, "--no-cache", help="rebuild every phase (engine cache too)"),
     no_boot_test: bool = typer.Option(False, "--no-boot-test", help="skip the QEMU boot test phase"),
+    customize: Path | None = typer.Option(None, "--customize", help="customisation YAML (users, packages, files, "
+                                          "sysctls, kernel_args, services, run): one more layer, its own checks"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest (or plan) as JSON on stdout"),
     locked: bool = typer.Option(False, "--locked", help="install exactly image.lock.json or fail at once "
                                 "(default: a stale lock is re-resolved with a warning)"),
@@ -81,6 +83,14 @@ def build(
     from assembler.store import Store
 
     spec = resolve_image(image)
+    if customize is not None:
+        from assembler import customize as customization
+
+        if not customize.is_file():
+            raise ConfigError(f"no such customisation file: {customize}", resolution="pass an existing YAML file")
+        customization.load(customize)  # a bad file fails now, before anything is built
+        spec = spec.model_copy(update={"config": spec.config.model_copy(
+            update={"customize": str(customize.resolve())})})
     if size is not None:
         from assembler.sizes import parse_size
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from assembler import boot, measured
+from assembler import boot, customize, measured
 from assembler.errors import BootError
 from assembler.fsutil import atomic_path, sha256_file
 from assembler.phases.disk import PCRS
@@ -23,6 +23,9 @@ class BootPhase(Phase):
         path = self.ctx.spec.context / self.ctx.spec.config.boot.checks
         return path if path.is_file() else None
 
+    def _customization(self) -> customize.Loaded | None:
+        return customize.for_image(self.ctx.spec.context, self.ctx.spec.config.customize)
+
     def material(self) -> dict[str, Any]:
         checks = self._checks_file()
         cfg = self.ctx.spec.config.boot
@@ -32,6 +35,7 @@ class BootPhase(Phase):
             "disk_buses": list(cfg.disk_buses),
             "checks": sha256_file(checks) if checks else None,
             "builtin_checks": boot.BUILTIN_CHECKS_VERSION,
+            **({"customize": loaded.digest} if (loaded := self._customization()) else {}),
         }
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
@@ -49,6 +53,7 @@ class BootPhase(Phase):
             disk.file("disk.raw"), firmwares=boot.firmwares(cfg.firmware), checks_file=self._checks_file(),
             timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses), tpm=cfg.tpm,
             prediction=measured.load_prediction(disk.file(PCRS)) if disk.meta.get("pcrs") else None,
+            extra_checks=customize.checks(loaded.custom) if (loaded := self._customization()) else None,
         )
         published = self.ctx.output_dir
         if not report.passed:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from assembler import __version__, bom, cyclonedx, disk, inputs, measured
+from assembler import __version__, bom, customize, cyclonedx, disk, inputs, measured
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
@@ -60,7 +60,7 @@ class DiskPhase(Phase):
             "layout": self._layout().model_dump(mode="json"),
             "size": self._size(),
             "headroom": parse_size(cfg.disk.headroom),
-            "cmdline": cfg.disk.cmdline,
+            "cmdline": self._cmdline(),
             "secure_boot": cfg.secure_boot,
             # The PCR prediction is for the host's Secure Boot firmware variables: another store, another one.
             "pcr_firmware": self._firmware_vars_digest(),
@@ -71,6 +71,12 @@ class DiskPhase(Phase):
             # rootfs key leaves out): an edit there must give a new disk, not reuse one with a stale BOM.
             "context": sha256_tree(self.ctx.spec.context),
         }
+
+    def _cmdline(self) -> str:
+        """The image's kernel command line and a customisation's kernel_args after it."""
+        loaded = customize.for_image(self.ctx.spec.context, self.ctx.spec.config.customize)
+        extra = loaded.custom.kernel_args if loaded else []
+        return " ".join([self.ctx.spec.config.disk.cmdline, *extra]).strip()
 
     def _firmware_vars_digest(self) -> str | None:
         vars_file = measured.SECURE_BOOT_VARS
@@ -104,7 +110,7 @@ class DiskPhase(Phase):
         result = disk.assemble_disk(
             rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
-            cmdline=cfg.disk.cmdline, size=self._size(), headroom=parse_size(cfg.disk.headroom),
+            cmdline=self._cmdline(), size=self._size(), headroom=parse_size(cfg.disk.headroom),
             work_dir=out, extra_files=bom.embedded_files(embedded), index=index, secure_boot=cfg.secure_boot,
         )
         info = result.model_dump(mode="json")

@@ -7,12 +7,13 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import docker
 
-from assembler import engine, progress, secrets
+from assembler import customize, engine, progress, secrets
 from assembler.config import cache_dir, rootfs_dir
 from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
@@ -69,6 +70,18 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
     return result
 
 
+def _with_step(context: Path, original: Path, containerfile: str, step: str, copy: Path) -> Path:
+    """The build context with `step` appended to its Containerfile; never written in the user's directory."""
+    if context == original:  # nothing was prepared (no downloads): the context is the image directory itself
+        shutil.copytree(original, copy, symlinks=True)
+        context = copy
+    target = context / containerfile
+    text = target.read_text()
+    target.unlink()  # a symlinked Containerfile is replaced, not written through
+    target.write_text(text + step)
+    return context
+
+
 class RootfsPhase(Phase):
     name = "rootfs"
     kind = "rootfs"
@@ -105,7 +118,12 @@ class RootfsPhase(Phase):
             # Ids only, and only when declared (keys of images without secrets stay as they were): a value is
             # never hashed into a key; as with BuildKit, a changed value alone reuses the entry.
             **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
+            # Only when declared, like secrets: the declaration and its files' bytes (customize.digest).
+            **({"customize": loaded.digest} if (loaded := self._customization()) else {}),
         }
+
+    def _customization(self) -> customize.Loaded | None:
+        return customize.for_image(self.ctx.spec.context, self.ctx.spec.config.customize)
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
         name = self.ctx.spec.name
@@ -140,6 +158,11 @@ class RootfsPhase(Phase):
         # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
         prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work",
                                                  availability=self._optional())
+        loaded = self._customization()
+        if loaded is not None:  # one more layer after the image's own, which the engine's cache keeps
+            prepared = replace(prepared, path=_with_step(prepared.path, spec.context, spec.containerfile.name,
+                                                         customize.containerfile_step(loaded.custom, loaded.data),
+                                                         out / "work" / "customised"))
         mounted = secrets.prepare(spec, prepared.path, out / "work")
         self._redact = lambda text: secrets.redact(text, mounted.values)
         client = engine.connect()
