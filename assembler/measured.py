@@ -13,6 +13,7 @@ guest's TCG event log (treated as untrusted: every length is bounded before it i
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import uuid
 from collections.abc import Mapping, Sequence
@@ -80,8 +81,8 @@ ASSUMPTIONS = (
     "no fbx64.efi beside EFI/BOOT/BOOTX64.EFI (shim would run fallback instead of grub)",
     "no option ROM or driver verified by a db entry other than the one that verifies shim",
     "no MOK variables, SbatPolicy or revocations.efi beyond what the variable store holds",
-    "grub has shim verify the kernel and then starts it through shim's loader (two PCR 4 measurements of the "
-    "kernel, as Debian 12's grub 2.06 and shim 16.1 do)",
+    "grub before 2.12 has shim verify the kernel and then start it (two PCR 4 measurements of the kernel, as "
+    "Debian 12's grub 2.06 does); grub 2.12 starts it through shim's loader only (one, as Debian 13's does)",
 )
 
 
@@ -586,6 +587,17 @@ def _policy_events(store: Mapping[tuple[uuid.UUID, str], UefiVariable], secure: 
     return events
 
 
+def grub_version(grub: bytes) -> tuple[int, ...]:
+    """Upstream grub's version from the image's .sbat section (`grub,N,Free Software Foundation,grub,2.12,...`);
+    (0,) when it names none."""
+    sbat = _section_data(grub, ".sbat", "grub") or b""
+    for line in sbat.rstrip(b"\x00").decode("ascii", "replace").splitlines():
+        fields = line.split(",")
+        if len(fields) >= 5 and fields[0] == "grub" and re.fullmatch(r"\d+(\.\d+)*", fields[4]):
+            return tuple(int(part) for part in fields[4].split("."))
+    return (0,)
+
+
 def predict(shim: bytes, grub: bytes, kernel: bytes, ovmf_vars: Path) -> Prediction:
     """PCR 4 and PCR 7 (sha256 bank) on the first boot of shim -> grub -> kernel under OVMF with these vars."""
     try:
@@ -609,13 +621,15 @@ def predict(shim: bytes, grub: bytes, kernel: bytes, ovmf_vars: Path) -> Predict
         _event(4, EV_SEPARATOR, _sha256(SEPARATOR_DATA), "firmware: separator (end of pre-boot)"),
         _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["shim"], "shim (EFI/BOOT/BOOTX64.EFI), by the firmware"),
         _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["grub"], "grub (EFI/BOOT/grubx64.efi), by shim"),
-        # Debian's grub 2.06 has shim verify the kernel (shim_lock) and then starts it through shim's image
-        # loader, and shim measures it each time: twice in a real boot's log (Debian 12, shim 16.1).
-        _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["kernel"],
-               "kernel, by shim's verify protocol when grub checks it"),
-        _event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["kernel"],
-               "kernel, by shim's loader when grub starts it"),
     ]
+    # Debian's grub 2.06 has shim verify the kernel (shim_lock) and then starts it through shim's image loader,
+    # and shim measures it each time: twice in Debian 12's log. grub 2.12 loads it through shim's loader only:
+    # once in Debian 13's log (both with shim 16.1, read from real boots).
+    if grub_version(grub) < (2, 12):
+        events.append(_event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["kernel"],
+                             "kernel, by shim's verify protocol when grub checks it"))
+    events.append(_event(4, EV_EFI_BOOT_SERVICES_APPLICATION, hashes["kernel"],
+                         "kernel, by shim's loader when grub starts it"))
     events += _policy_events(store, secure)
 
     if secure:

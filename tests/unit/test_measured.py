@@ -369,3 +369,13 @@ def test_compare_matches_and_explains(tmp_path: Path) -> None:
     problems = measured.compare(prediction, missing, prediction.pcrs)
     assert any("is missing from the log" in p for p in problems)
     assert any("the log replays to" in p for p in problems)
+
+
+def test_grub_2_12_has_its_kernel_measured_once(tmp_path: Path) -> None:
+    sbat = b"sbat,1,SBAT Version,sbat,1,https://x\ngrub,7,Free Software Foundation,grub,2.12,https://y\n"
+    grub_212 = build_pe([(".text", b"grub code" * 50), (".sbat", sbat)],
+                        cert=der(0x30, certificate("Test Distro Signer", "Test Distro CA")))
+    assert measured.grub_version(grub_212) == (2, 12) and measured.grub_version(GRUB) == (0,)
+    kernel_events = [e for e in measured.predict(SHIM, grub_212, KERNEL, secure_vars(tmp_path)).events
+                     if e.pcr == 4 and e.sha256 == measured.authenticode_sha256(KERNEL)]
+    assert len(kernel_events) == 1
