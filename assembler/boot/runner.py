@@ -78,7 +78,8 @@ def _boot(run: _Run, keep: bool) -> BootResult:
     run.console_log.parent.mkdir(parents=True, exist_ok=True)
     log.info("booting %s with %s, root disk on %s (%s), timeout %.0fs", run.disk.name, run.firmware,
              run.disk_bus, run.accelerator, run.timeout)
-    for attempt in range(PORT_ATTEMPTS):
+    panicked: str | None = None
+    for attempt in range(PORT_ATTEMPTS + 1):
         try:
             with contextlib.ExitStack() as stack:
                 socket = stack.enter_context(tpm.running_swtpm(run.workdir / f"try{attempt}")) if run.tpm else None
@@ -90,6 +91,28 @@ def _boot(run: _Run, keep: bool) -> BootResult:
         except _PortTaken:
             log.debug("port %d was taken before QEMU bound it (attempt %d)", spec.ssh_port, attempt + 1)
             continue
+        except _Panicked as exc:
+            if panicked is not None or run.accelerator != "tcg":
+                raise BootError(f"the guest kernel panicked ({run.firmware}, root disk on {run.disk_bus}, "
+                                f"{run.accelerator})" + (", twice" if panicked else ""),
+                                details=f"console: {exc.line}\nlast console lines:\n"
+                                f"{qemu.console_tail(run.console_log)}",
+                                resolution=f"read {run.console_log}: the image's kernel or initramfs fails") from None
+            # TCG's emulation of a multi-vCPU guest patching its own code (int3 text pokes) can oops a kernel
+            # that boots fine elsewhere; once is the emulator, twice is the image. The first console is kept.
+            panicked = exc.line
+            shutil.copyfile(run.console_log, run.console_log.with_suffix(".panic.log"))
+            log.warning("%s/%s: the guest kernel panicked under TCG (%s); booting once more on a fresh overlay",
+                        run.firmware, run.disk_bus, exc.line)
+            overlay.unlink()
+            overlay = qemu.make_overlay(run.disk, run.fmt, run.workdir / "overlay.qcow2")
+            ovmf_vars = qemu.copy_ovmf_vars(run.workdir, run.firmware) if run.firmware != "bios" else None
+            continue
+        if panicked is not None:
+            note = CheckResult(name="boot retried", kind="boot", passed=True,
+                               message=f"the first boot's kernel panicked under TCG ({panicked}); console kept "
+                               f"as {run.console_log.with_suffix('.panic.log').name}")
+            result = result.model_copy(update={"results": [note, *result.results]})
         return result.model_copy(update={"workdir": str(run.workdir) if keep else None})
     raise BootError("QEMU could not bind a local port for SSH forwarding",
                     resolution="retry; another program is racing for free ports")
@@ -97,6 +120,15 @@ def _boot(run: _Run, keep: bool) -> BootResult:
 
 class _PortTaken(Exception):
     pass
+
+
+class _Panicked(Exception):
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+PANIC = "Kernel panic - not syncing"
 
 
 def _boot_once(run: _Run, spec: qemu.QemuSpec, ssh: guest.Ssh) -> BootResult:
@@ -153,8 +185,11 @@ def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: flo
         if vm.exited() is not None and "host forwarding" in vm.stderr_tail():
             raise _PortTaken
         qemu.check_started(vm, run.firmware, run.console_log)
+        tail = qemu.console_tail(run.console_log, lines=400)
+        if PANIC in tail:  # a panicked kernel never brings up SSH: no point waiting out the timeout
+            raise _Panicked(next(line.strip() for line in tail.splitlines() if PANIC in line))
         if run.firmware == "uefi-secureboot":
-            _check_not_refused(run)
+            _check_not_refused(run, tail)
 
     try:
         guest.wait_for_ssh(ssh, deadline, still_running)
@@ -170,9 +205,9 @@ def _wait_for_ssh(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh, deadline: flo
         ) from None
 
 
-def _check_not_refused(run: _Run) -> None:
+def _check_not_refused(run: _Run, tail: str) -> None:
     """A binary Secure Boot refused never boots: say which, now, instead of waiting out the timeout."""
-    line = tpm.refusal(qemu.console_tail(run.console_log, lines=400))
+    line = tpm.refusal(tail)
     if line is not None:
         raise BootError(
             f"Secure Boot refused to run the boot chain ({run.firmware}, root disk on {run.disk_bus})",
