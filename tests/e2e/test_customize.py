@@ -1,4 +1,4 @@
-"""Customisation without forking, end to end on the shared debian-12 build: one more layer, booted, each item
+"""Customisation without forking, end to end on debian-12 (the shared cache): one more layer, booted, each item
 checked in the guest; `assembler diff` shows that one layer; a second customisation reuses the image's layers."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,27 +36,40 @@ def customisation(tmp_path: Path, swappiness: int) -> Path:
 
 
 def image_dir(work: Path) -> Path:
-    """debian-12 as it is, booted once (BIOS: the kernel arguments are in the grub.cfg both firmwares read)."""
-    image = work / "debian-12"
+    """debian-12 as it is, booted once (BIOS: the kernel arguments are in the grub.cfg both firmwares read), with
+    one more file in its context: a rootfs key of its own, so its builds run in the engine (and reuse its layer
+    cache) instead of taking whatever rootfs entry the shared cache holds for debian-12."""
+    image = work / "debian-12-custom"  # its own engine tag: the shared debian-12 image stays as it is
     shutil.copytree(REPO / "Containerfiles" / "debian-12", image)
     config = yaml.safe_load((image / "image.yaml").read_text())
     config["boot"] |= {"firmware": "bios", "tpm": False}
     (image / "image.yaml").write_text(yaml.safe_dump(config))
+    (image / "NOTES").write_text("a file no step copies: the engine's layers stay the same\n")
     return image
 
 
+@dataclass(frozen=True)
+class Variants:
+    image: Path
+    plain: Built
+    customised: Built
+
+
 @pytest.fixture(scope="module")
-def customised(debian12: Built, tmp_path_factory: pytest.TempPathFactory) -> Built:
+def variants(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Variants:
+    """The image uncustomised, then customised, one after the other on the same engine and cache."""
     work = tmp_path_factory.mktemp("customize")
     image = image_dir(work)
     before = (image / "Containerfile").read_bytes()
-    built = build_formats(str(image), work / "out", debian12.cache, ("raw",), "--customize",
-                          str(customisation(work, 10)))
+    plain = build_formats(str(image), work / "plain", shared_cache, ("raw",), "--no-boot-test")
+    customised = build_formats(str(image), work / "out", shared_cache, ("raw",), "--customize",
+                               str(customisation(work, 10)))
     assert (image / "Containerfile").read_bytes() == before  # the layer is added to the build's copy only
-    return built
+    return Variants(image, plain, customised)
 
 
-def test_every_item_is_checked_in_the_booted_guest(customised: Built) -> None:
+def test_every_item_is_checked_in_the_booted_guest(variants: Variants) -> None:
+    customised = variants.customised
     runs = customised.manifest["boot"]["runs"]
     assert runs and all(run["booted"] for run in runs)
     results = {r["name"]: r for run in runs for r in run["results"]}
@@ -70,8 +84,9 @@ def test_every_item_is_checked_in_the_booted_guest(customised: Built) -> None:
     assert "/home/alice/.ssh/authorized_keys" in hygiene["authorized-keys"]["message"]
 
 
-def test_diff_shows_the_customisation_as_one_layer(debian12: Built, customised: Built) -> None:
-    proc = cli("diff", str(debian12.out), str(customised.out), "--json", "--cache-dir", str(debian12.cache))
+def test_diff_shows_the_customisation_as_one_layer(variants: Variants) -> None:
+    proc = cli("diff", str(variants.plain.out), str(variants.customised.out), "--json", "--cache-dir",
+               str(variants.plain.cache))
     report = json.loads(proc.stdout)
     statuses = [row["status"] for row in report["layers"]]
     assert statuses.count("added") == 1 and statuses[-1] == "added", report["layers"]
@@ -84,13 +99,13 @@ def test_diff_shows_the_customisation_as_one_layer(debian12: Built, customised: 
     assert "jq" in {p["name"] for p in report["packages"]["added"]}
 
 
-def test_another_customisation_reuses_the_images_layers(debian12: Built, customised: Built,
-                                                        tmp_path: Path) -> None:
-    again = build_formats(str(image_dir(tmp_path)), tmp_path / "out", debian12.cache, ("raw",), "--customize",
+def test_another_customisation_reuses_the_images_layers(variants: Variants, tmp_path: Path) -> None:
+    again = build_formats(str(variants.image), tmp_path / "out", variants.plain.cache, ("raw",), "--customize",
                           str(customisation(tmp_path, 20)), "--no-boot-test")
     ours = [layer["digest"] for layer in again.manifest["oci"]["layers"]]
-    image = [layer["digest"] for layer in debian12.manifest["oci"]["layers"]]
+    image = [layer["digest"] for layer in variants.plain.manifest["oci"]["layers"]]
+    first = [layer["digest"] for layer in variants.customised.manifest["oci"]["layers"]]
     # The engine's layers carry build times: equal digests mean the image's steps were not run again.
-    assert ours[:-1] == image and ours[-1] != customised.manifest["oci"]["layers"][-1]["digest"]
+    assert ours[:-1] == first[:-1] == image and ours[-1] != first[-1]
     assert again.manifest["disk"]["cmdline"].endswith(" panic=30")
     print(f"second customisation: {again.seconds:.1f} s")
