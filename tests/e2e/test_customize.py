@@ -60,8 +60,13 @@ def variants(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Va
     """The image uncustomised, then customised, one after the other on the same engine and cache."""
     work = tmp_path_factory.mktemp("customize")
     image = image_dir(work)
+    # A lock the archive has moved past is re-resolved by the first build (no engine cache) and replayed by the
+    # next ones (labelled base): lock first, so that both builds replay the same lock and share the engine's layers.
+    locked = cli("lock", str(image), "--cache-dir", str(shared_cache))
+    assert locked.returncode == 0, locked.stderr[-3000:]
     before = (image / "Containerfile").read_bytes()
     plain = build_formats(str(image), work / "plain", shared_cache, ("raw",), "--no-boot-test")
+    assert plain.manifest["lock"]["replayed"], plain.manifest["lock"]
     customised = build_formats(str(image), work / "out", shared_cache, ("raw",), "--customize",
                                str(customisation(work, 10)))
     assert (image / "Containerfile").read_bytes() == before  # the layer is added to the build's copy only
