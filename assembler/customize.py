@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from assembler.boot.checks import CheckSuite
+from assembler.config import ImageSpec
 from assembler.errors import ConfigError
 
 # One RUN line is one argument of `sh -c`: Linux caps a single argument at 128 KiB (MAX_ARG_STRLEN).
@@ -233,6 +234,11 @@ class Loaded:
     data: dict[str, bytes]
     digest: str
     source: Path
+
+
+def of(spec: ImageSpec) -> Loaded | None:
+    """The image's customisation (image.yaml `customize:` or --customize), as every phase reads it."""
+    return for_image(spec.context, spec.config.customize)
 
 
 def for_image(image_dir: Path, reference: str | None) -> Loaded | None:

@@ -23,9 +23,6 @@ class BootPhase(Phase):
         path = self.ctx.spec.context / self.ctx.spec.config.boot.checks
         return path if path.is_file() else None
 
-    def _customization(self) -> customize.Loaded | None:
-        return customize.for_image(self.ctx.spec.context, self.ctx.spec.config.customize)
-
     def material(self) -> dict[str, Any]:
         checks = self._checks_file()
         cfg = self.ctx.spec.config.boot
@@ -35,7 +32,7 @@ class BootPhase(Phase):
             "disk_buses": list(cfg.disk_buses),
             "checks": sha256_file(checks) if checks else None,
             "builtin_checks": boot.BUILTIN_CHECKS_VERSION,
-            **({"customize": loaded.digest} if (loaded := self._customization()) else {}),
+            **({"customize": loaded.digest} if (loaded := customize.of(self.ctx.spec)) else {}),
         }
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
@@ -53,7 +50,7 @@ class BootPhase(Phase):
             disk.file("disk.raw"), firmwares=boot.firmwares(cfg.firmware), checks_file=self._checks_file(),
             timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses), tpm=cfg.tpm,
             prediction=measured.load_prediction(disk.file(PCRS)) if disk.meta.get("pcrs") else None,
-            extra_checks=customize.checks(loaded.custom) if (loaded := self._customization()) else None,
+            extra_checks=customize.checks(loaded.custom) if (loaded := customize.of(self.ctx.spec)) else None,
         )
         published = self.ctx.output_dir
         if not report.passed:

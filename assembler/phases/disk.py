@@ -74,7 +74,7 @@ class DiskPhase(Phase):
 
     def _cmdline(self) -> str:
         """The image's kernel command line and a customisation's kernel_args after it."""
-        loaded = customize.for_image(self.ctx.spec.context, self.ctx.spec.config.customize)
+        loaded = customize.of(self.ctx.spec)
         extra = loaded.custom.kernel_args if loaded else []
         return " ".join([self.ctx.spec.config.disk.cmdline, *extra]).strip()
 

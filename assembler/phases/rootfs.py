@@ -119,11 +119,8 @@ class RootfsPhase(Phase):
             # never hashed into a key; as with BuildKit, a changed value alone reuses the entry.
             **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
             # Only when declared, like secrets: the declaration and its files' bytes (customize.digest).
-            **({"customize": loaded.digest} if (loaded := self._customization()) else {}),
+            **({"customize": loaded.digest} if (loaded := customize.of(self.ctx.spec)) else {}),
         }
-
-    def _customization(self) -> customize.Loaded | None:
-        return customize.for_image(self.ctx.spec.context, self.ctx.spec.config.customize)
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
         name = self.ctx.spec.name
@@ -158,7 +155,7 @@ class RootfsPhase(Phase):
         # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
         prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work",
                                                  availability=self._optional())
-        loaded = self._customization()
+        loaded = customize.of(self.ctx.spec)
         if loaded is not None:  # one more layer after the image's own, which the engine's cache keeps
             prepared = replace(prepared, path=_with_step(prepared.path, spec.context, spec.containerfile.name,
                                                          customize.containerfile_step(loaded.custom, loaded.data),
