@@ -70,11 +70,18 @@ def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: C
             shutil.rmtree(run.workdir, ignore_errors=True)
 
 
+def _guest_state(run: _Run) -> tuple[Path, Path | None]:
+    """What a boot writes: a fresh overlay of the disk and, for UEFI, a fresh copy of the variable store."""
+    overlay = run.workdir / "overlay.qcow2"
+    overlay.unlink(missing_ok=True)
+    qemu.make_overlay(run.disk, run.fmt, overlay)
+    return overlay, qemu.copy_ovmf_vars(run.workdir, run.firmware) if run.firmware != "bios" else None
+
+
 def _boot(run: _Run, keep: bool) -> BootResult:
-    overlay = qemu.make_overlay(run.disk, run.fmt, run.workdir / "overlay.qcow2")
+    overlay, ovmf_vars = _guest_state(run)
     key = seed.generate_key(run.workdir)
     seed_iso = seed.write_seed(run.workdir, key.public)
-    ovmf_vars = qemu.copy_ovmf_vars(run.workdir, run.firmware) if run.firmware != "bios" else None
     run.console_log.parent.mkdir(parents=True, exist_ok=True)
     log.info("booting %s with %s, root disk on %s (%s), timeout %.0fs", run.disk.name, run.firmware,
              run.disk_bus, run.accelerator, run.timeout)
@@ -104,9 +111,7 @@ def _boot(run: _Run, keep: bool) -> BootResult:
             shutil.copyfile(run.console_log, run.console_log.with_suffix(".panic.log"))
             log.warning("%s/%s: the guest kernel panicked under TCG (%s); booting once more on a fresh overlay",
                         run.firmware, run.disk_bus, exc.line)
-            overlay.unlink()
-            overlay = qemu.make_overlay(run.disk, run.fmt, run.workdir / "overlay.qcow2")
-            ovmf_vars = qemu.copy_ovmf_vars(run.workdir, run.firmware) if run.firmware != "bios" else None
+            overlay, ovmf_vars = _guest_state(run)
             continue
         if panicked is not None:
             note = CheckResult(name="boot retried", kind="boot", passed=True,
