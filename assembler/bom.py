@@ -39,6 +39,7 @@ NOASSERTION = "NOASSERTION"
 BOM_FORMAT = 2
 # The document annotation that carries the build inputs (`assembler rebuild` reads it back).
 INPUTS_PREFIX = "assembler-build-inputs: "
+PARENT_ID = "SPDXRef-Parent-Image"
 
 
 # --------------------------------------------------------------------------------------------- dpkg
@@ -246,6 +247,20 @@ def _sha256(value: str) -> list[dict[str, str]]:
 
 
 @dataclass(frozen=True)
+class ParentFacts:
+    """The image of ours this one starts FROM (assembler/NAME): its identity and how many layers are its."""
+
+    image: str
+    rootfs_sha256: str
+    layers: int  # the bottom `layers` of this image's layers are the parent's (its base's included)
+    oci_digest: str | None = None  # the engine's image ID (left out of the copy embedded in the disk)
+
+    def summary(self) -> dict[str, Any]:
+        return {"image": self.image, "rootfs_sha256": self.rootfs_sha256, "layers": self.layers,
+                "oci_digest": self.oci_digest}
+
+
+@dataclass(frozen=True)
 class BomInput:
     """Everything the BOM states, gathered by the caller (the build, `inspect` or a test)."""
 
@@ -261,6 +276,7 @@ class BomInput:
     downloads: tuple[Fetched, ...] = ()  # what the build fetched and put in the image
     tools: dict[str, str] = field(default_factory=dict)
     build_inputs: Mapping[str, Any] | None = None  # what recreates the image (assembler.inputs)
+    parent: ParentFacts | None = None
 
 
 def package_layers(index: LayerIndex, dpkg: DpkgDb, tree: Mapping[str, Placed] | None = None) -> dict[str, int]:
@@ -286,6 +302,14 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
         comment="the flattened root filesystem (rootfs.tar) of the image; checksum: the tar's sha256",
     )]
     relationships = [_rel("SPDXRef-DOCUMENT", "DESCRIBES", image_id)]
+    parent = bom.parent
+    if parent is not None:
+        packages.append(_package(
+            PARENT_ID, parent.image, f"sha256:{parent.rootfs_sha256}", checksums=_sha256(parent.rootfs_sha256),
+            primaryPackagePurpose="OPERATING-SYSTEM", supplier=NOASSERTION,
+            comment=f"the image of ours this one starts FROM (assembler/{parent.image}); its bottom "
+                    f"{parent.layers} layer(s) are this image's; checksum: its rootfs tar's sha256"))
+        relationships.append(_rel(image_id, "DESCENDANT_OF", PARENT_ID))
     if bom.oci_digest:
         packages.append(_package("SPDXRef-OCI-Image", f"{bom.image} (OCI image)", bom.oci_digest,
                                  checksums=_sha256(bom.oci_digest), primaryPackagePurpose="CONTAINER",
@@ -296,10 +320,14 @@ def spdx_document(bom: BomInput) -> dict[str, Any]:
                                      checksums=_sha256(bom.base_image), primaryPackagePurpose="CONTAINER"))
             relationships.append(_rel("SPDXRef-OCI-Image", "DESCENDANT_OF", "SPDXRef-Base-Image"))
         for i, (diff_id, step) in enumerate(bom.layers):
-            packages.append(_package(f"SPDXRef-Layer-{i}", f"layer {i}: {step_label(step)[:80]}", diff_id,
+            inherited = parent is not None and i < parent.layers
+            origin = f" ({parent.image})" if parent is not None and inherited else ""
+            packages.append(_package(f"SPDXRef-Layer-{i}", f"layer {i}{origin}: {step_label(step)[:80]}", diff_id,
                                      checksums=_sha256(diff_id), primaryPackagePurpose="ARCHIVE",
                                      comment=f"step: {step}"))
             relationships.append(_rel("SPDXRef-OCI-Image", "CONTAINS", f"SPDXRef-Layer-{i}"))
+            if inherited:
+                relationships.append(_rel(PARENT_ID, "CONTAINS", f"SPDXRef-Layer-{i}"))
     used: set[str] = set()
     for name in sorted(bom.dpkg.packages):
         package = bom.dpkg.packages[name]
@@ -370,6 +398,7 @@ def _summary(bom: BomInput) -> dict[str, Any]:
     return {"image": bom.image, "rootfs_sha256": bom.rootfs_sha256, "source_date_epoch": bom.source_date_epoch,
             "oci_digest": bom.oci_digest, "base_image": bom.base_image,
             "layers": [{"digest": d, "step": s} for d, s in bom.layers],
+            **({"parent": bom.parent.summary()} if bom.parent is not None else {}),
             "downloads": [{"url": d.url, "sha256": d.sha256, "name": d.name}
                           for d in sorted(bom.downloads, key=lambda d: (d.name, d.url))]}
 
@@ -395,7 +424,7 @@ def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_e
               layers_index: LayerIndex | None = None, downloads: Sequence[Mapping[str, Any]] = (),
               tools: Mapping[str, str] | None = None,
               build_inputs: Mapping[str, Any] | None = None,
-              files: Mapping[str, bytes] | None = None) -> BomInput:
+              files: Mapping[str, bytes] | None = None, parent: ParentFacts | None = None) -> BomInput:
     """Gather the BOM's facts: dpkg and os-release from the rootfs tar, layers from the rootfs metadata.
 
     `files`: the tar's wanted members (read_tar_members) when the caller has read them already."""
@@ -407,7 +436,7 @@ def bom_input(rootfs_tar: Path, *, image: str, rootfs_sha256: str, source_date_e
         os_release=os_release(files), oci_digest=(oci or {}).get("digest"), base_image=base_image,
         layers=layers, package_layers=package_layers(layers_index, dpkg) if layers_index else {},
         downloads=tuple(Fetched.from_mapping(d) for d in downloads), tools=dict(tools or {}),
-        build_inputs=build_inputs,
+        build_inputs=build_inputs, parent=parent,
     )
 
 

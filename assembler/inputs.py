@@ -96,11 +96,13 @@ def _recipe(spec: ImageSpec) -> dict[str, Any] | None:
     return None
 
 
-def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path | None = None) -> dict[str, Any]:
+def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path | None = None,
+                 parent: dict[str, Any] | None = None) -> dict[str, Any]:
     """What recreates the image besides the network: context, base recipe, args, epoch, download pins.
 
     `lock` is the effective lock of the build: it replaces the committed one (which may have been stale and
-    re-resolved), so a rebuild from the BOM installs what this image holds.
+    re-resolved), so a rebuild from the BOM installs what this image holds. `parent`: the build inputs of the
+    image this one starts FROM (assembler/NAME), restored beside it by a rebuild.
     """
     context = context_files(spec.context, limit=limit,
                             containerfile=spec.containerfile.relative_to(spec.context).as_posix())
@@ -118,6 +120,7 @@ def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path 
         "downloads": [d.model_dump(mode="json") for d in
                       sorted(load_downloads(spec.context / DOWNLOADS_FILE), key=lambda d: (d.dest, d.name))],
         "context": context,
+        **({"parent": parent} if parent is not None else {}),
     }
 
 
@@ -200,11 +203,26 @@ def restore_recipe(inputs: dict[str, Any], root: Path) -> bootstrap.BaseRecipe |
     return bootstrap.load_recipe(path)
 
 
+def parents_of(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The build inputs of the images it starts FROM, nearest first (checked by check_inputs)."""
+    found: list[dict[str, Any]] = []
+    current = inputs
+    while isinstance(current.get("parent"), dict):
+        current = current["parent"]
+        found.append(current)
+    return found
+
+
 def check_inputs(inputs: dict[str, Any]) -> None:
     """Refuse inputs this version cannot restore faithfully (a newer format, a damaged entry)."""
     if inputs.get("format") != INPUTS_FORMAT or not isinstance(inputs.get("context"), list):
         raise ConfigError(f"unsupported build-inputs format {inputs.get('format')!r} in the BOM",
                           resolution=f"rebuild with an assembler that writes build-inputs format {INPUTS_FORMAT}")
+    if "parent" in inputs:  # the image it starts FROM: restorable too, or nothing is restored
+        if not isinstance(inputs["parent"], dict):
+            raise ConfigError("the BOM's build inputs name a damaged parent image",
+                              resolution="use the BOM exactly as `assembler build` wrote it")
+        check_inputs(inputs["parent"])
     needs = {"symlink": ("target",), "dir": ("mode",), "file": ("mode",)}
     for entry in inputs["context"]:
         fields = needs.get(str(entry.get("type"))) if isinstance(entry, dict) else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +40,12 @@ class BuildRun:
     cache_from: RegistryStore | None = None  # a shared phase store: entries this build lacks are pulled from it
     cache_to: RegistryStore | None = None  # every entry this build makes or reuses is pushed to it
     results: dict[str, Entry] = field(default_factory=dict)
+
+    def for_image(self, spec: ImageSpec) -> BuildRun:
+        """The run that builds another image's rootfs for this one (the image it starts FROM): same store and
+        options, its own lock, no outputs of its own."""
+        return replace(self, spec=spec, formats=[], boot_test=False, disk_size=None, update_lock=False, lock=None,
+                       results={})
 
 
 @dataclass(frozen=True)

@@ -152,15 +152,21 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
 
         read_bundle(bundle, store_root)  # every blob verified into the package store and download cache
     with tempfile.TemporaryDirectory(prefix="assembler-rebuild-") as tmp:
+        # The image and each one it starts FROM (assembler/NAME), side by side: a parent is found beside it.
+        chain = [recorded, *inputs.parents_of(recorded)]
         context = inputs.restore_context(recorded, Path(tmp) / "context")
-        recipe = inputs.restore_recipe(recorded, Path(tmp) / "rootfs")
+        for above in chain[1:]:
+            inputs.restore_context(above, Path(tmp) / "context")
+        recipes = [(item, inputs.restore_recipe(item, Path(tmp) / "rootfs")) for item in chain]
         console.print(f"[bold]rebuild[/] {name} from {target}: {len(recorded['context'])} context entries, "
-                      f"base {recorded['base']['name'] if recorded.get('base') else 'none'}")
+                      f"{' <- '.join(str(item['image']) for item in chain)}, base "
+                      f"{next((str(i['base']['name']) for i in chain if i.get('base')), 'none')}")
         with _rootfs_dir(Path(tmp) / "rootfs"):
             spec = resolve_image(str(context))
-            if recipe is not None and not recorded["base"].get("declared"):
-                # The Containerfile FROMs the recipe's tag without declaring it: load it as a build would.
-                bootstrap.ensure_base(engine.connect(), recipe, store_root)
+            for item, recipe in recipes:
+                if recipe is not None and not item["base"].get("declared"):
+                    # The Containerfile FROMs the recipe's tag without declaring it: load it as a build would.
+                    bootstrap.ensure_base(engine.connect(), recipe, store_root)
             # raw always: the disk is what the BOM is embedded in and what verification compares.
             chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}))
             ctx = BuildRun(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,

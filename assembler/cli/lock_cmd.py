@@ -32,10 +32,11 @@ def lock(
     from assembler.packages.store import PackageStore
     from assembler.phases.rootfs import RootfsPhase
     from assembler.pipeline import BuildRun
+    from assembler.rootfs.ancestry import base_of
     from assembler.store import Store
 
     spec = resolve_image(image)
-    if spec.config.base is None:
+    if base_of(spec) is None:
         raise ConfigError(f"{spec.name} has no `base:` recipe: its packages come from its own base image",
                           resolution="pin its apt sources to a dated snapshot in the Containerfile instead")
     root = cache_dir(cache)

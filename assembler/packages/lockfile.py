@@ -22,7 +22,8 @@ LOCK_FILE = "image.lock.json"
 LOCK_VERSION = 1
 SHA256 = r"^[0-9a-f]{64}$"
 
-Layer = Literal["base", "image"]
+# "parent": installed by the image this one starts FROM (assembler/NAME), whose own lock replays them.
+Layer = Literal["base", "parent", "image"]
 
 
 class IndexFile(BaseModel):

@@ -11,7 +11,7 @@ from assembler.fsutil import sha256_file, sha256_tree
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Artefact, Phase
-from assembler.rootfs import layers
+from assembler.rootfs import ancestry, layers
 from assembler.sizes import parse_size
 from assembler.store import Entry
 
@@ -106,7 +106,8 @@ class DiskPhase(Phase):
         # The engine's image ID and layer digests change with every engine build (the classic builder stamps
         # layer files and history with the build time) although the flattened rootfs does not; the embedded
         # copy leaves them out so the disk stays bit-for-bit reproducible. The rootfs digest identifies it.
-        embedded = bom.spdx_document(replace(facts, oci_digest=None, layers=(), package_layers={}))
+        embedded = bom.spdx_document(replace(facts, oci_digest=None, layers=(), package_layers={},
+                                             parent=replace(facts.parent, oci_digest=None) if facts.parent else None))
         result = disk.assemble_disk(
             rootfs.file(ROOTFS_TAR), out / RAW, self._layout(),
             seed=rootfs.meta["rootfs"]["sha256"], source_date_epoch=cfg.source_date_epoch,
@@ -135,7 +136,23 @@ class DiskPhase(Phase):
             downloads=[d for d in meta.get("downloads", []) if d.get("status") != "skipped"],
             tools={**disk.tool_versions(), "assembler": __version__,
                    "engine": f'{meta["engine"]["name"]} {meta["engine"]["version"]}'},
-            build_inputs=inputs.build_inputs(
-                self.ctx.spec, lock=rootfs.file(LOCK_FILE) if meta.get("lock") else None),
+            build_inputs=self._build_inputs(rootfs),
             files=files,
+            parent=bom.ParentFacts(str(used["image"]), str(used["rootfs_sha256"]), int(used["layers"]),
+                                   str(used["oci"])) if (used := meta.get("parent")) else None,
         )
+
+    def _build_inputs(self, rootfs: Entry) -> dict[str, Any]:
+        """What recreates the image, with what recreates each image it starts FROM nested in it; each with the
+        lock its build used (the store's entry), else the committed one."""
+        chain = [self.ctx.spec, *ancestry.ancestors(self.ctx.spec)]
+        entries: list[Entry | None] = [rootfs]
+        for _ in chain[1:]:
+            above = entries[-1].meta.get("parent") if entries[-1] is not None else None
+            entries.append(self.ctx.store.get(str(above["key"])) if isinstance(above, dict) else None)
+        found: dict[str, Any] | None = None
+        for spec, entry in reversed(list(zip(chain, entries, strict=True))):
+            lock = entry.file(LOCK_FILE) if entry is not None and entry.meta.get("lock") else None
+            found = inputs.build_inputs(spec, lock=lock, parent=found)
+        assert found is not None
+        return found

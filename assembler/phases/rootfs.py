@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,11 @@ from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
 from assembler.log import log
 from assembler.packages import lockfile, locking
-from assembler.packages.lockfile import LOCK_FILE, write_lock
+from assembler.packages.lockfile import LOCK_FILE, Lock, read_lock, write_lock
 from assembler.packages.store import PackageStore
-from assembler.pipeline import Artefact, Phase
+from assembler.pipeline import Artefact, Phase, execute_plan, make_plan
 from assembler.remote import RegistryStore
-from assembler.rootfs import bootstrap, flatten, layers
+from assembler.rootfs import ancestry, bootstrap, flatten, layers
 from assembler.rootfs import context as build_context
 from assembler.run import die_with_parent
 from assembler.store import Entry
@@ -70,16 +72,32 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
     return result
 
 
-def _with_step(context: Path, original: Path, containerfile: str, step: str, copy: Path) -> Path:
-    """The build context with `step` appended to its Containerfile; never written in the user's directory."""
+def _edited(context: Path, original: Path, containerfile: str, edit: Callable[[str], str], copy: Path) -> Path:
+    """The build context with its Containerfile edited; never written in the user's directory."""
     if context == original:  # nothing was prepared (no downloads): the context is the image directory itself
         shutil.copytree(original, copy, symlinks=True)
         context = copy
     target = context / containerfile
     text = target.read_text()
     target.unlink()  # a symlinked Containerfile is replaced, not written through
-    target.write_text(text + step)
+    target.write_text(edit(text))
     return context
+
+
+@dataclass(frozen=True)
+class ParentImage:
+    """The image of ours this one starts FROM, as this build used it."""
+
+    name: str
+    key: str  # its rootfs entry
+    image_id: str  # the engine image the FROM resolved to
+    rootfs_sha256: str
+    layers: int  # how many of this image's layers are the parent's (bottom first)
+    lock: Lock | None  # its effective lock: the child's layer "parent"
+
+    def facts(self) -> dict[str, Any]:
+        return {"image": self.name, "key": self.key, "oci": self.image_id, "rootfs_sha256": self.rootfs_sha256,
+                "layers": self.layers}
 
 
 class RootfsPhase(Phase):
@@ -90,7 +108,18 @@ class RootfsPhase(Phase):
     _base_key: str | None = None
     _availability: build_context.Availability | None = None
 
+    @functools.cached_property
+    def parent(self) -> RootfsPhase | None:
+        """The rootfs phase of the image this one starts FROM (assembler/NAME), run with this build's options."""
+        spec = ancestry.parent_spec(self.ctx.spec)
+        if spec is None:
+            return None
+        ancestry.ancestors(self.ctx.spec)  # a loop or conflicting bases: one error before any key
+        return RootfsPhase(self.ctx.for_image(spec))
+
     def resolve(self) -> None:
+        if self.parent is not None:
+            self.parent.resolve()
         self._availability = build_context.probe_optional(self.ctx.spec, cache_dir(self.ctx.store.root))
 
     def _optional(self) -> build_context.Availability:
@@ -100,7 +129,7 @@ class RootfsPhase(Phase):
         return self._availability
 
     def _recipe(self) -> bootstrap.BaseRecipe | None:
-        base = self.ctx.spec.config.base
+        base = ancestry.base_of(self.ctx.spec)  # an image FROM another of ours builds on that one's base
         return bootstrap.load_recipe(rootfs_dir() / base) if base else None
 
     def material(self) -> dict[str, Any]:
@@ -120,6 +149,8 @@ class RootfsPhase(Phase):
             **({"secrets": sorted(cfg.secrets)} if cfg.secrets else {}),
             # Only when declared, like secrets: the declaration and its files' bytes (customize.digest).
             **({"customize": loaded.digest} if (loaded := customize.of(self.ctx.spec)) else {}),
+            # Only for an image FROM another of ours: that image's rootfs key (its whole recipe, recursively).
+            **({"parent": self.parent.key()} if self.parent is not None else {}),
         }
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
@@ -135,7 +166,8 @@ class RootfsPhase(Phase):
         meta = entry.meta
         return {"oci": meta["oci"], "rootfs": meta["rootfs"], "engine": meta["engine"],
                 "base_image": meta.get("base_image"), "downloads": meta.get("downloads", []),
-                "lock": meta.get("lock"), "secrets": meta.get("secrets", [])}
+                "lock": meta.get("lock"), "secrets": meta.get("secrets", []),
+                **({"parent": meta["parent"]} if meta.get("parent") else {})}
 
     def share(self, entry: Entry, remote: RegistryStore) -> None:
         """The bootstrapped base too: another machine building an image on the same base reuses it."""
@@ -145,6 +177,8 @@ class RootfsPhase(Phase):
 
     def preflight(self) -> None:
         """--locked: every locked file must be servable before anything runs or is written."""
+        if self.parent is not None:
+            self.parent.preflight()
         if (self.ctx.locked or self.ctx.offline) and self._recipe() is not None:
             locking.require_complete(self.ctx.lock or locking.read_image_lock(self.ctx.spec.context),
                                      self.ctx.spec.context, PackageStore(cache_dir(self.ctx.store.root)),
@@ -152,14 +186,16 @@ class RootfsPhase(Phase):
 
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
+        # The image this one starts FROM first: reused from the store or built, and present in the engine.
+        from_image = self._parent_image(engine.connect(), out / "parent") if self.parent is not None else None
         # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
         prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work",
                                                  availability=self._optional())
         loaded = customize.of(self.ctx.spec)
         if loaded is not None:  # one more layer after the image's own, which the engine's cache keeps
-            prepared = replace(prepared, path=_with_step(prepared.path, spec.context, spec.containerfile.name,
-                                                         customize.containerfile_step(loaded.custom, loaded.data),
-                                                         out / "work" / "customised"))
+            step = customize.containerfile_step(loaded.custom, loaded.data)
+            prepared = replace(prepared, path=_edited(prepared.path, spec.context, spec.containerfile.name,
+                                                      lambda text: text + step, out / "work" / "customised"))
         mounted = secrets.prepare(spec, prepared.path, out / "work")
         self._redact = lambda text: secrets.redact(text, mounted.values)
         client = engine.connect()
@@ -174,10 +210,11 @@ class RootfsPhase(Phase):
                 if endpoint:
                     buildargs["no_proxy"] = secrets.no_proxy_with(buildargs.get("no_proxy", ""), endpoint)
                 if recipe is None:  # a registry base: its apt sources are the Containerfile's own (dated snapshots)
-                    built = self._build(client, mounted.context, buildargs, drop)
+                    context = self._on_parent(mounted.context, from_image, None, out)
+                    built = self._build(client, context, buildargs, drop)
                 else:
                     built, base_id, locked = self._build_locked(client, recipe, mounted.context, buildargs, out,
-                                                                drop)
+                                                                drop, from_image)
             shutil.rmtree(out / "work", ignore_errors=True)  # the context copy is not an artefact
             archive = out / "image.tar"
             progress.stage("saving the image from the engine")
@@ -196,6 +233,7 @@ class RootfsPhase(Phase):
             "lock": locked,
             "secrets": [{"id": sid, "served": served.get(sid, 0)} for sid in sorted(mounted.values)],
             "base_entry": self._base_key,  # what share() pushes beside the entry (--cache-to)
+            **({"parent": from_image.facts()} if from_image is not None else {}),
             "rootfs": {"path": ROOTFS_TAR, "sha256": result.sha256, "size": (out / ROOTFS_TAR).stat().st_size},
         }
 
@@ -207,8 +245,38 @@ class RootfsPhase(Phase):
             buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step,
             redact=self._redact, drop=drop)
 
+    def _parent_image(self, client: docker.DockerClient, scratch: Path) -> ParentImage:
+        """The parent's rootfs entry (its own plan: reused, pulled or built) and its image in the engine."""
+        assert self.parent is not None
+        run, label = self.parent.ctx, self.parent.label
+        progress.stage(f"the image it starts FROM: {run.spec.name}")
+        execute_plan(run, make_plan(run, [self.parent]))
+        entry = run.results[label]
+        oci, rootfs = entry.meta.get("oci") or {}, entry.meta.get("rootfs") or {}
+        image_id, count = str(oci.get("digest", "")), len(oci.get("layers") or [])
+        # The entry may come from a registry store: what reaches the Containerfile must be an image ID.
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", image_id) or not engine.image_exists(client, image_id):
+            log.info("the engine lacks %s's image %s: building it again (the engine's layer cache helps)",
+                     run.spec.name, image_id[:19])
+            meta = self.parent.execute(scratch)  # same lock, same content; only the engine image is wanted
+            shutil.rmtree(scratch, ignore_errors=True)
+            image_id, count = meta["oci"]["digest"], len(meta["oci"]["layers"])
+        lock = read_lock(entry.file(LOCK_FILE)) if entry.meta.get("lock") else None
+        return ParentImage(run.spec.name, entry.key, image_id, str(rootfs.get("sha256", "")), count, lock)
+
+    def _on_parent(self, context: Path, from_image: ParentImage | None, lock: Lock | None, out: Path) -> Path:
+        """The context whose Containerfile starts FROM the parent's engine image. With a replayed lock the image
+        is labelled with its digest, as a base is: the engine reuses RUN steps only for builds of that lock."""
+        if from_image is None:
+            return context
+        spec = self.ctx.spec
+        labels = {bootstrap.LOCK_LABEL: lock.digest()} if lock is not None else None
+        return _edited(context, spec.context, spec.containerfile.name,
+                       lambda text: build_context.from_parent(text, from_image.name, from_image.image_id, labels),
+                       out / "work" / "from-parent")
+
     def _build_locked(self, client: docker.DockerClient, recipe: bootstrap.BaseRecipe, context: Path,
-                      buildargs: dict[str, str], out: Path, drop: engine.Drop
+                      buildargs: dict[str, str], out: Path, drop: engine.Drop, from_image: ParentImage | None
                       ) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
         """Base and Containerfile with apt going through the locking proxy; the effective lock to out/."""
         spec, cache = self.ctx.spec, cache_dir(self.ctx.store.root)
@@ -218,15 +286,25 @@ class RootfsPhase(Phase):
                                                lock=self.ctx.lock, offline=self.ctx.offline,
                                                snapshots=spec.config.snapshots)
         replay = session.lock
+        if from_image is not None:
+            self._require_parent_lock(from_image, committed)
         with session.serving():
             session.prefetch("image")  # while the base is checked (or bootstrapped): downloads run alongside
-            progress.stage(f"base image ({recipe.name})")
-            # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only
-            # for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another
-            # mirror state installed, and every .deb must pass the proxy for the lock to be complete).
-            base = bootstrap.ensure_base(client, recipe, cache, session,
-                                         label=replay.digest() if replay else None,
-                                         cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
+            if from_image is None:
+                progress.stage(f"base image ({recipe.name})")
+                # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused
+                # only for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what
+                # another mirror state installed, and every .deb must pass the proxy for the lock to be complete).
+                base = bootstrap.ensure_base(client, recipe, cache, session,
+                                             label=replay.digest() if replay else None,
+                                             cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
+                self._base_key = base.key
+                base_id, base_packages, base_indexes = base.image_id, base.packages, base.indexes
+            else:
+                context = self._on_parent(context, from_image, replay, out)
+                base_id = from_image.image_id
+                base_packages = ancestry.inherited(from_image.lock) if from_image.lock else []
+                base_indexes = list(from_image.lock.indexes) if from_image.lock else []
             session.layer = "image"
             try:
                 built = self._build(client, context, {**buildargs, "http_proxy": session.proxy_url}, drop,
@@ -238,14 +316,30 @@ class RootfsPhase(Phase):
                         details="\n".join(f"  {r.reason}" for r in session.refused),
                         resolution=f"run `assembler lock {spec.context} --update` and commit {LOCK_FILE}") from exc
                 raise
-        effective = session.effective_lock(base.packages, base.indexes)
+        effective = session.effective_lock(base_packages, base_indexes)
         write_lock(out / LOCK_FILE, effective)
         if missing and committed is not None and not self.ctx.update_lock:
             locking.remember_relock(cache, spec.name, committed, effective)
         moved = lockfile.changes(committed, effective)
-        locking.report(spec.name, moved)
+        if committed is None:  # nothing to compare with: every package would be listed as a change
+            log.info("%s has no %s: %d packages resolved; `assembler lock %s` writes one", spec.name, LOCK_FILE,
+                     len(effective.packages), spec.context)
+        else:
+            locking.report(spec.name, moved)
         meta = {"path": LOCK_FILE, "sha256": effective.digest(), "replayed": session.lock is not None,
                 "committed": committed.digest() if committed else None, "missing": missing[:100],
-                "changes": [str(c) for c in moved], "packages": len(effective.packages)}
-        self._base_key = base.key
-        return built, base.image_id, meta
+                "changes": [str(c) for c in moved] if committed else [], "packages": len(effective.packages)}
+        return built, base_id, meta
+
+    def _require_parent_lock(self, from_image: ParentImage, committed: Lock | None) -> None:
+        """--locked: the committed lock was made on this very parent (its packages, layer "parent")."""
+        if not (self.ctx.locked or self.ctx.offline) or committed is None or from_image.lock is None:
+            return
+        want = {(p.url, p.sha256) for p in ancestry.inherited(from_image.lock)}
+        have = {(p.url, p.sha256) for p in committed.packages if p.layer == "parent"}
+        if want != have:
+            raise locking.StaleLockError(
+                f"the lock of {self.ctx.spec.name} was made on another build of {from_image.name}",
+                details=f"{len(want - have)} of {from_image.name}'s package(s) are not in it, "
+                        f"{len(have - want)} in it are not {from_image.name}'s",
+                resolution=f"run `assembler lock {self.ctx.spec.context} --update` and commit {LOCK_FILE}")

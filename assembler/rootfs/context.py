@@ -26,7 +26,7 @@ from typing import Any
 
 from assembler import engine
 from assembler.config import ImageSpec
-from assembler.errors import AssemblerError
+from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import write_json
 from assembler.log import log
 from assembler.mirrors import MirrorMap, load_mirror_map
@@ -37,6 +37,9 @@ from assembler.rootfs.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, Download, 
 MIRRORED_ARGS = {"BASE_IMAGE": "image", "APT_MIRROR": "url", "APT_SECURITY_MIRROR": "url"}
 _ARG_RE = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", re.IGNORECASE)
 _FROM_RE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE)
+# Another image of ours, by name: no registry host, no tag (what a registry would serve is never meant).
+_PARENT_RE = re.compile(r"^assembler/([a-z0-9][a-z0-9._-]{0,127})$")
+PARENT_PREFIX = "assembler/"
 
 AVAILABILITY_FILE = "optional.json"  # under the cache's downloads/: what the last probe found
 
@@ -114,14 +117,39 @@ def containerfile_args(containerfile: Path) -> dict[str, str]:
     return args
 
 
+def _substituted(reference: str, args: Mapping[str, str]) -> str:
+    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), reference)
+
+
 def base_reference(containerfile: Path) -> str | None:
     """The first FROM's image with ARG defaults substituted."""
     args = containerfile_args(containerfile)
     for line in containerfile.read_text().splitlines():
         if match := _FROM_RE.match(line):
-            return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)),
-                          match.group(1))
+            return _substituted(match.group(1), args)
     return None
+
+
+def parent_name(containerfile: Path) -> str | None:
+    """The image of ours every `FROM assembler/NAME` of the Containerfile names (written out, not through an
+    ARG), or None. One such image at most: the build starts from what that image's rootfs phase built."""
+    found: set[str] = set()
+    for line in containerfile.read_text().splitlines():
+        if (match := _FROM_RE.match(line)) and (named := _PARENT_RE.match(match.group(1))):
+            found.add(named.group(1))
+    if len(found) > 1:
+        raise ConfigError(f"{containerfile} starts FROM {len(found)} images of ours: {', '.join(sorted(found))}",
+                          resolution="build on one image of ours (FROM assembler/NAME); copy from others with "
+                                     "a multi-stage build of that one")
+    return found.pop() if found else None
+
+
+def from_parent(text: str, name: str, image_id: str, labels: Mapping[str, str] | None = None) -> str:
+    """The Containerfile with every `FROM assembler/NAME` replaced by the engine's image ID of that build, and
+    `labels` set right after it (a cache scope for the engine: RUN steps are reused on the same labels only)."""
+    pattern = rf"(?im)^(\s*FROM\s+(?:--platform=\S+\s+)?)assembler/{re.escape(name)}(?=\s|$)(.*)$"
+    label = "".join(f"\nLABEL {json.dumps(k)}={json.dumps(v)}" for k, v in sorted((labels or {}).items()))
+    return re.sub(pattern, lambda m: m.group(1) + image_id + m.group(2) + label, text)
 
 
 def mirror_args(spec: ImageSpec, mirrors: MirrorMap) -> dict[str, str]:
@@ -151,7 +179,7 @@ def endpoints_for(spec: ImageSpec, mirrors: MirrorMap, items: list[Download], ca
     """Every external location this build would touch, as probes (cached downloads need no network)."""
     found = []
     base = base_reference(spec.containerfile)
-    if base and not base.startswith("localhost/") and not _engine_has(mirrors.image(base)):
+    if base and not base.startswith(("localhost/", PARENT_PREFIX)) and not _engine_has(mirrors.image(base)):
         ref = mirrors.image(base)
         found.append(preflight.Endpoint(preflight.registry_probe_url(ref), f"registry for base image {ref}",
                                         base, kind="registry"))
