@@ -104,3 +104,14 @@ def test_diff_from_debian12_shows_the_images_own_layers_and_packages(child: Buil
         assert set(statuses[:-2]) == {"same"}, statuses
     assert {p["name"] for p in report["packages"]["added"]} == {"jq", "libjq1", "libonig5"}
     assert not report["packages"]["removed"] and not report["packages"]["upgraded"]
+
+
+def test_its_bom_rebuilds_both_images(child: Built, tmp_path: Path) -> None:
+    """`assembler rebuild` restores debian-12's directory beside the image's from the nested build inputs and
+    builds both anew (no cache): the same rootfs."""
+    proc = cli("rebuild", str(child.output("spdx")), "--output", str(tmp_path / "rebuilt"), "--no-boot-test",
+               "--cache-dir", str(child.cache), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["verified"] and report["actual"]["rootfs_sha256"] == child.manifest["rootfs"]["sha256"]
+    assert "debian-12-jq <- debian-12" in " ".join(proc.stderr.split())
