@@ -18,6 +18,10 @@ DEFAULT_SOURCE_DATE_EPOCH = 1700000000
 # Storage controllers the boot test can put the root disk on (assembler.boot.qemu.DISK_BUSES says which cloud
 # uses which).
 DiskBus = Literal["virtio", "scsi", "nvme", "sata", "pvscsi"]
+# Debian's architecture names; the machine's own is amd64, others are built under emulation (binfmt + qemu-user).
+Arch = Literal["amd64", "arm64"]
+ARCHES: tuple[Arch, ...] = ("amd64", "arm64")
+NATIVE_ARCH: Arch = "amd64"
 
 
 def containerfiles_dir() -> Path:
@@ -107,6 +111,8 @@ class ImageConfig(_Strict):
         default_factory=dict, description="values RUN steps mount (--mount=type=secret,id=ID) and the image "
         "never holds; read at build time, never hashed, recorded or logged")
     formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
+    architectures: list[Arch] = Field(default_factory=lambda: [NATIVE_ARCH], min_length=1,
+                                      description="`assembler build IMAGE` builds each (`--arch` picks one)")
     disk: DiskConfig = Field(default_factory=DiskConfig)
     boot: BootConfig = Field(default_factory=BootConfig)
     customize: str | None = Field(None, description="customisation YAML (users, packages, files, sysctls, "
@@ -125,10 +131,17 @@ class ImageSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
+    name: str  # outputs, engine tags and cache refs; IMAGE-ARCH for an architecture other than amd64
     context: Path
     containerfile: Path
     config: ImageConfig
+    arch: Arch = NATIVE_ARCH
+
+    def for_arch(self, arch: Arch) -> ImageSpec:
+        """The same image built for `arch`: its own name (debian-12-arm64), so nothing of one architecture's
+        build (outputs, engine image, lock, cache refs) is taken for the other's."""
+        base = self.name.removesuffix(f"-{self.arch}") if self.arch != NATIVE_ARCH else self.name
+        return self.model_copy(update={"arch": arch, "name": base if arch == NATIVE_ARCH else f"{base}-{arch}"})
 
 
 def list_images() -> list[str]:

@@ -165,6 +165,7 @@ def build_image(
     on_output: Callable[[str], None] | None = None,
     redact: Callable[[str], str] = str,
     drop: Drop | None = None,
+    platform: str | None = None,
 ) -> BuiltImage:
     """Build context/containerfile, stream its output to on_output, return the image and its layers.
 
@@ -175,7 +176,7 @@ def build_image(
         raise ConfigError(f"Containerfile not found: {context / containerfile}",
                           resolution="create it, or pass the directory that holds it")
     previous = image_id(client, tag)
-    stream = _build_stream(client, context, containerfile, tag, dict(buildargs), nocache)
+    stream = _build_stream(client, context, containerfile, tag, dict(buildargs), nocache, platform)
     reported = _consume(stream, on_output or (lambda _line: None), redact)
     full_id = image_id(client, reported)  # the stream may only give a short ID
     if full_id is None:
@@ -240,11 +241,13 @@ def _drop_on_own_connection(previous: str) -> None:
 
 
 def _build_stream(client: docker.DockerClient, context: Path, containerfile: str, tag: str,
-                  buildargs: dict[str, str], nocache: bool) -> Iterator[dict[str, Any]]:
+                  buildargs: dict[str, str], nocache: bool, platform: str | None = None) -> Iterator[dict[str, Any]]:
+    # `platform` (linux/arm64): the image's RUN steps run foreign binaries through binfmt and qemu-user.
     try:
         stream: Iterator[dict[str, Any]] = client.api.build(
             path=str(context), dockerfile=containerfile, tag=tag, buildargs=buildargs, nocache=nocache,
             network_mode="host", decode=True, rm=True, forcerm=True, pull=False,
+            **({"platform": platform} if platform else {}),
         )
         yield from stream
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:

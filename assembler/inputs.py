@@ -17,9 +17,9 @@ from typing import Any
 
 from docker.utils.build import exclude_paths
 
-from assembler.config import ImageSpec, rootfs_dir
+from assembler.config import ARCHES, NATIVE_ARCH, ImageSpec, rootfs_dir
 from assembler.errors import ConfigError
-from assembler.packages.lockfile import LOCK_FILE
+from assembler.packages.lockfile import lock_name
 from assembler.rootfs import bootstrap
 from assembler.rootfs.context import base_reference
 from assembler.rootfs.downloads import DOWNLOADS_DIR, DOWNLOADS_FILE, load_downloads
@@ -96,6 +96,11 @@ def _recipe(spec: ImageSpec) -> dict[str, Any] | None:
     return None
 
 
+def other_locks(arch: str) -> tuple[str, ...]:
+    """The committed locks of the other architectures in an image directory: no input of an `arch` build."""
+    return tuple(lock_name(a) for a in ARCHES if a != arch)
+
+
 def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path | None = None,
                  parent: dict[str, Any] | None = None) -> dict[str, Any]:
     """What recreates the image besides the network: context, base recipe, args, epoch, download pins.
@@ -106,21 +111,25 @@ def build_inputs(spec: ImageSpec, *, limit: int = MAX_CONTEXT_BYTES, lock: Path 
     """
     context = context_files(spec.context, limit=limit,
                             containerfile=spec.containerfile.relative_to(spec.context).as_posix())
+    context = [e for e in context if e["path"] not in other_locks(spec.arch)]  # no input of this build
     if lock is not None:
-        context = sorted([e for e in context if e["path"] != LOCK_FILE]
-                         + [{"path": LOCK_FILE, "type": "file", "mode": "0644", "text": lock.read_text()}],
+        name = lock_name(spec.arch)
+        context = sorted([e for e in context if e["path"] != name]
+                         + [{"path": name, "type": "file", "mode": "0644", "text": lock.read_text()}],
                          key=lambda e: str(e["path"]))
     return {
         "format": INPUTS_FORMAT,
-        "image": spec.name,
+        "image": spec.context.name,  # the directory: an arm64 build of debian-12 is named debian-12-arm64
         "containerfile": spec.containerfile.relative_to(spec.context).as_posix(),
         "source_date_epoch": spec.config.source_date_epoch,
         "build_args": dict(sorted(spec.config.build_args.items())),
         "base": _recipe(spec),
-        "downloads": [d.model_dump(mode="json") for d in
-                      sorted(load_downloads(spec.context / DOWNLOADS_FILE), key=lambda d: (d.dest, d.name))],
+        "downloads": [d.model_dump(mode="json", exclude_none=True) for d in
+                      sorted(load_downloads(spec.context / DOWNLOADS_FILE, spec.arch),
+                             key=lambda d: (d.dest, d.name))],
         "context": context,
         **({"parent": parent} if parent is not None else {}),
+        **({"arch": spec.arch} if spec.arch != NATIVE_ARCH else {}),  # amd64 inputs stay as they were
     }
 
 
@@ -223,6 +232,9 @@ def check_inputs(inputs: dict[str, Any]) -> None:
             raise ConfigError("the BOM's build inputs name a damaged parent image",
                               resolution="use the BOM exactly as `assembler build` wrote it")
         check_inputs(inputs["parent"])
+    if inputs.get("arch", NATIVE_ARCH) not in ARCHES:
+        raise ConfigError(f"the BOM's build inputs name an unknown architecture {str(inputs.get('arch'))[:40]!r}",
+                          resolution=f"use a BOM of an {' or '.join(ARCHES)} image")
     needs = {"symlink": ("target",), "dir": ("mode",), "file": ("mode",)}
     for entry in inputs["context"]:
         fields = needs.get(str(entry.get("type"))) if isinstance(entry, dict) else None

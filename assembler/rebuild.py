@@ -162,7 +162,7 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
                       f"{' <- '.join(str(item['image']) for item in chain)}, base "
                       f"{next((str(i['base']['name']) for i in chain if i.get('base')), 'none')}")
         with _rootfs_dir(Path(tmp) / "rootfs"):
-            spec = resolve_image(str(context))
+            spec = resolve_image(str(context)).for_arch(str(recorded.get("arch", "amd64")))  # type: ignore[arg-type]
             for item, recipe in recipes:
                 if recipe is not None and not item["base"].get("declared"):
                     # The Containerfile FROMs the recipe's tag without declaring it: load it as a build would.

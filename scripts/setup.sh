@@ -12,6 +12,7 @@ APT_PACKAGES=(
   ca-certificates make
   docker-registry dpkg-dev gnupg gpgv strace
   swtpm sbsigntool
+  qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
 )
 # mke2fs >= 1.47.1 reads the rootfs tarball directly (`mke2fs -d rootfs.tar`): reproducible ext4 without
 # extracting, so no host ctimes/atimes leak in. bookworm ships 1.47.0; bookworm-backports has 1.47.2.
@@ -43,6 +44,17 @@ if ! grep -qE 'mke2fs 1\.(4[7-9]\.[1-9]|4[8-9]|[5-9])' <<<"$mke2fs_version"; the
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
     "${BACKPORTS_PACKAGES[@]}" >/dev/null
+fi
+
+# arm64 builds run the image's binaries through binfmt_misc and qemu-user-static (registered with the F flag:
+# the interpreter is opened once, so it works inside containers too). Containers and minimal hosts have
+# binfmt_misc unmounted and no systemd to register the formats.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
+    || log "cannot mount binfmt_misc: arm64 builds need it (run on a host that allows it)"
+fi
+if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  as_root update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || log "cannot register qemu-aarch64 with binfmt_misc"
 fi
 
 # libguestfs needs a readable kernel in /boot (Debian makes it root-only by default).

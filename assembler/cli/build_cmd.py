@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from assembler.cli import complete
 from assembler.errors import ConfigError
+
+if TYPE_CHECKING:
+    from assembler.config import Arch
+    from assembler.pipeline import BuildRun
 
 # The pipeline (engine SDK, libguestfs helpers, every phase) is imported when a build runs, not when the CLI
 # starts: it is 0.3 s of the start of every other command, `assembler convert` included.
@@ -73,10 +77,10 @@ def build(
                                                "http(s)://HOST[:PORT]/REPO (verified by digest)"),
     cache_to: str | None = typer.Option(None, "--cache-to", envvar="ASSEMBLER_CACHE_TO",
                                         help="push every phase this build makes or reuses to this registry store"),
+    arch: str | None = typer.Option(None, "--arch", help="amd64 or arm64 (emulated); default: image.yaml "
+                                    "architectures, each built in turn (out/IMAGE, out/IMAGE-arm64)"),
 ) -> None:
     """Build IMAGE: rootfs -> disk -> formats -> boot test; outputs and manifest.json in out/IMAGE/."""
-    from assembler.build import build as run_build
-    from assembler.build import plan_build, print_plan
     from assembler.config import cache_dir, resolve_image
     from assembler.formats import validate_format_names
     from assembler.pipeline import BuildRun
@@ -101,17 +105,39 @@ def build(
 
         imported = read_bundle(bundle, cache_dir(cache))  # every blob verified into the store and cache
         lock = imported.lock
-        if lock.image != spec.name:
-            raise ConfigError(f"the bundle {bundle} is for {lock.image}, not {spec.name}",
-                              resolution=f"build {lock.image} from it, or bundle {spec.name}")
     formats = validate_format_names(fmt or spec.config.formats)
-    ctx = BuildRun(
-        spec=spec, store=Store(cache_dir(cache)), output_dir=output or Path.cwd() / "out" / spec.name,
-        formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
-        lock=lock, offline=offline, copy_outputs=copy_outputs,
-        **registry_stores(cache_from, cache_to, offline=offline),
-    )
+    arches = [architecture(arch)] if arch else list(spec.config.architectures)
     selected = _selected(phases)
+    for one in arches:
+        built = spec.for_arch(one)
+        if lock is not None and lock.image != built.name:
+            raise ConfigError(f"the bundle {bundle} is for {lock.image}, not {built.name}",
+                              resolution=f"build {lock.image} from it, or bundle {built.name}")
+        where = output if output is not None and len(arches) == 1 else (output or Path.cwd() / "out") / built.name
+        ctx = BuildRun(
+            spec=built, store=Store(cache_dir(cache)), output_dir=where,
+            formats=formats, nocache=no_cache, boot_test=not no_boot_test, disk_size=size, locked=locked,
+            lock=lock, offline=offline, copy_outputs=copy_outputs,
+            **registry_stores(cache_from, cache_to, offline=offline),
+        )
+        _run_one(ctx, selected, dry_run=dry_run, as_json=as_json)
+
+
+def architecture(name: str) -> Arch:
+    """Validate an --arch value."""
+    from assembler.config import ARCHES
+
+    for known in ARCHES:
+        if name == known:
+            return known
+    raise ConfigError(f"unknown architecture {name!r}", resolution=f"use one of: {', '.join(ARCHES)}")
+
+
+def _run_one(ctx: BuildRun, selected: set[str] | None, *, dry_run: bool, as_json: bool) -> None:
+    from assembler.build import build as run_build
+    from assembler.build import plan_build, print_plan
+
+    spec = ctx.spec
     if selected and "scan" in selected and spec.config.scan is None:
         raise ConfigError(f"{spec.name} has no scan phase", resolution="add scan: {db: OSV-FILE} to its image.yaml, "
                           f"or scan the outputs: `assembler scan out/{spec.name} --db OSV-FILE`")

@@ -55,7 +55,7 @@ def bundle(
             raise ConfigError(f"{spec.name} has no image.lock.json", resolution=f"run `assembler lock {source}`")
         lock = found
         recorded = inputs.build_inputs(spec)
-        downloads = load_downloads(spec.context / DOWNLOADS_FILE)
+        downloads = load_downloads(spec.context / DOWNLOADS_FILE, spec.arch)
     layout = collect(lock, recorded, downloads, root, locking.sources_for(lock))
     summary = layout.summary()
     if output is not None:

@@ -21,11 +21,13 @@ def lock(
     update: bool = typer.Option(False, "--update", help="re-resolve against today's archive and show what changed"),
     cache: Path | None = typer.Option(None, "--cache-dir", help="cache (default ~/.cache/assembler)"),
     as_json: bool = typer.Option(False, "--json", help="print the lock's path, package count and changes as JSON"),
+    arch: str = typer.Option("amd64", "--arch", help="amd64 (image.lock.json) or arm64 (image.lock.arm64.json)"),
 ) -> None:
     """Resolve IMAGE's base and Containerfile packages and write IMAGE_DIR/image.lock.json.
 
     Without --update an existing lock whose files can all still be served is kept as it is.
     """
+    from assembler.cli.build_cmd import architecture
     from assembler.config import cache_dir, resolve_image
     from assembler.log import console
     from assembler.packages import lockfile, locking
@@ -35,13 +37,13 @@ def lock(
     from assembler.rootfs.ancestry import base_of
     from assembler.store import Store
 
-    spec = resolve_image(image)
+    spec = resolve_image(image).for_arch(architecture(arch))
     if base_of(spec) is None:
         raise ConfigError(f"{spec.name} has no `base:` recipe: its packages come from its own base image",
                           resolution="pin its apt sources to a dated snapshot in the Containerfile instead")
     root = cache_dir(cache)
-    path = spec.context / lockfile.LOCK_FILE
-    committed = locking.read_image_lock(spec.context)
+    path = spec.context / lockfile.lock_name(spec.arch)
+    committed = locking.read_image_lock(spec.context, spec.arch)
     if committed is not None and not update:
         check = locking.check(committed, PackageStore(root),
                               locking.sources_for(committed, snapshots=spec.config.snapshots))

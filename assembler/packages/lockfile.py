@@ -18,7 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path, sha256_bytes
 
-LOCK_FILE = "image.lock.json"
+LOCK_FILE = "image.lock.json"  # the native (amd64) lock in an image directory, and the lock in a store entry
+
+
+def lock_name(arch: str) -> str:
+    """The committed lock of `arch` in an image directory: image.lock.json (amd64), image.lock.arm64.json."""
+    return LOCK_FILE if arch == "amd64" else f"image.lock.{arch}.json"
 LOCK_VERSION = 1
 SHA256 = r"^[0-9a-f]{64}$"
 

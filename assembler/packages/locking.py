@@ -20,7 +20,7 @@ from assembler.fsutil import sha256_bytes
 from assembler.log import log
 from assembler.mirrors import MirrorMap, load_mirror_map
 from assembler.packages import index
-from assembler.packages.lockfile import LOCK_FILE, Change, IndexFile, Lock, LockedPackage, read_lock, write_lock
+from assembler.packages.lockfile import Change, IndexFile, Lock, LockedPackage, lock_name, read_lock, write_lock
 from assembler.packages.proxy import Session
 from assembler.packages.sources import Sources
 from assembler.packages.store import PackageStore
@@ -88,17 +88,17 @@ def check(lock: Lock, store: PackageStore, sources: Sources) -> LockCheck:
     return LockCheck(missing)
 
 
-def read_image_lock(context: Path) -> Lock | None:
-    path = context / LOCK_FILE
+def read_image_lock(context: Path, arch: str = "amd64") -> Lock | None:
+    path = context / lock_name(arch)
     return read_lock(path) if path.is_file() else None
 
 
 def require_complete(lock: Lock | None, context: Path, store: PackageStore, *, offline: bool = False,
-                     snapshots: dict[str, str] | None = None) -> None:
+                     snapshots: dict[str, str] | None = None, arch: str = "amd64") -> None:
     """--locked: fail now (no build, nothing written) unless every locked file can be served."""
     if lock is None:
-        raise StaleLockError(f"{context.name} has no {LOCK_FILE}",
-                             resolution=f"run `assembler lock {context}` and commit the file")
+        raise StaleLockError(f"{context.name} has no {lock_name(arch)}",
+                             resolution=f"run `assembler lock {context}{_arch_option(arch)}` and commit the file")
     result = check(lock, store, sources_for(lock, offline=offline, snapshots=snapshots))
     if not result.complete:
         shown = "\n".join(f"  {m}" for m in result.missing[:50])
@@ -106,22 +106,27 @@ def require_complete(lock: Lock | None, context: Path, store: PackageStore, *, o
         raise StaleLockError(
             f"the lock of {context.name} is stale: {len(result.missing)} locked file(s) are in no source "
             "(package store, mirror, snapshot)", details=shown + more,
-            resolution=f"run `assembler lock {context} --update` and commit the new {LOCK_FILE}, "
+            resolution=f"run `assembler lock {context}{_arch_option(arch)} --update` and commit the new "
+                       f"{lock_name(arch)}, "
                        "or build from a bundle (`--bundle FILE`) or a snapshot mirror")
+
+
+def _arch_option(arch: str) -> str:
+    return "" if arch == "amd64" else f" --arch {arch}"
 
 
 def session_for(image: str, context: Path, cache_dir: Path, keyrings: list[Path], *, strict: bool = False,
                 update: bool = False, lock: Lock | None = None, offline: bool = False,
-                snapshots: dict[str, str] | None = None) -> tuple[Session, list[str]]:
+                snapshots: dict[str, str] | None = None, arch: str = "amd64") -> tuple[Session, list[str]]:
     """The session a build fetches through, and the locked files it could not find (empty: replay).
 
     `lock` replaces the image directory's (a bundle's); `update` re-resolves against today's archive
     whatever the lock says (`assembler lock --update`); `offline` allows the store only.
     """
     store = PackageStore(cache_dir)
-    lock = None if update else lock or read_image_lock(context)
+    lock = None if update else lock or read_image_lock(context, arch)
     if strict or offline:
-        require_complete(lock, context, store, offline=offline, snapshots=snapshots)
+        require_complete(lock, context, store, offline=offline, snapshots=snapshots, arch=arch)
     missing: list[str] = []
     if lock is not None and not strict and not offline:
         missing = check(lock, store, sources_for(lock, snapshots=snapshots)).missing

@@ -16,12 +16,13 @@ from typing import Any
 import docker
 
 from assembler import customize, engine, progress, secrets
-from assembler.config import cache_dir, rootfs_dir
+from assembler.config import NATIVE_ARCH, ImageSpec, cache_dir, rootfs_dir
 from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
+from assembler.inputs import other_locks
 from assembler.log import log
 from assembler.packages import lockfile, locking
-from assembler.packages.lockfile import LOCK_FILE, Lock, read_lock, write_lock
+from assembler.packages.lockfile import LOCK_FILE, Lock, lock_name, read_lock, write_lock
 from assembler.packages.store import PackageStore
 from assembler.pipeline import Artefact, Phase, execute_plan, make_plan
 from assembler.remote import RegistryStore
@@ -36,9 +37,10 @@ LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attr
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
 
 
-def context_hash(context: Path) -> str:
-    """Hash of the build context minus the files that only configure later phases."""
-    return sha256_tree(context, exclude=NOT_BUILD_INPUTS)
+def context_hash(context: Path, arch: str = NATIVE_ARCH) -> str:
+    """Hash of the build context minus the files that only configure later phases and the other
+    architectures' locks (an arm64 lock is no input of the amd64 build)."""
+    return sha256_tree(context, exclude=(*NOT_BUILD_INPUTS, *other_locks(arch)))
 
 
 def _show_step(line: str) -> None:
@@ -70,6 +72,10 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
                                  members=cache.members if cache is not None else None)
         indexing.result()
     return result
+
+
+def _arch_option(spec: ImageSpec) -> str:
+    return "" if spec.arch == NATIVE_ARCH else f" --arch {spec.arch}"
 
 
 def _edited(context: Path, original: Path, containerfile: str, edit: Callable[[str], str], copy: Path) -> Path:
@@ -130,13 +136,13 @@ class RootfsPhase(Phase):
 
     def _recipe(self) -> bootstrap.BaseRecipe | None:
         base = ancestry.base_of(self.ctx.spec)  # an image FROM another of ours builds on that one's base
-        return bootstrap.load_recipe(rootfs_dir() / base) if base else None
+        return bootstrap.for_arch(bootstrap.load_recipe(rootfs_dir() / base), self.ctx.spec.arch) if base else None
 
     def material(self) -> dict[str, Any]:
         recipe = self._recipe()
         cfg = self.ctx.spec.config
         return {
-            "context": context_hash(self.ctx.spec.context),
+            "context": context_hash(self.ctx.spec.context, self.ctx.spec.arch),
             "build_args": cfg.build_args,
             "source_date_epoch": cfg.source_date_epoch,
             "base": bootstrap.recipe_key(recipe) if recipe else None,
@@ -151,6 +157,8 @@ class RootfsPhase(Phase):
             **({"customize": loaded.digest} if (loaded := customize.of(self.ctx.spec)) else {}),
             # Only for an image FROM another of ours: that image's rootfs key (its whole recipe, recursively).
             **({"parent": self.parent.key()} if self.parent is not None else {}),
+            # Only for another architecture (amd64 keys stay as they were): what TARGETARCH and the platform say.
+            **({"arch": self.ctx.spec.arch} if self.ctx.spec.arch != NATIVE_ARCH else {}),
         }
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
@@ -179,10 +187,12 @@ class RootfsPhase(Phase):
         """--locked: every locked file must be servable before anything runs or is written."""
         if self.parent is not None:
             self.parent.preflight()
+        spec = self.ctx.spec
+        bootstrap.require_emulation(spec.arch)
         if (self.ctx.locked or self.ctx.offline) and self._recipe() is not None:
-            locking.require_complete(self.ctx.lock or locking.read_image_lock(self.ctx.spec.context),
-                                     self.ctx.spec.context, PackageStore(cache_dir(self.ctx.store.root)),
-                                     offline=self.ctx.offline, snapshots=self.ctx.spec.config.snapshots)
+            locking.require_complete(self.ctx.lock or locking.read_image_lock(spec.context, spec.arch),
+                                     spec.context, PackageStore(cache_dir(self.ctx.store.root)),
+                                     offline=self.ctx.offline, snapshots=spec.config.snapshots, arch=spec.arch)
 
     def execute(self, out: Path) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
@@ -200,7 +210,9 @@ class RootfsPhase(Phase):
         self._redact = lambda text: secrets.redact(text, mounted.values)
         client = engine.connect()
         info = engine.engine_info(client)
-        buildargs = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), **prepared.build_args, **cfg.build_args}
+        # TARGETARCH as BuildKit sets it (the classic builder does not): a Containerfile picks its packages by it.
+        buildargs = {"SOURCE_DATE_EPOCH": str(cfg.source_date_epoch), "TARGETARCH": spec.arch,
+                     **prepared.build_args, **cfg.build_args}
         recipe = self._recipe()
         locked: dict[str, Any] | None = None
         base_id = None
@@ -242,6 +254,7 @@ class RootfsPhase(Phase):
         spec = self.ctx.spec
         return engine.build_image(
             client, context, containerfile=spec.containerfile.name, tag=f"localhost/assembler/{spec.name}:latest",
+            platform=None if spec.arch == NATIVE_ARCH else f"linux/{spec.arch}",
             buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step,
             redact=self._redact, drop=drop)
 
@@ -264,6 +277,15 @@ class RootfsPhase(Phase):
         lock = read_lock(entry.file(LOCK_FILE)) if entry.meta.get("lock") else None
         return ParentImage(run.spec.name, entry.key, image_id, str(rootfs.get("sha256", "")), count, lock)
 
+    def _on_base(self, context: Path, recipe: bootstrap.BaseRecipe, out: Path) -> Path:
+        """For another architecture, the context whose Containerfile starts FROM that architecture's base tag."""
+        native = bootstrap.load_recipe(rootfs_dir() / recipe.name)
+        if native.tag == recipe.tag:
+            return context
+        spec = self.ctx.spec
+        return _edited(context, spec.context, spec.containerfile.name,
+                       lambda text: build_context.rewrite_from(text, native.tag, recipe.tag), out / "work" / "arch")
+
     def _on_parent(self, context: Path, from_image: ParentImage | None, lock: Lock | None, out: Path) -> Path:
         """The context whose Containerfile starts FROM the parent's engine image. With a replayed lock the image
         is labelled with its digest, as a base is: the engine reuses RUN steps only for builds of that lock."""
@@ -280,17 +302,18 @@ class RootfsPhase(Phase):
                       ) -> tuple[engine.BuiltImage, str, dict[str, Any]]:
         """Base and Containerfile with apt going through the locking proxy; the effective lock to out/."""
         spec, cache = self.ctx.spec, cache_dir(self.ctx.store.root)
-        committed = self.ctx.lock or locking.read_image_lock(spec.context)
+        committed = self.ctx.lock or locking.read_image_lock(spec.context, spec.arch)
         session, missing = locking.session_for(spec.name, spec.context, cache, bootstrap.recipe_keyrings(recipe),
                                                strict=self.ctx.locked, update=self.ctx.update_lock,
                                                lock=self.ctx.lock, offline=self.ctx.offline,
-                                               snapshots=spec.config.snapshots)
+                                               snapshots=spec.config.snapshots, arch=spec.arch)
         replay = session.lock
         if from_image is not None:
             self._require_parent_lock(from_image, committed)
         with session.serving():
             session.prefetch("image")  # while the base is checked (or bootstrapped): downloads run alongside
             if from_image is None:
+                context = self._on_base(context, recipe, out)
                 progress.stage(f"base image ({recipe.name})")
                 # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused
                 # only for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what
@@ -314,7 +337,8 @@ class RootfsPhase(Phase):
                     raise locking.StaleLockError(
                         f"the Containerfile of {spec.name} installs packages that are not in its lock (--locked)",
                         details="\n".join(f"  {r.reason}" for r in session.refused),
-                        resolution=f"run `assembler lock {spec.context} --update` and commit {LOCK_FILE}") from exc
+                        resolution=f"run `assembler lock {spec.context}{_arch_option(spec)} --update` and commit "
+                                   f"{lock_name(spec.arch)}") from exc
                 raise
         effective = session.effective_lock(base_packages, base_indexes)
         write_lock(out / LOCK_FILE, effective)
@@ -322,8 +346,8 @@ class RootfsPhase(Phase):
             locking.remember_relock(cache, spec.name, committed, effective)
         moved = lockfile.changes(committed, effective)
         if committed is None:  # nothing to compare with: every package would be listed as a change
-            log.info("%s has no %s: %d packages resolved; `assembler lock %s` writes one", spec.name, LOCK_FILE,
-                     len(effective.packages), spec.context)
+            log.info("%s has no %s: %d packages resolved; `assembler lock %s%s` writes one", spec.name,
+                     lock_name(spec.arch), len(effective.packages), spec.context, _arch_option(spec))
         else:
             locking.report(spec.name, moved)
         meta = {"path": LOCK_FILE, "sha256": effective.digest(), "replayed": session.lock is not None,
@@ -342,4 +366,5 @@ class RootfsPhase(Phase):
                 f"the lock of {self.ctx.spec.name} was made on another build of {from_image.name}",
                 details=f"{len(want - have)} of {from_image.name}'s package(s) are not in it, "
                         f"{len(have - want)} in it are not {from_image.name}'s",
-                resolution=f"run `assembler lock {self.ctx.spec.context} --update` and commit {LOCK_FILE}")
+                resolution=f"run `assembler lock {self.ctx.spec.context}{_arch_option(self.ctx.spec)} --update` and "
+                           f"commit {lock_name(self.ctx.spec.arch)}")

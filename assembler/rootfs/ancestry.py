@@ -26,7 +26,7 @@ def parent_spec(spec: ImageSpec) -> ImageSpec | None:
                           resolution="name another image of ours, or start from a base (see Containerfiles/debian-12)")
     for candidate in (spec.context.parent / name, containerfiles_dir() / name):
         if (candidate / "Containerfile").is_file():
-            return resolve_image(str(candidate))
+            return resolve_image(str(candidate)).for_arch(spec.arch)  # built for the same architecture
     raise ConfigError(f"{spec.name} starts FROM assembler/{name}, but there is no image {name}",
                       details=f"looked in {spec.context.parent / name} and {containerfiles_dir() / name}",
                       resolution=f"create {name} beside {spec.context} or under Containerfiles/, or change the FROM")

@@ -107,6 +107,34 @@ def load_recipe(path_or_name: Path | str) -> BaseRecipe:
     return recipe.model_copy(update={"keyrings": keyrings})
 
 
+def for_arch(recipe: BaseRecipe, arch: str) -> BaseRecipe:
+    """The recipe bootstrapped for `arch` (its maintainer scripts run under qemu-user through binfmt), loaded
+    under its own tag: base:debian-12 stays the recipe's own architecture, base:debian-12-arm64 is arm64."""
+    if arch == recipe.architecture:
+        return recipe
+    return recipe.model_copy(update={"architecture": arch, "tag": f"{recipe.tag}-{arch}"})
+
+
+BINFMT = {"arm64": "qemu-aarch64"}  # binfmt_misc entries (qemu-user-static) that run each foreign arch
+
+
+def require_emulation(arch: str) -> None:
+    """Another architecture's binaries must run here (mmdebstrap's maintainer scripts, the engine's RUN
+    steps): a registered, enabled binfmt_misc entry for qemu-user-static, checked before anything starts."""
+    if arch not in BINFMT:
+        return
+    entry = Path("/proc/sys/fs/binfmt_misc") / BINFMT[arch]
+    try:
+        enabled = entry.read_text().splitlines()[0].strip() == "enabled"
+    except (OSError, IndexError):
+        enabled = False
+    if not enabled:
+        raise ConfigError(f"this machine cannot run {arch} binaries: {entry} is not an enabled binfmt_misc entry",
+                          details="an arm64 build runs the image's package scripts and RUN steps under qemu-user",
+                          resolution="run scripts/setup.sh (installs qemu-user-static, binfmt-support and "
+                                     "arch-test, mounts binfmt_misc, registers qemu-aarch64)")
+
+
 def _known() -> list[str]:
     return sorted(p.parent.name for p in ROOTFS_DIR.glob("*/recipe.yaml"))
 
@@ -207,10 +235,10 @@ def _rfc3339(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _image_config(diff_id: str, created_epoch: int, created_by: str) -> bytes:
+def _image_config(diff_id: str, created_epoch: int, created_by: str, architecture: str) -> bytes:
     created = _rfc3339(created_epoch)
     config = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "created": created,
         "config": {"Env": [DEFAULT_PATH], "Cmd": ["bash"]},
@@ -229,7 +257,8 @@ def _tar_member(name: str, size: int, epoch: int) -> tarfile.TarInfo:
 
 
 def base_archive(
-    rootfs_tar: Path, ref: str, created_epoch: int, dest: Path, *, created_by: str = "assembler bootstrap"
+    rootfs_tar: Path, ref: str, created_epoch: int, dest: Path, *, created_by: str = "assembler bootstrap",
+    architecture: str = "amd64",
 ) -> str:
     """Write a one-layer docker-archive of rootfs_tar tagged `ref`; return its image ID (sha256:...).
 
@@ -237,7 +266,7 @@ def base_archive(
     image ID are reproducible.
     """
     diff_id = "sha256:" + sha256_file(rootfs_tar)
-    config = _image_config(diff_id, created_epoch, created_by)
+    config = _image_config(diff_id, created_epoch, created_by, architecture)
     config_hex = sha256_bytes(config)
     layer_name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
     manifest = canonical_json([{"Config": f"{config_hex}.json", "RepoTags": [ref], "Layers": [layer_name]}])
@@ -393,9 +422,10 @@ def _build_entry(recipe: BaseRecipe, entry: Path, session: Session) -> None:
     progress.stage(f"bootstrapping the base {recipe.name} (mmdebstrap)")
     with atomic_dir(entry) as tmp:
         rootfs = bootstrap(recipe, tmp / "rootfs.tar", session.proxy_url)
-        created_by = f"mmdebstrap --variant={recipe.variant} {recipe.suite} # assembler base {recipe.name}"
+        foreign = "" if recipe.architecture == "amd64" else f" --architectures={recipe.architecture}"
+        created_by = f"mmdebstrap --variant={recipe.variant}{foreign} {recipe.suite} # assembler base {recipe.name}"
         image_id = base_archive(rootfs, recipe.tag, recipe.source_date_epoch, tmp / "image.tar",
-                                created_by=created_by)
+                                created_by=created_by, architecture=recipe.architecture)
         rootfs.unlink()  # the archive holds the same bytes as its only layer
         (tmp / "image-id").write_text(image_id + "\n")
         (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2) + "\n")

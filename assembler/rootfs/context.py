@@ -144,12 +144,17 @@ def parent_name(containerfile: Path) -> str | None:
     return found.pop() if found else None
 
 
-def from_parent(text: str, name: str, image_id: str, labels: Mapping[str, str] | None = None) -> str:
-    """The Containerfile with every `FROM assembler/NAME` replaced by the engine's image ID of that build, and
-    `labels` set right after it (a cache scope for the engine: RUN steps are reused on the same labels only)."""
-    pattern = rf"(?im)^(\s*FROM\s+(?:--platform=\S+\s+)?)assembler/{re.escape(name)}(?=\s|$)(.*)$"
+def rewrite_from(text: str, reference: str, replacement: str, labels: Mapping[str, str] | None = None) -> str:
+    """The Containerfile with every `FROM reference` replaced by `replacement`, and `labels` set right after it
+    (a cache scope for the engine: RUN steps are reused on the same labels only)."""
+    pattern = rf"(?im)^(\s*FROM\s+(?:--platform=\S+\s+)?){re.escape(reference)}(?=\s|$)(.*)$"
     label = "".join(f"\nLABEL {json.dumps(k)}={json.dumps(v)}" for k, v in sorted((labels or {}).items()))
-    return re.sub(pattern, lambda m: m.group(1) + image_id + m.group(2) + label, text)
+    return re.sub(pattern, lambda m: m.group(1) + replacement + m.group(2) + label, text)
+
+
+def from_parent(text: str, name: str, image_id: str, labels: Mapping[str, str] | None = None) -> str:
+    """The Containerfile with every `FROM assembler/NAME` replaced by the engine's image ID of that build."""
+    return rewrite_from(text, PARENT_PREFIX + name, image_id, labels)
 
 
 def mirror_args(spec: ImageSpec, mirrors: MirrorMap) -> dict[str, str]:
@@ -164,7 +169,7 @@ def mirror_args(spec: ImageSpec, mirrors: MirrorMap) -> dict[str, str]:
 
 
 def _downloads(spec: ImageSpec) -> list[Download]:
-    return load_downloads(spec.context / DOWNLOADS_FILE)
+    return load_downloads(spec.context / DOWNLOADS_FILE, spec.arch)
 
 
 def context_material(spec: ImageSpec, availability: Availability = Availability()) -> dict[str, Any]:

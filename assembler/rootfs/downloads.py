@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from assembler.config import Arch
 from assembler.errors import AssemblerError, ConfigError
 from assembler.fsutil import CHUNK, atomic_path, sha256_file
 from assembler.log import log
@@ -54,6 +55,7 @@ class Download(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the file")
     dest: str = Field(description="path inside the build context, under downloads/")
     optional: bool = False
+    arch: Arch | None = Field(None, description="only for builds of this architecture (default: every one)")
 
     @field_validator("url")
     @classmethod
@@ -99,8 +101,9 @@ class Fetched:
                    status=str(data.get("status", "fetched")), reason=str(data.get("reason", "")))
 
 
-def load_downloads(path: Path) -> list[Download]:
-    """Read downloads.yaml; a missing file means no downloads."""
+def load_downloads(path: Path, arch: str | None = None) -> list[Download]:
+    """Read downloads.yaml; a missing file means no downloads. With `arch`, the entries for that architecture
+    (those naming it and those naming none); without, every entry."""
     if not path.is_file():
         return []
     try:
@@ -110,10 +113,12 @@ def load_downloads(path: Path) -> list[Download]:
         raise ConfigError(f"invalid downloads file {path}", details=str(exc),
                           resolution="each entry needs name, url, sha256 (64 hex digits) and dest under "
                           "downloads/; see docs/kubernetes.md") from exc
-    dests = [d.dest for d in items]
-    if len(set(dests)) != len(dests):
-        raise ConfigError(f"two downloads in {path} share a dest", resolution="give each file its own dest")
-    return items
+    per_arch: set[str | None] = {d.arch for d in items if d.arch} or {None}
+    for one in per_arch:
+        dests = [d.dest for d in items if d.arch in (None, one)]
+        if len(set(dests)) != len(dests):
+            raise ConfigError(f"two downloads in {path} share a dest", resolution="give each file its own dest")
+    return [d for d in items if arch is None or d.arch in (None, arch)]
 
 
 def cache_path(cache_dir: Path, sha256: str) -> Path:
