@@ -227,7 +227,8 @@ def _build(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids
            timings: dict[str, float], extra_files: Mapping[str, bytes], secure_boot: bool) -> _Built:
     with disk.open("r+b") as handle:
         handle.truncate(disk_size)  # sparse: only what the filesystems write takes space
-    gpt.write_gpt(disk, ids.disk_guid, [(p, ids.partuuids[p.role], _label(layout, p.role)) for p in planned])
+    gpt.write_gpt(disk, ids.disk_guid, [(p, ids.partuuids[p.role], _label(layout, p.role)) for p in planned],
+                  layout.architecture)
     places: dict[str, PlannedPartition] = {p.role: p for p in planned}
     t = time.monotonic()
     source, nondet = _root_fs(disk, work, index, layout, ids, places["root"], kernel, cmdline, epoch,
@@ -272,12 +273,13 @@ def _bootloaders(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayou
     early.write_text(grub.early_config(ids.root_uuid))
     if "uefi" in layout.firmware:
         if secure_boot:
-            files = grub.signed_chain(index, early, work / "signed")
+            files = grub.signed_chain(index, early, work / "signed", layout.architecture)
         else:
-            moddir = grub.extract_modules(index, "x86_64-efi", work / "grub")
-            efi = work / "BOOTX64.EFI"
-            grub.mkimage("x86_64-efi", moddir, early, efi)
-            files = {"EFI/BOOT/BOOTX64.EFI": efi}
+            platform, removable = grub.UEFI[layout.architecture]
+            moddir = grub.extract_modules(index, platform, work / "grub")
+            efi = work / Path(removable).name
+            grub.mkimage(platform, moddir, early, efi)
+            files = {removable: efi}
         for path in files.values():
             os.utime(path, (epoch, epoch))
         esp_part = layout.partition("esp")

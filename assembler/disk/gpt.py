@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from assembler.disk.layout import TYPE_GUIDS, PlannedPartition
+from assembler.disk.layout import PlannedPartition, type_guid
 from assembler.errors import DiskError
 from assembler.run import require_tool, run
 
@@ -17,7 +17,7 @@ SECTOR = 512
 FIRST_LBA = 34
 
 
-def gpt_script(disk_guid: str, parts: list[tuple[PlannedPartition, str, str]]) -> str:
+def gpt_script(disk_guid: str, parts: list[tuple[PlannedPartition, str, str]], architecture: str = "amd64") -> str:
     """The sfdisk script of the table: sectors computed from the byte placement, partitions in number order."""
     lines = ["label: gpt", f"label-id: {disk_guid}", "unit: sectors", f"first-lba: {FIRST_LBA}",
              f"sector-size: {SECTOR}"]
@@ -31,13 +31,14 @@ def gpt_script(disk_guid: str, parts: list[tuple[PlannedPartition, str, str]]) -
             raise DiskError(f"partition name {name!r} holds a quote or backslash",
                             resolution="use letters, digits, '-' and '_' in layout labels")
         lines.append(f"start={placed.start // SECTOR}, size={placed.size // SECTOR}, "
-                     f"type={TYPE_GUIDS[placed.role]}, uuid={guid}, name=\"{name}\"")
+                     f"type={type_guid(placed.role, architecture)}, uuid={guid}, name=\"{name}\"")
     return "\n".join(lines) + "\n"
 
 
-def write_gpt(disk: Path, disk_guid: str, parts: list[tuple[PlannedPartition, str, str]]) -> None:
+def write_gpt(disk: Path, disk_guid: str, parts: list[tuple[PlannedPartition, str, str]],
+              architecture: str = "amd64") -> None:
     """parts: (placement, partition GUID, name)."""
     require_tool("sfdisk")
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
-        input_bytes=gpt_script(disk_guid, parts).encode(),
+        input_bytes=gpt_script(disk_guid, parts, architecture).encode(),
         resolution="check the layout: partitions must fit the disk")

@@ -18,6 +18,8 @@ from assembler.log import log
 from assembler.run import require_tool, run
 
 PLATFORMS = {"bios": "i386-pc", "uefi": "x86_64-efi"}
+# UEFI per architecture: grub's platform and the removable-media path the firmware runs.
+UEFI = {"amd64": ("x86_64-efi", "EFI/BOOT/BOOTX64.EFI"), "arm64": ("arm64-efi", "EFI/BOOT/BOOTAA64.EFI")}
 GRUB_LIB = "usr/lib/grub"
 
 COMMON_MODULES = (
@@ -28,6 +30,7 @@ COMMON_MODULES = (
 PLATFORM_MODULES = {
     "i386-pc": ("biosdisk",),
     "x86_64-efi": ("efi_gop", "efi_uga"),
+    "arm64-efi": ("efi_gop",),
 }
 
 
@@ -68,7 +71,7 @@ def extract_modules(index: TarIndex, platform: str, dest: Path) -> Path:
         if not (host / "moddep.lst").exists():
             raise DiskError(
                 f"no grub modules for {platform} in the image or on the host",
-                resolution=f"install grub-{'pc' if platform == 'i386-pc' else 'efi-amd64'}-bin in the image",
+                resolution=f"install {_GRUB_PACKAGES.get(platform, 'grub')}-bin in the image",
             )
         log.warning("the image has no %s grub modules; using the host's %s", platform, host)
         return host
@@ -85,35 +88,46 @@ def extract_modules(index: TarIndex, platform: str, dest: Path) -> Path:
 # Microsoft-signed shim, which loads grubx64.efi (and MokManager, mmx64.efi, when a MOK request is pending)
 # from its own directory and verifies them with Debian's CA. fbx64.efi (the fallback that writes boot entries
 # and resets) is left out: a cloud disk boots by the removable path every time.
-SIGNED_CHAIN = {
-    "EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
-    "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
-    "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed",
+SIGNED_CHAINS = {
+    "amd64": {
+        "EFI/BOOT/BOOTX64.EFI": "usr/lib/shim/shimx64.efi.signed",
+        "EFI/BOOT/grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+        "EFI/BOOT/mmx64.efi": "usr/lib/shim/mmx64.efi.signed",
+    },
+    "arm64": {  # shim-signed, shim-helpers-arm64-signed, grub-efi-arm64-signed
+        "EFI/BOOT/BOOTAA64.EFI": "usr/lib/shim/shimaa64.efi.signed",
+        "EFI/BOOT/grubaa64.efi": "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
+        "EFI/BOOT/mmaa64.efi": "usr/lib/shim/mmaa64.efi.signed",
+    },
 }
+SIGNED_CHAIN = SIGNED_CHAINS["amd64"]
+_GRUB_PACKAGES = {"i386-pc": "grub-pc", "x86_64-efi": "grub-efi-amd64", "arm64-efi": "grub-efi-arm64"}
 # Debian's signed grub is built with the prefix /EFI/debian on the device it was loaded from and sources
 # $prefix/grub.cfg: ours is the same early config the unsigned images embed. Its modules are built in (a
 # Secure Boot grub loads none from disk).
 SIGNED_GRUB_CONFIG = "EFI/debian/grub.cfg"
 
 
-def _read_files(index: TarIndex, names: list[str]) -> dict[str, bytes]:
+def _read_files(index: TarIndex, names: list[str], architecture: str = "amd64") -> dict[str, bytes]:
     by_name = {m.name: m for m in index.members if m.name in names}
     missing = [name for name in names if name not in by_name or by_name[name].kind != "file"]
     if missing:
         raise DiskError(
             f"secure_boot is on but the image lacks the signed boot chain: {', '.join('/' + m for m in missing)}",
-            resolution="install shim-signed and grub-efi-amd64-signed in the image (apt-get install "
-            "--no-install-recommends shim-signed grub-efi-amd64-signed), or set secure_boot: false in image.yaml",
+            resolution=f"install shim-signed and grub-efi-{architecture}-signed in the image (apt-get install "
+            f"--no-install-recommends shim-signed grub-efi-{architecture}-signed), or set secure_boot: false in "
+            "image.yaml",
         )
     return {m.name: blob for m, blob in read_members(index, [by_name[name] for name in names])}
 
 
-def signed_chain(index: TarIndex, early_cfg: Path, dest: Path) -> dict[str, Path]:
+def signed_chain(index: TarIndex, early_cfg: Path, dest: Path, architecture: str = "amd64") -> dict[str, Path]:
     """The ESP's files for Secure Boot ({ESP path: local file}), the binaries copied out of the rootfs tar."""
-    data = _read_files(index, list(SIGNED_CHAIN.values()))
+    chain = SIGNED_CHAINS[architecture]
+    data = _read_files(index, list(chain.values()), architecture)
     dest.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    for esp_path, name in SIGNED_CHAIN.items():
+    for esp_path, name in chain.items():
         local = dest / Path(esp_path).name
         local.write_bytes(data[name])
         files[esp_path] = local
@@ -139,8 +153,7 @@ def _modules(moddir: Path, platform: str) -> list[str]:
 
 def mkimage(platform: str, moddir: Path, early_cfg: Path, out: Path) -> None:
     require_tool("grub-mkimage")
-    fmt = "i386-pc" if platform == "i386-pc" else "x86_64-efi"
-    run(["grub-mkimage", "--format", fmt, "--directory", str(moddir), "--config", str(early_cfg),
+    run(["grub-mkimage", "--format", platform, "--directory", str(moddir), "--config", str(early_cfg),
          "--prefix", "/boot/grub", "--output", str(out), *_modules(moddir, platform)],
         resolution="check that the image's grub modules match the host's grub-mkimage (grub 2.06)")
 

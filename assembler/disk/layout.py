@@ -28,6 +28,7 @@ DEFAULT_LAYOUT = Path(__file__).resolve().parents[2] / "formats" / "layouts" / "
 
 Role = Literal["bios_boot", "esp", "root"]
 Firmware = Literal["bios", "uefi"]
+Architecture = Literal["amd64", "arm64"]  # Debian's names (config.Arch)
 
 # GPT partition type GUIDs (the sgdisk short codes in comments).
 TYPE_GUIDS: dict[str, str] = {
@@ -35,6 +36,16 @@ TYPE_GUIDS: dict[str, str] = {
     "esp": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",  # EF00
     "root": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",  # 8304, discoverable x86-64 root
 }
+# The root partition's type names the architecture (the Discoverable Partitions Specification): what
+# `assembler boot` reads to pick the emulator.
+ROOT_TYPE_GUIDS: dict[str, str] = {
+    "amd64": TYPE_GUIDS["root"],
+    "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",  # 8305, discoverable AArch64 root
+}
+
+
+def type_guid(role: str, architecture: str = "amd64") -> str:
+    return ROOT_TYPE_GUIDS[architecture] if role == "root" else TYPE_GUIDS[role]
 ROLE_FS: dict[str, str] = {"bios_boot": "none", "esp": "vfat", "root": "ext4"}
 # Fixed namespace so that ids depend only on the seed (the image's content digest) and the role.
 ID_NAMESPACE = uuid.UUID("6f1c3b0e-5d0a-5e0b-9d43-0a55e3b1e7d1")
@@ -115,6 +126,7 @@ class DiskLayout(BaseModel):
     table: Literal["gpt"] = "gpt"
     partitions: tuple[Partition, ...]
     firmware: tuple[Firmware, ...] = ("bios", "uefi")
+    architecture: Architecture = "amd64"
     root: RootFsOptions = RootFsOptions()
 
     @model_validator(mode="after")
@@ -129,6 +141,8 @@ class DiskLayout(BaseModel):
             raise ValueError("firmware must list at least one of: bios, uefi")
         if len(set(self.firmware)) != len(self.firmware):
             raise ValueError("firmware lists a value twice")
+        if "bios" in self.firmware and self.architecture != "amd64":
+            raise ValueError(f"firmware 'bios' boots amd64 only; an {self.architecture} disk boots uefi")
         if "bios" in self.firmware and "bios_boot" not in roles:
             raise ValueError("firmware 'bios' needs a bios_boot partition (grub's core.img lives there)")
         if "uefi" in self.firmware and "esp" not in roles:

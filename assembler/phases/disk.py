@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from assembler import __version__, bom, customize, cyclonedx, disk, inputs, measured
+from assembler.config import NATIVE_ARCH
 from assembler.fsutil import sha256_file, sha256_tree
+from assembler.inputs import other_locks
 from assembler.packages.lockfile import LOCK_FILE
 from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Artefact, Phase
@@ -16,6 +18,7 @@ from assembler.sizes import parse_size
 from assembler.store import Entry
 
 RAW = "disk.raw"
+UEFI_LAYOUT = "gpt-uefi"  # formats/layouts/gpt-uefi.yaml
 BOM = "bom.spdx.json"
 CYCLONEDX = "bom.cdx.json"
 PCRS = "pcrs.json"
@@ -47,8 +50,11 @@ class DiskPhase(Phase):
     version = 3
 
     def _layout(self) -> disk.DiskLayout:
-        cfg = self.ctx.spec.config.disk
-        return layout_for(cfg.layout, dict(cfg.layout_overrides))
+        cfg, arch = self.ctx.spec.config.disk, self.ctx.spec.arch
+        if arch == NATIVE_ARCH:
+            return layout_for(cfg.layout, dict(cfg.layout_overrides))
+        # No BIOS on other architectures: the UEFI-only layout unless the image names its own.
+        return layout_for(cfg.layout or UEFI_LAYOUT, {**cfg.layout_overrides, "architecture": arch})
 
     def _size(self) -> int | None:
         size = self.ctx.disk_size or self.ctx.spec.config.disk.size
@@ -69,18 +75,23 @@ class DiskPhase(Phase):
             "bom": bom.BOM_FORMAT,
             # The embedded BOM carries the whole build context (image.yaml and checks.yaml too, which the
             # rootfs key leaves out): an edit there must give a new disk, not reuse one with a stale BOM.
-            "context": sha256_tree(self.ctx.spec.context),
+            "context": sha256_tree(self.ctx.spec.context, exclude=other_locks(self.ctx.spec.arch)),
         }
 
     def _cmdline(self) -> str:
         """The image's kernel command line and a customisation's kernel_args after it."""
         loaded = customize.of(self.ctx.spec)
         extra = loaded.custom.kernel_args if loaded else []
-        return " ".join([self.ctx.spec.config.disk.cmdline, *extra]).strip()
+        # arm64's serial console is a PL011 (ttyAMA0; QEMU's virt machine, Azure Cobalt); listed last, it is
+        # /dev/console where it exists, and the kernel skips it where it does not (Graviton's ttyS0).
+        arch = ["console=ttyAMA0,115200n8"] if self.ctx.spec.arch == "arm64" else []
+        return " ".join([self.ctx.spec.config.disk.cmdline, *arch, *extra]).strip()
 
     def _firmware_vars_digest(self) -> str | None:
         vars_file = measured.SECURE_BOOT_VARS
-        return sha256_file(vars_file) if self.ctx.spec.config.secure_boot and vars_file.is_file() else None
+        # The prediction models x86 OVMF and the amd64 chain; arm64's Secure Boot disk is not predicted.
+        wanted = self.ctx.spec.config.secure_boot and self.ctx.spec.arch == NATIVE_ARCH
+        return sha256_file(vars_file) if wanted and vars_file.is_file() else None
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
         name = self.ctx.spec.name
