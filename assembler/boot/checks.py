@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from assembler.errors import ConfigError
 
 # Bumped whenever the built-in checks (hygiene set, boot waits) change meaning: part of the boot cache key.
-BUILTIN_CHECKS_VERSION = 2  # 2: Secure Boot and TPM checks
+BUILTIN_CHECKS_VERSION = 3  # 2: Secure Boot and TPM checks; 3: the architecture (uname -m)
 
 # `systemctl is-enabled` states that mean "starts without anyone asking" (exit status 0 in systemctl(1)).
 ENABLED_STATES = frozenset(

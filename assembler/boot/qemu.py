@@ -15,8 +15,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Literal
 
 from assembler import measured
 from assembler.config import DiskBus
+from assembler.disk.layout import ROOT_TYPE_GUIDS
 from assembler.errors import BootError, ConfigError
 from assembler.run import output, require_tool, run, spawn
 
@@ -44,6 +47,13 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
 OVMF_VARS_SECURE = measured.SECURE_BOOT_VARS
+# arm64: QEMU's virt machine with AAVMF (edk2 for AArch64, Debian's qemu-efi-aarch64), UEFI only, TCG always.
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
+EMULATORS = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
+ARCH_FIRMWARES: dict[str, tuple[str, ...]] = {"amd64": FIRMWARES, "arm64": ("uefi",)}
+UNAME_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+GPT_HEAD_SECTORS = 34  # protective MBR, GPT header, 128 partition entries
 SUFFIX_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc"}
 FORMATS = frozenset({"raw", "qcow2", "vmdk", "vpc", "vhdx"})
 STOP_GRACE_SECONDS = 5.0
@@ -119,6 +129,7 @@ class QemuSpec:
     tpm_socket: Path | None = None  # swtpm's control socket: a TPM 2.0 (CRB) for the guest
     memory_mib: int = 1024
     cpus: int = 2
+    arch: str = "amd64"
 
 
 def disk_bus(name: str) -> DiskBus:
@@ -143,7 +154,9 @@ def root_disk_devices(bus: DiskBus) -> list[str]:
 
 
 def qemu_argv(spec: QemuSpec) -> list[str]:
-    """The full qemu-system-x86_64 command line for one boot."""
+    """The full qemu-system-x86_64 (or -aarch64) command line for one boot."""
+    if spec.arch == "arm64":
+        return _aarch64_argv(spec)
     # graphics=off makes SeaBIOS print to the serial port, so a disk that never boots still leaves a log.
     machine = {"bios": "pc", "uefi": "q35", "uefi-secureboot": "q35,smm=on"}[spec.firmware]
     argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -163,7 +176,27 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
     if spec.tpm_socket is not None:
         argv += ["-chardev", f"socket,id=chrtpm,path={_opt(spec.tpm_socket)}",
                  "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0"]
-    argv += [
+    return argv + _devices(spec)
+
+
+def _aarch64_argv(spec: QemuSpec) -> list[str]:
+    if spec.firmware != "uefi" or spec.ovmf_vars is None or spec.tpm_socket is not None:
+        raise ValueError("an arm64 guest boots plain UEFI (AAVMF) with a per-run variable store, without a TPM")
+    if spec.disk_bus == "pvscsi":
+        raise ConfigError("pvscsi is a VMware x86 controller; an arm64 guest cannot use it",
+                          resolution="boot the arm64 disk on virtio, scsi, nvme or sata")
+    # cortex-a72: what TCG emulates fastest among the CPUs Debian's arm64 kernel runs on (no SVE or pointer
+    # authentication to emulate, unlike `max`).
+    argv = ["qemu-system-aarch64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-machine", "virt", "-accel", "tcg", "-cpu", "cortex-a72",
+            "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(AAVMF_CODE)}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={_opt(spec.ovmf_vars)}"]
+    return argv + _devices(spec)
+
+
+def _devices(spec: QemuSpec) -> list[str]:
+    return [
         "-drive", f"if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,file={_opt(spec.overlay)}",
         *root_disk_devices(spec.disk_bus),
         "-drive", f"if=none,id=seed,format=raw,readonly=on,file={_opt(spec.seed)}",
@@ -176,7 +209,22 @@ def qemu_argv(spec: QemuSpec) -> list[str]:
         "-chardev", f"file,id=console,path={_opt(spec.console_log)}",
         "-serial", "chardev:console",
     ]
-    return argv
+
+
+def disk_arch(disk: Path, fmt: str) -> str:
+    """The architecture a disk boots, from its root partition's GPT type (Discoverable Partitions); amd64 when
+    no partition says otherwise. The GPT is read through qemu-img, whatever the disk's format."""
+    head = Path(tempfile.mkdtemp(prefix="assembler-gpt-")) / "head.raw"
+    try:
+        run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=512", f"count={GPT_HEAD_SECTORS}", f"if={disk}",
+             f"of={head}"], resolution=f"check that {disk} is a {fmt} disk image")
+        data = head.read_bytes()
+    finally:
+        shutil.rmtree(head.parent, ignore_errors=True)
+    for arch, guid in ROOT_TYPE_GUIDS.items():
+        if arch != "amd64" and uuid.UUID(guid).bytes_le in data[1024:]:
+            return arch
+    return "amd64"
 
 
 def ovmf_vars_template(firmware: Firmware) -> Path:
@@ -184,14 +232,18 @@ def ovmf_vars_template(firmware: Firmware) -> Path:
     return OVMF_VARS_SECURE if firmware == "uefi-secureboot" else OVMF_VARS
 
 
-def copy_ovmf_vars(workdir: Path, firmware: Firmware = "uefi") -> Path:
+def copy_ovmf_vars(workdir: Path, firmware: Firmware = "uefi", arch: str = "amd64") -> Path:
     """Each UEFI run gets its own writable variable store; the system template stays untouched."""
-    code = OVMF_CODE_SECURE if firmware == "uefi-secureboot" else OVMF_CODE
-    for path in (code, ovmf_vars_template(firmware)):
+    if arch == "arm64":
+        code, template, package = AAVMF_CODE, AAVMF_VARS, "qemu-efi-aarch64"
+    else:
+        code = OVMF_CODE_SECURE if firmware == "uefi-secureboot" else OVMF_CODE
+        template, package = ovmf_vars_template(firmware), "ovmf"
+    for path in (code, template):
         if not path.is_file():
-            raise ConfigError(f"OVMF firmware not found: {path}", resolution="apt-get install ovmf")
+            raise ConfigError(f"UEFI firmware not found: {path}", resolution=f"apt-get install {package}")
     dest = workdir / "OVMF_VARS.fd"
-    shutil.copyfile(ovmf_vars_template(firmware), dest)
+    shutil.copyfile(template, dest)
     return dest
 
 
@@ -232,7 +284,7 @@ class QemuProcess:
     """A running QEMU in its own process group; stderr goes to a file for error messages."""
 
     def __init__(self, argv: list[str], stderr_log: Path) -> None:
-        require_tool("qemu-system-x86_64", "runs the boot test")
+        require_tool(argv[0], "runs the boot test")
         self.argv = argv
         self.stderr_log = stderr_log
         # The kernel kills QEMU when assembler dies, even by SIGKILL (no handler, no atexit runs then); its own

@@ -14,12 +14,12 @@ from pathlib import Path
 from assembler import measured, progress
 from assembler.accel import accelerator
 from assembler.boot import guest, qemu, seed, stages, tpm
-from assembler.boot.checks import CheckResult, CheckSuite, load_checks, merged
+from assembler.boot.checks import CheckResult, CheckSuite, Probe, ProbeOutput, load_checks, merged
 from assembler.boot.hygiene import check_artifact
 from assembler.boot.junit import write_junit
 from assembler.boot.report import BootReport, BootResult
-from assembler.config import DiskBus
-from assembler.errors import AssemblerError, BootError
+from assembler.config import NATIVE_ARCH, DiskBus
+from assembler.errors import AssemblerError, BootError, ConfigError
 from assembler.fsutil import atomic_path
 from assembler.log import console, log
 
@@ -42,11 +42,12 @@ class _Run:
     workdir: Path
     tpm: bool = False
     prediction: measured.Prediction | None = None
+    arch: str = "amd64"
 
 
 def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: CheckSuite, timeout: float,
               keep: bool, console_log: Path, disk_bus: DiskBus = "virtio", tpm: bool = False,
-              prediction: measured.Prediction | None = None) -> BootResult:
+              prediction: measured.Prediction | None = None, arch: str = "amd64") -> BootResult:
     """Boot a throw-away overlay of `disk` with `firmware`, its root disk on `disk_bus`, log in with a fresh
     key, run the guest checks. `tpm`: a fresh TPM 2.0 (swtpm) for a uefi-secureboot boot (Debian's plain
     OVMF_CODE_4M.fd measures nothing: its guests have no event log), and the checks that it is there and holds
@@ -58,8 +59,8 @@ def boot_disk(disk: Path, *, fmt: str | None, firmware: qemu.Firmware, checks: C
     """
     run = _Run(disk=disk, fmt=qemu.disk_format(disk, fmt), firmware=firmware, disk_bus=disk_bus,
                checks=checks, timeout=timeout,
-               console_log=console_log, accelerator=accelerator(), tpm=tpm and firmware == "uefi-secureboot",
-               prediction=prediction,
+               console_log=console_log, accelerator=_accelerator(arch),
+               tpm=tpm and firmware == "uefi-secureboot", prediction=prediction, arch=arch,
                workdir=Path(tempfile.mkdtemp(prefix=f"assembler-boot-{firmware}-")))
     try:
         return _boot(run, keep)
@@ -75,7 +76,7 @@ def _guest_state(run: _Run) -> tuple[Path, Path | None]:
     overlay = run.workdir / "overlay.qcow2"
     overlay.unlink(missing_ok=True)
     qemu.make_overlay(run.disk, run.fmt, overlay)
-    return overlay, qemu.copy_ovmf_vars(run.workdir, run.firmware) if run.firmware != "bios" else None
+    return overlay, qemu.copy_ovmf_vars(run.workdir, run.firmware, run.arch) if run.firmware != "bios" else None
 
 
 def _boot(run: _Run, keep: bool) -> BootResult:
@@ -93,7 +94,7 @@ def _boot(run: _Run, keep: bool) -> BootResult:
                 spec = qemu.QemuSpec(overlay=overlay, seed=seed_iso, firmware=run.firmware,
                                      ssh_port=qemu.free_port(), console_log=run.console_log,
                                      accelerator=run.accelerator, ovmf_vars=ovmf_vars, disk_bus=run.disk_bus,
-                                     tpm_socket=socket)
+                                     tpm_socket=socket, arch=run.arch)
                 result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private))
         except _PortTaken:
             log.debug("port %d was taken before QEMU bound it (attempt %d)", spec.ssh_port, attempt + 1)
@@ -228,7 +229,7 @@ def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
     if run.checks.boot.cloud_init:
         results.append(guest.wait_cloud_init(ssh, SETTLE_SECONDS))
     results.append(guest.wait_system_running(ssh, SETTLE_SECONDS, run.checks.boot.allow_degraded))
-    probes = run.checks.probes()
+    probes = [_machine_probe(run.arch), *run.checks.probes()]
     if run.firmware == "uefi-secureboot":
         probes += tpm.secure_boot_probes()
     if run.tpm:
@@ -237,23 +238,54 @@ def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
     return results
 
 
+def _accelerator(arch: str) -> str:
+    return accelerator() if arch == NATIVE_ARCH else "tcg"  # another architecture is always emulated
+
+
+def _machine_probe(arch: str) -> Probe:
+    """The guest runs the disk's architecture (`uname -m`): what an arm64 build is for."""
+    want = qemu.UNAME_MACHINE[arch]
+
+    def judge(out: ProbeOutput) -> tuple[bool, str]:
+        got = out.stdout.strip()
+        return got == want, f"uname -m: {got[:40]!r}" + ("" if got == want else f", expected {want}")
+
+    return Probe("architecture", "command", "uname -m", judge)
+
+
+def _firmwares_for(arch: str, firmwares: list[qemu.Firmware] | list[str]) -> list[str]:
+    """The asked firmwares this architecture has (arm64: UEFI only); none of them is one clear error."""
+    usable = [str(f) for f in firmwares if f in qemu.ARCH_FIRMWARES[arch]]
+    skipped = [str(f) for f in firmwares if f not in qemu.ARCH_FIRMWARES[arch]]
+    if skipped and usable:
+        log.warning("an %s disk boots %s only: not booting it with %s", arch,
+                    ", ".join(qemu.ARCH_FIRMWARES[arch]), ", ".join(skipped))
+    if not usable:
+        raise ConfigError(f"an {arch} disk cannot boot with {', '.join(skipped)}",
+                          resolution=f"boot it with --firmware {qemu.ARCH_FIRMWARES[arch][0]}")
+    return usable
+
+
 def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_file: Path | None,
               timeout: float, keep: bool, out_dir: Path, fmt: str | None = None,
               disk_buses: list[DiskBus] | None = None, tpm: bool = False,
-              prediction: measured.Prediction | None = None, extra_checks: CheckSuite | None = None) -> BootReport:
+              prediction: measured.Prediction | None = None, extra_checks: CheckSuite | None = None,
+              arch: str | None = None) -> BootReport:
     """Hygiene of the artefact once, alongside a boot per firmware and disk bus (one at a time; default
     virtio-blk); writes console logs and junit.xml into out_dir. A boot that fails is recorded, not raised,
-    so every combination gets tried."""
+    so every combination gets tried. `arch`: the disk's architecture, read from its GPT when not given."""
     checks = load_checks(checks_file)
     if extra_checks is not None:  # a customisation's: the guest shows each of its items
         checks = merged(checks, extra_checks)
     fmt = qemu.disk_format(disk, fmt)
+    arch = arch or qemu.disk_arch(disk, fmt)
+    firmwares = _firmwares_for(arch, firmwares)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The hygiene checks read the artefact (read-only), never the guest, which runs on its own overlay: so the
     # libguestfs appliance runs while the first guest boots, each TCG VM on its own core, instead of before it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hygiene") as pool:
         pending = pool.submit(_hygiene, disk, fmt, checks)
-        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir, tpm, prediction)
+        runs = [_boot_or_record(disk, fmt, firmware, bus, checks, timeout, keep, out_dir, tpm, prediction, arch)
                 for firmware in firmwares for bus in (disk_buses or ["virtio"])]
         hygiene, hygiene_seconds = pending.result()
     report = BootReport(disk=str(disk), format=fmt, hygiene=hygiene,
@@ -273,13 +305,13 @@ def _hygiene(disk: Path, fmt: str, checks: CheckSuite) -> tuple[list[CheckResult
 
 def _boot_or_record(disk: Path, fmt: str, firmware: str, bus: DiskBus, checks: CheckSuite, timeout: float,
                     keep: bool, out_dir: Path, tpm: bool = False,
-                    prediction: measured.Prediction | None = None) -> BootResult:
+                    prediction: measured.Prediction | None = None, arch: str = "amd64") -> BootResult:
     typed = qemu.firmware(firmware)
     console_log = out_dir / (f"console-{firmware}.log" if bus == "virtio" else f"console-{firmware}-{bus}.log")
     try:
         with progress.activity(firmware if bus == "virtio" else f"{firmware}/{bus}"):
             return boot_disk(disk, fmt=fmt, firmware=typed, checks=checks, timeout=timeout, keep=keep,
-                             console_log=console_log, disk_bus=bus, tpm=tpm, prediction=prediction)
+                             console_log=console_log, disk_bus=bus, tpm=tpm, prediction=prediction, arch=arch)
     except BootError as exc:
-        return BootResult(firmware=firmware, disk_bus=bus, accelerator=accelerator(), booted=False,
+        return BootResult(firmware=firmware, disk_bus=bus, accelerator=_accelerator(arch), booted=False,
                           error=f"{exc.brief}\n{exc.details}".strip(), console_log=str(console_log))

@@ -51,6 +51,7 @@ class BootPhase(Phase):
             timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses), tpm=cfg.tpm,
             prediction=measured.load_prediction(disk.file(PCRS)) if disk.meta.get("pcrs") else None,
             extra_checks=customize.checks(loaded.custom) if (loaded := customize.of(self.ctx.spec)) else None,
+            arch=self.ctx.spec.arch,
         )
         published = self.ctx.output_dir
         if not report.passed:
