@@ -145,8 +145,12 @@ def test_downloads_match_the_versions_table() -> None:
             assert f"v{gen.component_version(entry, item.name)}" in item.url
     for release, twin_entry in table["debian_twins"].items():
         pins = table["minors"][twin_entry["minor"]]
-        for item in load_downloads(CONTAINERFILES / f"debian-{release}-k8s-node" / "downloads.yaml"):
-            assert item.sha256 == pins["sha256"][item.name]
+        path = CONTAINERFILES / f"debian-{release}-k8s-node" / "downloads.yaml"
+        for arch, sums in (("amd64", pins["sha256"]), ("arm64", pins["sha256_arm64"])):
+            items = load_downloads(path, arch)
+            assert {item.name for item in items} == set(gen.TWIN_COMPONENTS)  # each architecture its own set
+            for item in items:
+                assert item.arch == arch and item.sha256 == sums[item.name] and arch in item.url
 
 
 def test_image_config_and_checks_name_the_versions() -> None:
@@ -170,4 +174,8 @@ def test_checksums_equal_the_published_ones() -> None:
             version = gen.component_version(entry, component)
             assert published[component][table["arch"]][version] == digest, (minor, component, version)
             compared += 1
-    assert compared == 7 * len(MINORS)
+        for component, digest in entry.get("sha256_arm64", {}).items():
+            version = gen.component_version(entry, component)
+            assert published[component]["arm64"][version] == digest, (minor, "arm64", component, version)
+            compared += 1
+    assert compared == 7 * len(MINORS) + 5  # and the twins' five arm64 pins
