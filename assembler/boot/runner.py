@@ -253,6 +253,13 @@ def _machine_probe(arch: str) -> Probe:
     return Probe("architecture", "command", "uname -m", judge)
 
 
+def firmwares_of_arch(arch: str, firmwares: list[qemu.Firmware] | list[str]) -> list[str]:
+    """An image's declared boot firmwares (written for amd64) as the boots of an `arch` build: those the
+    architecture has, else its own (arm64: plain UEFI for an image that declares `firmware: bios`)."""
+    usable = [str(f) for f in firmwares if f in qemu.ARCH_FIRMWARES[arch]]
+    return usable or [qemu.ARCH_FIRMWARES[arch][0]]
+
+
 def _firmwares_for(arch: str, firmwares: list[qemu.Firmware] | list[str]) -> list[str]:
     """The asked firmwares this architecture has (arm64: UEFI only); none of them is one clear error."""
     usable = [str(f) for f in firmwares if f in qemu.ARCH_FIRMWARES[arch]]

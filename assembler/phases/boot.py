@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from assembler import boot, customize, measured
+from assembler.boot.runner import firmwares_of_arch
+from assembler.config import NATIVE_ARCH
 from assembler.errors import BootError
 from assembler.fsutil import atomic_path, sha256_file
 from assembler.phases.disk import PCRS
@@ -23,11 +25,17 @@ class BootPhase(Phase):
         path = self.ctx.spec.context / self.ctx.spec.config.boot.checks
         return path if path.is_file() else None
 
+    def _firmwares(self) -> list[str]:
+        """image.yaml's firmwares, as this build's architecture has them (an arm64 build boots UEFI)."""
+        declared = boot.firmwares(self.ctx.spec.config.boot.firmware)
+        return [str(f) for f in declared] if self.ctx.spec.arch == NATIVE_ARCH else firmwares_of_arch(
+            self.ctx.spec.arch, declared)
+
     def material(self) -> dict[str, Any]:
         checks = self._checks_file()
         cfg = self.ctx.spec.config.boot
         return {
-            "firmware": boot.firmwares(cfg.firmware),
+            "firmware": self._firmwares(),
             "tpm": cfg.tpm,
             "disk_buses": list(cfg.disk_buses),
             "checks": sha256_file(checks) if checks else None,
@@ -47,7 +55,7 @@ class BootPhase(Phase):
         disk = self.input_entry("disk")
         cfg = self.ctx.spec.config.boot
         report = boot.boot_test(
-            disk.file("disk.raw"), firmwares=boot.firmwares(cfg.firmware), checks_file=self._checks_file(),
+            disk.file("disk.raw"), firmwares=self._firmwares(), checks_file=self._checks_file(),
             timeout=cfg.timeout, keep=False, out_dir=out, disk_buses=list(cfg.disk_buses), tpm=cfg.tpm,
             prediction=measured.load_prediction(disk.file(PCRS)) if disk.meta.get("pcrs") else None,
             extra_checks=customize.checks(loaded.custom) if (loaded := customize.of(self.ctx.spec)) else None,

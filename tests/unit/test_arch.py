@@ -165,3 +165,18 @@ def test_the_other_architectures_lock_is_no_input_of_a_build(tmp_path: Path) -> 
     amd, arm = keys()
     (image / "image.lock.arm64.json").write_text("{}\n")
     assert keys() == (amd, keys()[1]) and keys()[1] != arm  # only the arm64 build sees its lock
+
+
+def test_an_arm64_build_of_an_image_declaring_bios_boots_uefi(tmp_path: Path) -> None:
+    from assembler.boot.runner import firmwares_of_arch
+    from assembler.phases.boot import BootPhase
+
+    assert firmwares_of_arch("arm64", ["bios"]) == ["uefi"]
+    assert firmwares_of_arch("arm64", ["bios", "uefi", "uefi-secureboot"]) == ["uefi"]
+    assert firmwares_of_arch("amd64", ["bios"]) == ["bios"]
+    twin = resolve_image("debian-12-k8s-node")
+    assert twin.config.boot.firmware == "bios"
+    arm = BuildRun(spec=twin.for_arch("arm64"), store=Store(tmp_path / "c"), output_dir=tmp_path / "o",
+                   formats=["raw"])
+    amd = BuildRun(spec=twin, store=Store(tmp_path / "c"), output_dir=tmp_path / "o", formats=["raw"])
+    assert BootPhase(arm).material()["firmware"] == ["uefi"] and BootPhase(amd).material()["firmware"] == ["bios"]
