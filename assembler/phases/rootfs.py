@@ -134,9 +134,16 @@ class RootfsPhase(Phase):
             self._availability = build_context.recorded_availability(self.ctx.spec, cache_dir(self.ctx.store.root))
         return self._availability
 
+    def _native_recipe(self) -> bootstrap.BaseRecipe | None:
+        """The base recipe as written (a name under rootfs/ or a path); an image FROM another of ours builds on
+        that one's base."""
+        base = ancestry.base_of(self.ctx.spec)
+        return bootstrap.load_recipe(rootfs_dir() / base) if base else None
+
     def _recipe(self) -> bootstrap.BaseRecipe | None:
-        base = ancestry.base_of(self.ctx.spec)  # an image FROM another of ours builds on that one's base
-        return bootstrap.for_arch(bootstrap.load_recipe(rootfs_dir() / base), self.ctx.spec.arch) if base else None
+        """The recipe this build bootstraps: the native one, for the build's architecture."""
+        native = self._native_recipe()
+        return bootstrap.for_arch(native, self.ctx.spec.arch) if native else None
 
     def material(self) -> dict[str, Any]:
         recipe = self._recipe()
@@ -279,8 +286,8 @@ class RootfsPhase(Phase):
 
     def _on_base(self, context: Path, recipe: bootstrap.BaseRecipe, out: Path) -> Path:
         """For another architecture, the context whose Containerfile starts FROM that architecture's base tag."""
-        native = bootstrap.load_recipe(rootfs_dir() / recipe.name)
-        if native.tag == recipe.tag:
+        native = self._native_recipe()
+        if native is None or native.tag == recipe.tag:
             return context
         spec = self.ctx.spec
         return _edited(context, spec.context, spec.containerfile.name,

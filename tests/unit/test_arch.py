@@ -180,3 +180,25 @@ def test_an_arm64_build_of_an_image_declaring_bios_boots_uefi(tmp_path: Path) ->
                    formats=["raw"])
     amd = BuildRun(spec=twin, store=Store(tmp_path / "c"), output_dir=tmp_path / "o", formats=["raw"])
     assert BootPhase(arm).material()["firmware"] == ["uefi"] and BootPhase(amd).material()["firmware"] == ["bios"]
+
+
+def test_a_base_recipe_given_by_path_under_another_name_is_found_for_both_architectures(tmp_path: Path) -> None:
+    """image.yaml `base: /some/dir` whose recipe is named otherwise (tests/e2e/test_lock_moving's): the amd64
+    build keeps its Containerfile, the arm64 one starts FROM the recipe's arm64 tag."""
+    recipes = tmp_path / "rootfs"
+    recipes.mkdir()
+    (recipes / "recipe.yaml").write_text("name: lock-test\nsource_date_epoch: 1\ntag: localhost/assembler/base:lt\n")
+    image = tmp_path / "img"
+    image.mkdir()
+    (image / "Containerfile").write_text("FROM localhost/assembler/base:lt\nRUN true\n")
+    (image / "image.yaml").write_text(f"base: {recipes}\n")
+    for arch, first in (("amd64", "FROM localhost/assembler/base:lt"),
+                        ("arm64", "FROM localhost/assembler/base:lt-arm64")):
+        ctx = BuildRun(spec=resolve_image(str(image)).for_arch(arch), store=Store(tmp_path / "c"),  # type: ignore[arg-type]
+                       output_dir=tmp_path / "o", formats=["raw"])
+        phase = RootfsPhase(ctx)
+        recipe = phase._recipe()
+        assert recipe is not None and recipe.architecture == arch
+        context = phase._on_base(image, recipe, tmp_path / arch)
+        assert (context / "Containerfile").read_text().splitlines()[0] == first
+        assert (image / "Containerfile").read_text().startswith("FROM localhost/assembler/base:lt\n")
