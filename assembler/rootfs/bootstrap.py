@@ -11,6 +11,7 @@ that reaches a registry; this module is for machines (and builds) that must not 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import io
 import json
 import os
@@ -19,6 +20,8 @@ import shlex
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -346,10 +349,12 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     state = session.state(inrelease_urls(recipe))
     key = recipe_key(recipe, state)
     entry = cache_dir / "base" / key
-    missing = not (entry / "image-id").is_file() or not (entry / BASE_LOCK).is_file()
-    if missing and (cache_from is None or not _pull_entry(cache_from, key, entry)):
-        session.prefetch("base")
-        _build_entry(recipe, entry, session)
+    # Two builds sharing a cache (CI workers, a user's parallel builds) bootstrap a base once: the second waits
+    # for the first and then finds the entry, instead of bootstrapping again and swapping it under the first.
+    with _entry_lock(entry):
+        if not _complete(entry) and (cache_from is None or not _pull_entry(cache_from, key, entry)):
+            session.prefetch("base")
+            _build_entry(recipe, entry, session)
     if cache_to is not None:
         push_base(cache_to, key, cache_dir)
     bootstrapped = (entry / "image-id").read_text().strip()
@@ -374,6 +379,19 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     if previous is not None and previous != loaded:
         engine.drop_superseded(client, previous)  # stays while an image built on it exists
     return base
+
+
+def _complete(entry: Path) -> bool:
+    return (entry / "image-id").is_file() and (entry / BASE_LOCK).is_file()
+
+
+@contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    """An exclusive lock on <cache>/base/.KEY.lock while the entry is looked at and, when missing, made."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with entry.with_name(f".{entry.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _remote_tag(key: str) -> str:

@@ -114,3 +114,47 @@ def test_a_labelled_base_keeps_its_layer_and_gets_its_own_image_id(tmp_path: Pat
     assert config["config"]["Labels"] == {bootstrap.LOCK_LABEL: "1" * 64}
     assert "sha256:" + hashlib.sha256(layer).hexdigest() == config["rootfs"]["diff_ids"][0]
     assert manifest["RepoTags"] == ["localhost/assembler/base:t"]
+
+
+class _Session:
+    """What ensure_base asks of a package session: the mirror state, and a prefetch."""
+
+    layer = ""
+    proxy_url = "http://127.0.0.1:9"
+
+    def state(self, urls: list[str]) -> list[object]:
+        return []
+
+    def prefetch(self, layer: str) -> None:
+        pass
+
+
+def test_two_builds_on_one_cache_bootstrap_the_base_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel builds sharing a cache: the second waits for the first's bootstrap and uses its entry."""
+    import threading
+    import time
+
+    from assembler.packages.lockfile import Lock, write_lock
+
+    calls: list[str] = []
+
+    def slow_build(recipe: BaseRecipe, entry: Path, session: object) -> None:
+        calls.append(entry.name)
+        time.sleep(0.5)  # long enough for the other thread to reach the entry while this one makes it
+        entry.mkdir(parents=True)
+        (entry / "image-id").write_text("sha256:" + "a" * 64 + "\n")
+        write_lock(entry / bootstrap.BASE_LOCK, Lock(image="base"))
+
+    monkeypatch.setattr(bootstrap, "_build_entry", slow_build)
+    monkeypatch.setattr(bootstrap.engine, "image_id", lambda client, tag: "sha256:" + "a" * 64)
+    recipe = load_recipe("debian-12")
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        bootstrap.ensure_base(None, recipe, tmp_path, _Session())))  # type: ignore[arg-type]
+        for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(calls) == 1 and len(results) == 2
+    assert [r.image_id for r in results] == ["sha256:" + "a" * 64] * 2  # type: ignore[attr-defined]
