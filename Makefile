@@ -23,9 +23,15 @@ lint: setup
 unit: setup
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-# Every marker runs here (unit, integration, podman, e2e): CI calls exactly this.
+# Every marker runs here (unit, integration, podman, e2e): CI calls exactly this. The tests that stop the
+# engine run alone first; the rest on one worker a core (at most 4: each TCG boot or emulated build keeps
+# about one busy), a test module per worker, so its fixtures are made once.
+TEST_WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup lint
-	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+	@rc=0; \
+	$(VENV)/bin/pytest tests -m exclusive $(PYTEST_ARGS) || { r=$$?; [ $$r -eq 5 ] || rc=$$r; }; \
+	$(VENV)/bin/pytest tests -m "not exclusive" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
+	exit $$rc
 
 # Timings against the peers (diskimage-builder, mkosi, virt-make-fs, bare qemu-img): table + .bench/results.json.
 # Heavy (tens of minutes): e.g. `make bench BENCH_ARGS="--only convert,disk --repeat 1"`. See BENCHMARKS.md.

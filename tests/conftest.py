@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from assembler.space import GIB, free_bytes
+from tests.helpers import run_root
 
 # Below this, a disk or guest test would hit ENOSPC midway, and QEMU (the libguestfs appliance too) pauses a
 # guest whose overlay cannot grow: the test would hang instead of failing.
@@ -61,8 +62,10 @@ def _room_to_write(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One assembler cache for the whole run, so the base is bootstrapped once (CI starts empty)."""
+    """One assembler cache for the whole run, every worker's, so the base is bootstrapped once (CI starts empty)."""
     env = os.environ.get("ASSEMBLER_TEST_CACHE")
     if env:
         return Path(env)
-    return tmp_path_factory.mktemp("assembler-cache")
+    path = run_root(tmp_path_factory) / "assembler-cache"
+    path.mkdir(exist_ok=True)
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -44,3 +45,23 @@ def scratch_dir(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def run_root(factory: pytest.TempPathFactory) -> Path:
+    """The directory every worker of this run shares: under pytest-xdist (`make test` runs one worker a core)
+    each worker's base temp is a child of the run's; without xdist the run's base temp itself."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def once_per_run(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """Held by one worker at a time: the first makes what `name` stands for in the yielded directory, the
+    others wait and find it there (the product's own locks keep concurrent builds on one cache correct; this
+    keeps them from doing the same minutes of work twice)."""
+    root = run_root(factory)
+    with (root / f".{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        where = root / name
+        where.mkdir(exist_ok=True)
+        yield where

@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, cli
+from tests.helpers import REPO, cli, once_per_run
 
 ALL_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "gce", "ova", "kubevirt")
 
@@ -48,21 +49,34 @@ def build_formats(image: str, out: Path, cache: Path, formats: tuple[str, ...], 
     return Built(out, cache, manifest, proc.stderr, seconds)
 
 
-@pytest.fixture(scope="session")
-def e2e_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
+def built_once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Built]) -> Built:
+    """`make(out)` run by the first worker of the run that asks; every other worker gets that same build
+    (its out/ read in place) instead of building and booting the image again."""
+    with once_per_run(factory, name) as where:
+        record = where / "built.json"
+        if record.is_file():
+            fields = json.loads(record.read_text())
+            return Built(Path(fields["out"]), Path(fields["cache"]), fields["manifest"], fields["stderr"],
+                         fields["seconds"])
+        built = make(where / "out")
+        fields = {"out": str(built.out), "cache": str(built.cache), "manifest": built.manifest,
+                  "stderr": built.stderr, "seconds": built.seconds}
+        record.with_suffix(".part").write_text(json.dumps(fields))
+        record.with_suffix(".part").rename(record)
+        return built
 
 
 @pytest.fixture(scope="session")
-def debian12(e2e_root: Path, shared_cache: Path) -> Built:
-    return build("debian-12", e2e_root / "out", shared_cache)
+def debian12(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Built:
+    return built_once(tmp_path_factory, "debian-12", lambda out: build("debian-12", out, shared_cache))
 
 
 @pytest.fixture(scope="session")
-def debian13(e2e_root: Path, shared_cache: Path) -> Built:
+def debian13(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Built:
     """debian-13 built from its lock and boot-tested under BIOS and UEFI (raw only): the reference later
     e2e modules compare their rebuilds with."""
-    return build_formats("debian-13", e2e_root / "out-debian-13", shared_cache, ("raw",))
+    return built_once(tmp_path_factory, "debian-13",
+                      lambda out: build_formats("debian-13", out, shared_cache, ("raw",)))
 
 
 def copy_store(cache: Path, fresh: Path) -> None:

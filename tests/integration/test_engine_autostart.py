@@ -11,7 +11,8 @@ import pytest
 from assembler import engine
 from assembler.errors import EngineError
 
-pytestmark = pytest.mark.integration
+# It stops dockerd: under the parallel run every other worker's builds would fail with it.
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 
 def _docker_answers() -> bool:
