@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from assembler.config import Arch
 from assembler.disk import PartitionResult
 from assembler.errors import ConfigError
 
@@ -73,6 +74,7 @@ class DiskRecord(_Record):
     size: int | None = None
     firmware: tuple[str, ...] = ()
     secure_boot: bool = False  # signed shim, grub and kernel on the ESP: publish asks for Secure Boot + TPM
+    architecture: Arch = "amd64"  # older manifests: amd64, the only one there was
     partitions: tuple[PartitionResult, ...] = ()
     kernel_version: str | None = None
 

@@ -15,10 +15,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,6 @@ from typing import Literal
 
 from assembler import measured
 from assembler.config import DiskBus
-from assembler.disk.layout import ROOT_TYPE_GUIDS
 from assembler.errors import BootError, ConfigError
 from assembler.run import output, require_tool, run, spawn
 
@@ -53,7 +50,6 @@ AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 EMULATORS = {"amd64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 ARCH_FIRMWARES: dict[str, tuple[str, ...]] = {"amd64": FIRMWARES, "arm64": ("uefi",)}
 UNAME_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
-GPT_HEAD_SECTORS = 34  # protective MBR, GPT header, 128 partition entries
 SUFFIX_FORMATS = {".raw": "raw", ".img": "raw", ".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc"}
 FORMATS = frozenset({"raw", "qcow2", "vmdk", "vpc", "vhdx"})
 STOP_GRACE_SECONDS = 5.0
@@ -209,22 +205,6 @@ def _devices(spec: QemuSpec) -> list[str]:
         "-chardev", f"file,id=console,path={_opt(spec.console_log)}",
         "-serial", "chardev:console",
     ]
-
-
-def disk_arch(disk: Path, fmt: str) -> str:
-    """The architecture a disk boots, from its root partition's GPT type (Discoverable Partitions); amd64 when
-    no partition says otherwise. The GPT is read through qemu-img, whatever the disk's format."""
-    head = Path(tempfile.mkdtemp(prefix="assembler-gpt-")) / "head.raw"
-    try:
-        run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=512", f"count={GPT_HEAD_SECTORS}", f"if={disk}",
-             f"of={head}"], resolution=f"check that {disk} is a {fmt} disk image")
-        data = head.read_bytes()
-    finally:
-        shutil.rmtree(head.parent, ignore_errors=True)
-    for arch, guid in ROOT_TYPE_GUIDS.items():
-        if arch != "amd64" and uuid.UUID(guid).bytes_le in data[1024:]:
-            return arch
-    return "amd64"
 
 
 def ovmf_vars_template(firmware: Firmware) -> Path:

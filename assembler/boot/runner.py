@@ -19,6 +19,7 @@ from assembler.boot.hygiene import check_artifact
 from assembler.boot.junit import write_junit
 from assembler.boot.report import BootReport, BootResult
 from assembler.config import NATIVE_ARCH, DiskBus
+from assembler.disk.gpt import disk_architecture
 from assembler.errors import AssemblerError, BootError, ConfigError
 from assembler.fsutil import atomic_path
 from assembler.log import console, log
@@ -285,7 +286,7 @@ def boot_test(disk: Path, firmwares: list[qemu.Firmware] | list[str], checks_fil
     if extra_checks is not None:  # a customisation's: the guest shows each of its items
         checks = merged(checks, extra_checks)
     fmt = qemu.disk_format(disk, fmt)
-    arch = arch or qemu.disk_arch(disk, fmt)
+    arch = arch or disk_architecture(disk, fmt)
     firmwares = _firmwares_for(arch, firmwares)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The hygiene checks read the artefact (read-only), never the guest, which runs on its own overlay: so the

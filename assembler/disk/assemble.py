@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from assembler.disk import esp, ext4, gpt, grub
 from assembler.disk.layout import (
+    Architecture,
     DiskLayout,
     PlannedPartition,
     choose_root_size,
@@ -69,6 +70,7 @@ class DiskResult(BaseModel):
     cmdline: str
     firmware: tuple[str, ...]
     secure_boot: bool = False  # the UEFI path is the signed shim -> grub -> kernel chain
+    architecture: Architecture = "amd64"  # what the disk boots on: formats and publish name it to the cloud
     root_uuid: str
     esp_uuid: str | None
     ext4_source: str  # "tar" (mke2fs reads the tar) or "tree" (extracted first; older e2fsprogs)
@@ -311,7 +313,7 @@ def _result(dest: Path, disk_size: int, layout: DiskLayout, ids: _Ids, planned: 
         path=str(dest), size=disk_size, disk_guid=ids.disk_guid, partitions=parts, kernel_version=kernel,
         cmdline=f"root=UUID={ids.root_uuid} ro {cmdline}".strip(), firmware=layout.firmware,
         root_uuid=ids.root_uuid, esp_uuid=fs_uuids["esp"] if layout.partition("esp") else None,
-        secure_boot=secure_boot and "uefi" in layout.firmware,
+        secure_boot=secure_boot and "uefi" in layout.firmware, architecture=layout.architecture,
         ext4_source=built.ext4_source, nondeterministic=built.nondeterministic, warnings=built.warnings,
         timings=timings,
     )

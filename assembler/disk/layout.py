@@ -38,13 +38,13 @@ TYPE_GUIDS: dict[str, str] = {
 }
 # The root partition's type names the architecture (the Discoverable Partitions Specification): what
 # `assembler boot` reads to pick the emulator.
-ROOT_TYPE_GUIDS: dict[str, str] = {
+ROOT_TYPE_GUIDS: dict[Architecture, str] = {
     "amd64": TYPE_GUIDS["root"],
     "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",  # 8305, discoverable AArch64 root
 }
 
 
-def type_guid(role: str, architecture: str = "amd64") -> str:
+def type_guid(role: str, architecture: Architecture = "amd64") -> str:
     return ROOT_TYPE_GUIDS[architecture] if role == "root" else TYPE_GUIDS[role]
 ROLE_FS: dict[str, str] = {"bios_boot": "none", "esp": "vfat", "root": "ext4"}
 # Fixed namespace so that ids depend only on the seed (the image's content digest) and the role.

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from assembler.config import DEFAULT_SOURCE_DATE_EPOCH, formats_dir
+from assembler.config import DEFAULT_SOURCE_DATE_EPOCH, Arch, formats_dir
+from assembler.disk.gpt import disk_architecture
 from assembler.errors import ConfigError
 from assembler.formats.base import (
     ConvertRequest,
@@ -155,8 +156,10 @@ def convert(
     options: Mapping[str, Any] | None = None,
     source_format: str | None = None,
     source_date_epoch: int | None = None,
+    architecture: Arch | None = None,
 ) -> FormatResult:
-    """Convert `source` into `dest` (a file path, or an existing directory to put output_name() in)."""
+    """Convert `source` into `dest` (a file path, or an existing directory to put output_name() in). The
+    architecture is read from the disk's GPT when the caller does not know it."""
     plugin = resolve(fmt, options)
     check_source(source)
     if not IMAGE_NAME.fullmatch(image_name):
@@ -167,10 +170,12 @@ def convert(
     if dest.resolve() == source.resolve():
         raise ConfigError(f"output would overwrite the source: {dest}",
                           resolution="choose another output path")
+    source_format = source_format or detect_format(source)
     req = ConvertRequest(
-        source=source, source_format=source_format or detect_format(source), dest=dest,
+        source=source, source_format=source_format, dest=dest,
         image_name=image_name, properties=dict(properties or {}),
         source_date_epoch=_epoch(source_date_epoch),
+        architecture=architecture or disk_architecture(source, source_format),
     )
     log.debug("convert %s (%s) -> %s as %s", source, req.source_format, dest, plugin.name)
     return plugin.convert(req)

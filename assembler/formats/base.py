@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from assembler.config import DEFAULT_SOURCE_DATE_EPOCH
+from assembler.config import DEFAULT_SOURCE_DATE_EPOCH, Arch
 from assembler.errors import ConfigError, DiskError
 from assembler.fsutil import sha256_file
 from assembler.run import output, require_tool, run
@@ -55,6 +55,7 @@ class ConvertRequest:
     virtual_size: int | None = None  # the source's virtual size; probed with qemu-img when None
     workdir: Path | None = None  # where intermediate files go; the destination's directory when None
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH  # timestamps inside tars, footers, configs
+    architecture: Arch = "amd64"  # what the disk boots on (a containerDisk's image config names it)
 
     @property
     def work(self) -> Path:

@@ -49,10 +49,10 @@ def write_layer(layer: Path, disk: Path, mtime: int) -> None:
             tar.addfile(member(f"{DISK_DIR}/{disk.name}", disk.stat().st_size, mtime, uid=QEMU_UID), handle)
 
 
-def image_config(diff_id: str, epoch: int, labels: dict[str, str]) -> bytes:
+def image_config(diff_id: str, epoch: int, labels: dict[str, str], architecture: str = "amd64") -> bytes:
     created = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return canonical_json({
-        "architecture": "amd64",
+        "architecture": architecture,  # a node pulls the containerDisk of its own architecture
         "os": "linux",
         "created": created,
         "config": {"Labels": labels},
@@ -119,7 +119,7 @@ class KubevirtFormat(BasePlugin):
         write_layer(layer, self.disk_path(req), req.source_date_epoch)
         labels = {"org.opencontainers.image.title": req.image_name, **req.properties}
         layer_hex = sha256_file(layer)
-        config = image_config(f"sha256:{layer_hex}", req.source_date_epoch, labels)
+        config = image_config(f"sha256:{layer_hex}", req.source_date_epoch, labels, req.architecture)
         tag = image_tag(opts.repository, req.image_name, sha256_bytes(config))
         write_archive(req.dest, layer, layer_hex, config, tag, req.source_date_epoch)
         layer.unlink()

@@ -32,6 +32,7 @@ class ConvertPhase(Phase):
             "image": self.ctx.spec.name,
             "properties": self.ctx.spec.config.properties,
             "source_date_epoch": self.ctx.spec.config.source_date_epoch,
+            "architecture": self.ctx.spec.arch,
             "qemu-img": tool_version("qemu-img"),
         }
 
@@ -46,6 +47,7 @@ class ConvertPhase(Phase):
             disk.file("disk.raw"), self.fmt, out / name,
             image_name=self.ctx.spec.name, properties=self.ctx.spec.config.properties,
             source_format="raw", source_date_epoch=self.ctx.spec.config.source_date_epoch,
+            architecture=self.ctx.spec.arch,
         )
         return {"output": {"format": self.fmt, "file": name, "sha256": result.sha256,
                            "virtual_size": result.virtual_size, "file_size": result.file_size}}

@@ -53,10 +53,25 @@ class AwsOptions(Options):
         default="import", description="import (S3 + ImportSnapshot) or ebs-direct (EBS direct APIs: no S3, no role)")
     prefix: str = Field(default="assembler/", description="S3 key prefix")
     role_name: str = Field(default="vmimport", description="VM Import service role")
-    architecture: Literal["x86_64", "arm64"] = Field(default="x86_64", description="the AMI's architecture")
+    architecture: Literal["x86_64", "arm64"] | None = Field(
+        default=None, description="the AMI's architecture (default: the disk's; another one is refused)")
     volume_type: str = Field(default="gp3", description="EBS volume type of the AMI's root device")
     wait_timeout: int = Field(default=7200, description="seconds to wait for the snapshot (either method)")
     poll_interval: float = Field(default=15.0, description="seconds between polls of a pending snapshot")
+
+
+# Debian's architecture names (the build's) to EC2's.
+EC2_ARCHITECTURES = {"amd64": "x86_64", "arm64": "arm64"}
+
+
+def ami_architecture(disk: str, option: str | None) -> str:
+    """The disk's architecture in EC2's words; an option naming another is refused (the AMI would not boot)."""
+    wanted = EC2_ARCHITECTURES[disk]
+    if option is not None and option != wanted:
+        raise ConfigError(f"--architecture {option}, but the disk boots {disk} ({wanted} in EC2)",
+                          resolution="drop the option (the AMI takes the disk's architecture), or publish the "
+                                     "build of the other architecture (`assembler build IMAGE --arch ...`)")
+    return wanted
 
 
 def boot_mode(firmware: tuple[str, ...]) -> str:
@@ -87,6 +102,7 @@ class AwsProvider(BaseProvider):
 
     def plan(self, ctx: PublishContext) -> list[str]:
         art, opts = self.source(ctx), self.opts
+        architecture = ami_architecture(ctx.outputs.architecture, opts.architecture)
         steps = [f"look for AMI {self.ami_name(ctx, art)} (owner self)"]
         if opts.method == "import":
             steps += [f"upload {art.path.name} to s3://{opts.bucket}/{self.s3_key(ctx, art)} (multipart)",
@@ -94,10 +110,11 @@ class AwsProvider(BaseProvider):
         else:
             steps.append(f"StartSnapshot + PutSnapshotBlock (non-zero 512 KiB blocks of {art.path.name})")
         if ctx.outputs.secure_boot:
-            steps.append("RegisterImage ENA, BootMode uefi, TpmSupport v2.0 (Secure Boot image); "
+            steps.append(f"RegisterImage {architecture}, ENA, BootMode uefi, TpmSupport v2.0 (Secure Boot image); "
                          "tag image and snapshot")
         else:
-            steps.append(f"RegisterImage ENA, BootMode {boot_mode(ctx.outputs.firmware)}; tag image and snapshot")
+            steps.append(f"RegisterImage {architecture}, ENA, BootMode {boot_mode(ctx.outputs.firmware)}; "
+                         "tag image and snapshot")
         return steps
 
     def s3_key(self, ctx: PublishContext, art: Artifact) -> str:
@@ -107,6 +124,7 @@ class AwsProvider(BaseProvider):
         if self.opts.method == "import" and not self.opts.bucket:
             raise ConfigError("the aws import method needs --bucket",
                               resolution="pass --bucket, or --method ebs-direct")
+        ami_architecture(ctx.outputs.architecture, self.opts.architecture)  # before anything is uploaded
         try:
             return self._publish(ctx)
         except AssemblerError:
@@ -231,15 +249,17 @@ class AwsProvider(BaseProvider):
 
     def register(self, ec2: Any, ctx: PublishContext, name: str, snapshot_id: str) -> str:
         resp = ec2.register_image(**register_request(name, snapshot_id, ctx.outputs.firmware, self.opts,
-                                                     secure_boot=ctx.outputs.secure_boot))
+                                                     secure_boot=ctx.outputs.secure_boot,
+                                                     architecture=ctx.outputs.architecture))
         return str(resp["ImageId"])
 
 
 def register_request(name: str, snapshot_id: str, firmware: tuple[str, ...], opts: AwsOptions, *,
-                     secure_boot: bool = False) -> dict[str, Any]:
+                     secure_boot: bool = False, architecture: str = "amd64") -> dict[str, Any]:
     root = "/dev/xvda"
     body = {
-        "Name": name, "Description": f"assembler image {name}", "Architecture": opts.architecture,
+        "Name": name, "Description": f"assembler image {name}",
+        "Architecture": ami_architecture(architecture, opts.architecture),
         "RootDeviceName": root, "VirtualizationType": "hvm", "EnaSupport": True, "BootMode": boot_mode(firmware),
         "BlockDeviceMappings": [{"DeviceName": root, "Ebs": {"SnapshotId": snapshot_id, "VolumeType": opts.volume_type,
                                                              "DeleteOnTermination": True}}],

@@ -92,6 +92,14 @@ def security_type(definition: Any) -> str | None:
     return None
 
 
+# Debian's architecture names (the build's) to a gallery image definition's (None there means x64).
+AZURE_ARCHITECTURES = {"amd64": "x64", "arm64": "Arm64"}
+
+
+def definition_architecture(definition: Any) -> str:
+    return str(getattr(definition, "architecture", None) or "x64")
+
+
 def azure_tags(labels: dict[str, str]) -> dict[str, str]:
     return {f"assembler-{k}" if not k.startswith("assembler") else k: v[:256] for k, v in labels.items()}
 
@@ -114,19 +122,26 @@ class AzureProvider(BaseProvider):
         steps = [f"upload {art.path.name} as page blob {opts.container}/{self.blob_name(ctx, art)} "
                  f"(4 MiB pages, zero pages skipped, {opts.workers} threads)"]
         secure = ctx.outputs.secure_boot
-        if opts.resource_group:
+        if opts.resource_group and ctx.outputs.architecture == "amd64":
             steps.append(f"create image {self.blob_name(ctx, art)[:-4]} in {opts.resource_group} ({opts.location})"
                          + (" (a managed image: no Trusted Launch, Azure allows that only from a gallery)"
                             if secure else ""))
         if opts.gallery:
+            steps.append(f"check that gallery image definition {opts.gallery}/{opts.gallery_image} has "
+                         f"architecture {AZURE_ARCHITECTURES[ctx.outputs.architecture]}")
             if secure:
                 steps.append(f"check that gallery image definition {opts.gallery}/{opts.gallery_image} has "
                              "SecurityType TrustedLaunch (Secure Boot image)")
             steps.append(f"create gallery image version {opts.gallery}/{opts.gallery_image}/{opts.gallery_version}")
         return steps
 
-    def validate(self, art: Artifact) -> None:
+    def validate(self, art: Artifact, architecture: str = "amd64") -> None:
         opts = self.opts
+        if architecture != "amd64" and opts.resource_group and not opts.gallery:
+            # A managed image has no architecture: Azure starts Arm64 VMs only from a gallery image definition.
+            raise ConfigError(f"an {architecture} image is published to Azure through a Compute Gallery only",
+                              resolution="pass --gallery, --gallery-image (a definition created with "
+                                         "`--architecture Arm64`) and --gallery-version")
         if art.size % PAGE or (art.size - PAGE) % (1 << 20):
             raise ConfigError(f"{art.path.name} is not a fixed VHD with a whole number of MiB",
                               resolution="rebuild the vhd output (assembler's vhd format is fixed and aligned)")
@@ -138,7 +153,7 @@ class AzureProvider(BaseProvider):
 
     def publish(self, ctx: PublishContext) -> Receipt:
         art = ctx.outputs.artifact("vhd")
-        self.validate(art)
+        self.validate(art, ctx.outputs.architecture)
         try:
             return self._publish(ctx, art)
         except AssemblerError:
@@ -186,16 +201,20 @@ class AzureProvider(BaseProvider):
         group = str(opts.resource_group)
         name = self.blob_name(ctx, art)[:-4]
         items = []
-        existing = _get_or_none(compute.images.get, group, name)
+        arm = ctx.outputs.architecture != "amd64"
+        existing = None if arm else _get_or_none(compute.images.get, group, name)
         if existing is not None:
             items.append(PublishedItem(kind="image", id=existing.id, digest=art.sha256, reused=True))
-        else:
+        elif not arm:  # validate() sent arm64 to a gallery: a managed image cannot be Arm64
             body = image_request(opts, blob_url, ctx.outputs.firmware, tags)
             image = compute.images.begin_create_or_update(group, name, body).result()
             items.append(PublishedItem(kind="image", id=image.id, digest=art.sha256))
         if opts.gallery:
-            if ctx.outputs.secure_boot:
-                self.check_trusted_launch(compute, group, ctx.outputs.image)
+            definition = _get_or_none(compute.gallery_images.get, group, opts.gallery, opts.gallery_image)
+            if definition is not None:  # a missing one: creating the version fails with Azure's own message
+                self.check_architecture(definition, ctx.outputs.architecture)
+                if ctx.outputs.secure_boot:
+                    self.check_trusted_launch(definition, ctx.outputs.image)
             args = (group, opts.gallery, opts.gallery_image, opts.gallery_version)
             version = _get_or_none(compute.gallery_image_versions.get, *args)
             if version is not None:
@@ -207,13 +226,21 @@ class AzureProvider(BaseProvider):
                 items.append(PublishedItem(kind="gallery-image-version", id=version.id, digest=art.sha256))
         return items
 
-    def check_trusted_launch(self, compute: Any, group: str, image: str) -> None:
+    def check_architecture(self, definition: Any, architecture: str) -> None:
+        """An error, before the version is made: a version of another architecture than its definition's
+        never starts (Azure takes the VM size's architecture from the definition)."""
+        opts = self.opts
+        wanted, found = AZURE_ARCHITECTURES[architecture], definition_architecture(definition)
+        if found.lower() != wanted.lower():
+            raise ConfigError(f"gallery image definition {opts.gallery}/{opts.gallery_image} is {found}, the disk "
+                              f"boots {architecture} ({wanted})",
+                              resolution=f"publish to a definition created with `--architecture {wanted}`, or "
+                                         "publish the build of the definition's architecture")
+
+    def check_trusted_launch(self, definition: Any, image: str) -> None:
         """A warning, not an error: a version in a Standard definition still boots, just without Secure Boot
         and vTPM, and the definition is the user's to change."""
         opts = self.opts
-        definition = _get_or_none(compute.gallery_images.get, group, opts.gallery, opts.gallery_image)
-        if definition is None:
-            return  # creating the version fails with Azure's own message
         found = security_type(definition)
         if (found or "").lower() not in {value.lower() for value in TRUSTED_LAUNCH}:
             log.warning("%s is signed for Secure Boot, but gallery image definition %s/%s has SecurityType %s: "

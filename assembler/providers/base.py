@@ -87,6 +87,11 @@ class BuildOutputs:
         return tuple(disk.firmware) if disk and disk.firmware else ("bios", "uefi")
 
     @property
+    def architecture(self) -> str:
+        """What the disk boots on (amd64 for manifests older than the field): every provider names it."""
+        return self.manifest.disk.architecture if self.manifest.disk else "amd64"
+
+    @property
     def secure_boot(self) -> bool:
         """Signed for UEFI Secure Boot: publish asks the cloud for Secure Boot and a vTPM. A BIOS-only image
         has no ESP to verify, so the manifest's flag alone is not enough."""

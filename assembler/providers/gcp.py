@@ -79,12 +79,18 @@ def guest_os_features(firmware: tuple[str, ...], secure_boot: bool = False) -> l
     return ["UEFI_COMPATIBLE", "SECURE_BOOT"] if secure_boot else ["UEFI_COMPATIBLE"]
 
 
+# Debian's architecture names (the build's) to the Compute API's Image.architecture.
+GCE_ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
+
+
 def image_body(name: str, source_uri: str, firmware: tuple[str, ...], labels: dict[str, str],
-               family: str | None, *, secure_boot: bool = False) -> dict[str, Any]:
+               family: str | None, *, secure_boot: bool = False, architecture: str = "amd64") -> dict[str, Any]:
     """The images.insert body (field names as the Compute API and google-cloud-compute's Image take them)."""
     features = [{"type_": feature} for feature in guest_os_features(firmware, secure_boot)]
     body: dict[str, Any] = {
         "name": name, "raw_disk": {"source": source_uri}, "guest_os_features": features,
+        # An image without it can only start x86 machine types: arm64 (Tau T2A, Axion) needs ARM64.
+        "architecture": GCE_ARCHITECTURES[architecture],
         "labels": {k.replace(":", "-"): label_value(v) for k, v in labels.items()},
         # label values stop at 63 characters: the full digest goes in the description
         "description": f"assembler image {name}; disk sha256 {labels.get('disk-sha256', '')}",
@@ -118,7 +124,8 @@ class GcpProvider(BaseProvider):
         art = ctx.outputs.artifact("gce")
         image, obj = self.names(ctx, art)
         features = guest_os_features(ctx.outputs.firmware, ctx.outputs.secure_boot)
-        insert = f"images.insert {image} in project {self.opts.project or '$GOOGLE_CLOUD_PROJECT'}"
+        insert = (f"images.insert {image} ({GCE_ARCHITECTURES[ctx.outputs.architecture]}) in project "
+                  f"{self.opts.project or '$GOOGLE_CLOUD_PROJECT'}")
         if features:
             insert += f", guestOsFeatures {', '.join(features)}"
         return [f"upload {art.path.name} to gs://{self.opts.bucket}/{obj} (resumable)", insert]
@@ -146,7 +153,7 @@ class GcpProvider(BaseProvider):
         else:
             body = image_body(image_name, f"https://storage.googleapis.com/{self.opts.bucket}/{obj}",
                               ctx.outputs.firmware, ctx.outputs.labels(art), self.opts.family,
-                              secure_boot=ctx.outputs.secure_boot)
+                              secure_boot=ctx.outputs.secure_boot, architecture=ctx.outputs.architecture)
             self.insert_image(images, project, body)
             items.append(PublishedItem(kind="image", id=image_name, url=url, digest=art.sha256))
         return self.receipt(ctx, [art], items)

@@ -36,10 +36,16 @@ class OpenStackOptions(Options):
     os_version: str | None = Field(default=None, description="Glance os_version property (e.g. 12)")
 
 
-def glance_properties(labels: dict[str, str], firmware: tuple[str, ...], opts: OpenStackOptions) -> dict[str, str]:
+# Debian's architecture names (the build's) to Nova's (libvirt's) and the machine type each boots on.
+NOVA_ARCHITECTURES = {"amd64": ("x86_64", "q35"), "arm64": ("aarch64", "virt")}
+
+
+def glance_properties(labels: dict[str, str], firmware: tuple[str, ...], opts: OpenStackOptions,
+                      architecture: str = "amd64") -> dict[str, str]:
     props = {f"assembler_{k.replace('-', '_')}": v for k, v in labels.items()}
-    props |= {"hw_machine_type": "q35", "hw_disk_bus": "virtio", "hw_vif_model": "virtio",
-              "architecture": "x86_64"}
+    nova_arch, machine = NOVA_ARCHITECTURES[architecture]
+    props |= {"hw_machine_type": machine, "hw_disk_bus": "virtio", "hw_vif_model": "virtio",
+              "architecture": nova_arch}
     if firmware == ("uefi",):
         props["hw_firmware_type"] = "uefi"
     if opts.os_distro:
@@ -62,7 +68,8 @@ class OpenStackProvider(BaseProvider):
     def plan(self, ctx: PublishContext) -> list[str]:
         art = ctx.outputs.artifact(self.opts.disk_format)
         return [f"glance: create image {ctx.outputs.image}-{art.short} from {art.path.name} "
-                f"(disk_format={self.opts.disk_format}, container_format=bare, {self.opts.visibility})"]
+                f"(disk_format={self.opts.disk_format}, container_format=bare, {self.opts.visibility}, "
+                f"architecture={NOVA_ARCHITECTURES[ctx.outputs.architecture][0]})"]
 
     def connect(self) -> Any:
         import openstack  # lazily
@@ -94,7 +101,8 @@ class OpenStackProvider(BaseProvider):
             image = conn.image.create_image(
                 name=name, filename=str(art.path), disk_format=self.opts.disk_format, container_format="bare",
                 visibility=self.opts.visibility, wait=True, timeout=3600, validate_checksum=True,
-                **glance_properties(ctx.outputs.labels(art), ctx.outputs.firmware, self.opts))
+                **glance_properties(ctx.outputs.labels(art), ctx.outputs.firmware, self.opts,
+                                    ctx.outputs.architecture))
             task.advance(art.size)
         finally:
             task.close()

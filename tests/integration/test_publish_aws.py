@@ -98,6 +98,27 @@ def test_secure_boot_image_registers_uefi_with_nitro_tpm(aws_env: Server, tmp_pa
     assert ami.get("TpmSupport") in (None, "v2.0")
 
 
+def test_an_arm64_build_registers_an_arm64_ami(aws_env: Server, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest of `assembler build IMAGE --arch arm64` says arm64: RegisterImage says so to EC2."""
+    out = make_outputs(tmp_path / "out", "armdemo", [], firmware=("uefi",))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["disk"]["architecture"] = "arm64"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    sent: list[dict[str, str]] = []
+    register = AwsProvider.register
+
+    def recording(self: AwsProvider, ec2: Any, *args: Any) -> str:
+        ec2.meta.events.register("before-send.ec2.RegisterImage",
+                                 lambda request, **_: sent.append(dict(parse_qsl(_text(request.body)))))
+        return register(self, ec2, *args)
+    monkeypatch.setattr(AwsProvider, "register", recording)
+    receipt, _ = providers.publish(out, "aws", {"method": "ebs-direct", "poll_interval": 0.1})
+    (request,) = sent
+    assert request["Architecture"] == "arm64" and request["BootMode"] == "uefi"
+    assert {i.kind for i in receipt.items} >= {"ami", "snapshot"}
+
+
 def test_s3_multipart_upload_resumes_pending_parts(aws_env: Server, tmp_path: Path) -> None:
     out = make_outputs(tmp_path / "out", "s3demo", [])
     raw = out / "s3demo.raw"

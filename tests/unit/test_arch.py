@@ -98,7 +98,7 @@ def test_boot_detects_the_architecture_from_the_gpt(tmp_path: Path) -> None:
         gpt.write_gpt(disk, "8A6F3F2C-0000-4000-8000-000000000001",
                       [(p, f"8A6F3F2C-0000-4000-8000-00000000000{p.number + 1}", p.role) for p in planned], arch)
         assert guid in gpt.gpt_script("X", [(p, "G", p.role) for p in planned], arch)
-        assert qemu.disk_arch(disk, "raw") == arch
+        assert gpt.disk_architecture(disk, "raw") == arch
 
 
 def test_an_arm64_guest_runs_under_qemu_system_aarch64_with_aavmf(tmp_path: Path) -> None:

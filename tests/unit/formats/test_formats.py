@@ -382,6 +382,35 @@ def test_containerdisk_archive_layout_and_determinism(tmp_path: Path) -> None:
     assert infos["disk"].isdir() and infos["disk/demo.qcow2"].mode == 0o644
 
 
+def test_an_arm64_disk_gives_an_arm64_containerdisk(tmp_path: Path) -> None:
+    """The image config names the disk's architecture, read from its GPT when the caller does not say it
+    (`assembler convert DISK --format kubevirt`): a node pulls the containerDisk of its own architecture."""
+    from assembler.disk import gpt
+    from assembler.disk.layout import layout_from_dict, plan_partitions
+
+    configs = {}
+    for arch in ("amd64", "arm64"):
+        disk = tmp_path / f"{arch}.raw"
+        with disk.open("wb") as handle:
+            handle.truncate(40 * MIB)
+        layout = layout_from_dict({"firmware": ["uefi"], "architecture": arch, "partitions": [
+            {"role": "esp", "size": "33MiB", "fs": "vfat"}, {"role": "root", "fs": "ext4"}]})
+        planned = plan_partitions(layout, 4 * MIB)
+        gpt.write_gpt(disk, "8A6F3F2C-0000-4000-8000-000000000001",
+                      [(p, f"8A6F3F2C-0000-4000-8000-00000000000{p.number + 1}", p.role) for p in planned], arch)
+        result = formats.convert(disk, "kubevirt", tmp_path / f"{arch}.tar", image_name=arch,
+                                 options={"load": False}, source_date_epoch=1_700_000_000)
+        with tarfile.open(result.path) as outer:
+            manifest = json.loads(outer.extractfile("manifest.json").read())  # type: ignore[union-attr]
+            configs[arch] = json.loads(outer.extractfile(manifest[0]["Config"]).read())  # type: ignore[union-attr]
+    assert configs["amd64"]["architecture"] == "amd64" and configs["arm64"]["architecture"] == "arm64"
+    told = formats.convert(tmp_path / "amd64.raw", "kubevirt", tmp_path / "told.tar", image_name="told",
+                           options={"load": False}, architecture="arm64")
+    with tarfile.open(told.path) as outer:
+        manifest = json.loads(outer.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        assert json.loads(outer.extractfile(manifest[0]["Config"]).read())["architecture"] == "arm64"  # type: ignore[union-attr]
+
+
 def test_image_tag_rejects_names_a_registry_would() -> None:
     with pytest.raises(ConfigError):
         image_tag("localhost/assembler", "bad..name", "0" * 64)

@@ -35,7 +35,7 @@ MIB = 1 << 20
 
 
 def fake_outputs(root: Path, image: str = "demo", firmware: tuple[str, ...] = ("bios", "uefi"),
-                 secure_boot: bool = False) -> Path:
+                 secure_boot: bool = False, architecture: str | None = None) -> Path:
     """out/IMAGE/ with small stand-in files (no qemu-img): the providers only read bytes and digests."""
     out = root / image
     out.mkdir(parents=True)
@@ -50,6 +50,8 @@ def fake_outputs(root: Path, image: str = "demo", firmware: tuple[str, ...] = ("
                 "rootfs": {"sha256": "cd" * 32}, "disk": {"firmware": list(firmware)}}
     if secure_boot:
         manifest["disk"]["secure_boot"] = True
+    if architecture:
+        manifest["disk"]["architecture"] = architecture
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -209,6 +211,7 @@ class FakeCompute:
         self.images = SimpleNamespace(get=self._missing, begin_create_or_update=self._create("images"))
         self.gallery_image_versions = SimpleNamespace(get=self._missing,
                                                       begin_create_or_update=self._create("versions"))
+        self.gallery_images = SimpleNamespace(get=self._missing)  # no definition: Azure's own error then
 
     def _missing(self, *args: Any) -> Any:
         from azure.core.exceptions import ResourceNotFoundError
@@ -489,13 +492,13 @@ def test_aws_secure_boot_registers_uefi_only_with_nitro_tpm(tmp_path: Path) -> N
     ctx = ctx_for(fake_outputs(tmp_path, firmware=("bios", "uefi"), secure_boot=True))
     provider = resolve("aws", {"method": "ebs-direct"})
     assert isinstance(provider, AwsProvider)
-    assert "RegisterImage ENA, BootMode uefi, TpmSupport v2.0 (Secure Boot image)" in provider.plan(ctx)[-1]
+    assert "RegisterImage x86_64, ENA, BootMode uefi, TpmSupport v2.0 (Secure Boot image)" in provider.plan(ctx)[-1]
     ec2, stub = stubbed("ec2")
     stub.add_response("register_image", {"ImageId": "ami-1"}, secure)  # validated against the EC2 API model
     with stub:
         assert provider.register(ec2, ctx, "demo-x", "snap-1") == "ami-1"
     plain_ctx = ctx_for(fake_outputs(tmp_path / "plain", firmware=("bios", "uefi")))
-    assert provider.plan(plain_ctx)[-1].startswith("RegisterImage ENA, BootMode uefi-preferred;")
+    assert provider.plan(plain_ctx)[-1].startswith("RegisterImage x86_64, ENA, BootMode uefi-preferred;")
 
 
 def test_gce_secure_boot_adds_the_guest_os_feature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -522,14 +525,14 @@ def test_gce_secure_boot_adds_the_guest_os_feature(tmp_path: Path, monkeypatch: 
 
 
 class FakeGalleryCompute(FakeCompute):
-    def __init__(self, security: str | None) -> None:
+    def __init__(self, security: str | None, architecture: str | None = None) -> None:
         super().__init__()
         features = [SimpleNamespace(name="SecurityType", value=security)] if security else []
         self.looked_up: list[tuple[Any, ...]] = []
 
         def get(*args: Any) -> Any:
             self.looked_up.append(args)
-            return SimpleNamespace(features=features)
+            return SimpleNamespace(features=features, architecture=architecture)
         self.gallery_images = SimpleNamespace(get=get)
 
 
@@ -558,17 +561,20 @@ def test_azure_secure_boot_checks_the_gallery_definition_for_trusted_launch(
     assert fake.calls[0][1][2] == image_request(AzureOptions(**AZURE_GALLERY), "https://sa.blob/x.vhd", ("uefi",), {})
     plan = provider.plan(ctx)
     assert "(a managed image: no Trusted Launch" in plan[1]
-    assert plan[2] == "check that gallery image definition gal/deb has SecurityType TrustedLaunch (Secure Boot image)"
+    assert "check that gallery image definition gal/deb has SecurityType TrustedLaunch (Secure Boot image)" in plan
 
 
-def test_azure_without_secure_boot_does_not_look_at_the_definition(tmp_path: Path) -> None:
+def test_azure_without_secure_boot_checks_only_the_definitions_architecture(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ctx = ctx_for(fake_outputs(tmp_path, firmware=("uefi",)))
     provider = resolve("azure", AZURE_GALLERY)
     assert isinstance(provider, AzureProvider)
     fake = FakeGalleryCompute(None)
     provider.compute_client = lambda: fake  # type: ignore[method-assign]
-    provider.create_images(ctx, ctx.outputs.artifact("vhd"), "https://sa.blob/x.vhd", {})
-    assert fake.looked_up == []
+    with caplog.at_level(logging.WARNING, logger="assembler"):
+        provider.create_images(ctx, ctx.outputs.artifact("vhd"), "https://sa.blob/x.vhd", {})
+    assert fake.looked_up == [("rg", "gal", "deb")] and "SecurityType" not in caplog.text
+    assert "check that gallery image definition gal/deb has architecture x64" in provider.plan(ctx)
     assert not any("Trusted Launch" in step or "SecurityType" in step for step in provider.plan(ctx))
 
 
@@ -581,3 +587,51 @@ def test_azure_security_type_reads_the_sdk_model() -> None:
         features=[models.GalleryImageFeature(name="SecurityType", value="TrustedLaunch")]))
     assert security_type(definition) == "TrustedLaunch"
     assert security_type(SimpleNamespace(features=None)) is None
+
+
+# -------------------------------------------------------------------------------------------- arm64 disks
+
+
+def test_every_cloud_is_told_the_disks_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An arm64 build (manifest disk.architecture) is registered as arm64 everywhere; amd64 stays x86."""
+    arm = ctx_for(fake_outputs(tmp_path / "arm", firmware=("uefi",), architecture="arm64"))
+    old = ctx_for(fake_outputs(tmp_path / "old", "old", firmware=("uefi",)))  # a manifest from before the field
+    assert (arm.outputs.architecture, old.outputs.architecture) == ("arm64", "amd64")
+    # AWS: RegisterImage Architecture; an option naming the other one is refused before any upload.
+    assert register_request("n", "s", ("uefi",), AwsOptions(), architecture="arm64")["Architecture"] == "arm64"
+    assert register_request("n", "s", ("uefi",), AwsOptions())["Architecture"] == "x86_64"
+    aws = resolve("aws", {"method": "ebs-direct"})
+    assert "RegisterImage arm64," in aws.plan(arm)[-1]
+    with pytest.raises(ConfigError, match="disk boots arm64") as err:
+        resolve("aws", {"method": "ebs-direct", "architecture": "x86_64"}).publish(arm)
+    assert "--arch" in err.value.resolution
+    # GCE: Image.architecture.
+    assert image_body("n", "u", ("uefi",), {}, None, architecture="arm64")["architecture"] == "ARM64"
+    assert image_body("n", "u", ("uefi",), {}, None)["architecture"] == "X86_64"
+    # OpenStack: Glance's architecture property and an Arm machine type (q35 is x86 only).
+    glance = FakeGlance()
+    monkeypatch.setattr(OpenStackProvider, "connect", lambda self: SimpleNamespace(image=glance))
+    providers.publish(arm.outputs.directory, "openstack", {})
+    assert (glance.created[0]["architecture"], glance.created[0]["hw_machine_type"]) == ("aarch64", "virt")
+    providers.publish(old.outputs.directory, "openstack", {})
+    assert (glance.created[1]["architecture"], glance.created[1]["hw_machine_type"]) == ("x86_64", "q35")
+
+
+def test_azure_takes_arm64_through_a_gallery_definition_of_that_architecture(tmp_path: Path) -> None:
+    ctx = ctx_for(fake_outputs(tmp_path, firmware=("uefi",), architecture="arm64"))
+    managed_only = resolve("azure", {"resource_group": "rg", "location": "westeurope"})
+    assert isinstance(managed_only, AzureProvider)
+    with pytest.raises(ConfigError, match="through a Compute Gallery only"):
+        managed_only.validate(ctx.outputs.artifact("vhd"), "arm64")
+    provider = resolve("azure", AZURE_GALLERY)
+    assert isinstance(provider, AzureProvider)
+    x64 = FakeGalleryCompute(None, architecture=None)  # Azure's default: x64
+    provider.compute_client = lambda: x64  # type: ignore[method-assign]
+    with pytest.raises(ConfigError, match="gal/deb is x64, the disk boots arm64") as err:
+        provider.create_images(ctx, ctx.outputs.artifact("vhd"), "https://sa.blob/x.vhd", {})
+    assert "--architecture Arm64" in err.value.resolution and x64.calls == []  # nothing created
+    arm = FakeGalleryCompute(None, architecture="Arm64")
+    provider.compute_client = lambda: arm  # type: ignore[method-assign]
+    items = provider.create_images(ctx, ctx.outputs.artifact("vhd"), "https://sa.blob/x.vhd", {})
+    assert [i.kind for i in items] == ["gallery-image-version"]  # no managed image: it cannot be Arm64
+    assert not any(step.startswith("create image ") for step in provider.plan(ctx))
