@@ -11,7 +11,7 @@ APT_PACKAGES=(
   grub-efi-amd64-bin grub-common initramfs-tools-core zstd uidmap openssh-client podman libarchive13
   ca-certificates make
   docker-registry dpkg-dev gnupg gpgv strace
-  swtpm sbsigntool
+  swtpm sbsigntool tpm2-tools
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
 )
 # mke2fs >= 1.47.1 reads the rootfs tarball directly (`mke2fs -d rootfs.tar`): reproducible ext4 without
