@@ -67,5 +67,6 @@ def bundle(
         typer.echo(json.dumps(summary, indent=2))
     else:
         where = " and ".join(str(x) for x in (output, summary.get("pushed")) if x)
+        # One line whatever the width: a path broken over two lines cannot be copied (or matched).
         console.print(f"{where}: {summary['blobs']} blobs, {summary['bytes'] / 2**20:.1f} MiB, "
-                      f"manifest {summary['manifest']}")
+                      f"manifest {summary['manifest']}", soft_wrap=True)

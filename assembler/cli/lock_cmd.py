@@ -48,7 +48,8 @@ def lock(
         check = locking.check(committed, PackageStore(root),
                               locking.sources_for(committed, snapshots=spec.config.snapshots))
         if check.complete:
-            console.print(f"{path}: current ({len(committed.packages)} packages, every file available)")
+            console.print(f"{path}: current ({len(committed.packages)} packages, every file available)",
+                          soft_wrap=True)
             _report(as_json, path, "current", len(committed.packages), [])
             return
     ctx = BuildRun(spec=spec, store=Store(root), output_dir=Path("/nonexistent"), formats=[],
@@ -58,13 +59,14 @@ def lock(
         resolved = lockfile.read_lock(tmp / lockfile.LOCK_FILE)
     lockfile.write_lock(path, resolved)
     if committed is None:
-        console.print(f"{path}: written ({len(resolved.packages)} packages, {len(resolved.indexes)} index files)")
+        console.print(f"{path}: written ({len(resolved.packages)} packages, {len(resolved.indexes)} index files)",
+                      soft_wrap=True)
         _report(as_json, path, "written", len(resolved.packages), [])
         return
     moved = lockfile.changes(committed, resolved)
     for change in moved:
         console.print(f"  {change}", highlight=False)
-    console.print(f"{path}: {len(resolved.packages)} packages, {len(moved)} changed")
+    console.print(f"{path}: {len(resolved.packages)} packages, {len(moved)} changed", soft_wrap=True)
     _report(as_json, path, "updated" if moved else "unchanged", len(resolved.packages), moved)
 
 
