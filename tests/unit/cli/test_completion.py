@@ -13,13 +13,18 @@ BIN = Path(sys.executable).parent  # the venv's bin/, where the `assembler` entr
 
 
 def complete(*words: str) -> list[str]:
-    script = subprocess.run([str(BIN / "assembler"), "--show-completion", "bash"], capture_output=True, text=True,
-                            check=True).stdout
+    # From a bash prompt, as a user runs it: typer picks the script by the shell it runs under (its parent
+    # process), whatever follows the flag; `; true` keeps bash from exec'ing it and leaving that parent.
+    shown = subprocess.run(["bash", "-c", f"{BIN / 'assembler'} --show-completion; true"], capture_output=True,
+                           text=True, check=False)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    script = shown.stdout
     line = " ".join(words)
     probe = (f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _assembler_completion assembler; "
              'printf "%s\\n" "${COMPREPLY[@]}"')
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
     return [w for w in done.stdout.splitlines() if w]
 
 
