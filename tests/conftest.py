@@ -36,7 +36,7 @@ _ROOM = _Room()
 def pytest_report_header(config: pytest.Config) -> str:
     """Free space where the tests write: a full disk is the usual cause of a run that fails everywhere at once."""
     return (f"free space: {_ROOM.start / GIB:.1f} GiB in {_ROOM.where} (a full run, the engine's images included, "
-            "uses about 30 GiB at its peak)")
+            "uses about 40 GiB at its peak)")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
