@@ -63,9 +63,7 @@ def _room_to_write(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One assembler cache for the whole run, every worker's, so the base is bootstrapped once (CI starts empty)."""
-    env = os.environ.get("ASSEMBLER_TEST_CACHE")
-    if env:
-        return Path(env)
-    path = run_root(tmp_path_factory) / "assembler-cache"
-    path.mkdir(exist_ok=True)
+    env = os.environ.get("ASSEMBLER_TEST_CACHE")  # `make test`: one cache for its parallel and serial parts
+    path = Path(env) if env else run_root(tmp_path_factory) / "assembler-cache"
+    path.mkdir(parents=True, exist_ok=True)
     return path

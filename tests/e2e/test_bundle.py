@@ -13,7 +13,9 @@ from assembler import engine
 from tests.e2e.conftest import Built
 from tests.helpers import cli
 
-pytestmark = pytest.mark.e2e
+# It removes the engine's debian-12 and base images (the offline build must load them from the bundle): a build
+# of another worker starting FROM them at that moment would fail, so it runs alone.
+pytestmark = [pytest.mark.e2e, pytest.mark.exclusive]
 NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens
 
 

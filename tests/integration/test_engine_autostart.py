@@ -11,7 +11,7 @@ import pytest
 from assembler import engine
 from assembler.errors import EngineError
 
-# It stops dockerd: under the parallel run every other worker's builds would fail with it.
+# It stops dockerd: in the parallel part every other worker's builds would fail with it.
 pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 
