@@ -65,3 +65,19 @@ def once_per_run(factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
         where = root / name
         where.mkdir(exist_ok=True)
         yield where
+
+
+def gpt_disk(path: Path, architecture: str, size: int = 64 << 20) -> Path:
+    """A sparse disk holding only a GPT (ESP + root) of that architecture's root partition type."""
+    from assembler.disk import gpt
+    from assembler.disk.layout import layout_from_dict, plan_partitions
+
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    layout = layout_from_dict({"firmware": ["uefi"], "architecture": architecture, "partitions": [
+        {"role": "esp", "size": "33MiB", "fs": "vfat"}, {"role": "root", "fs": "ext4"}]})
+    planned = plan_partitions(layout, 16 << 20)
+    gpt.write_gpt(path, "8A6F3F2C-0000-4000-8000-000000000001",
+                  [(p, f"8A6F3F2C-0000-4000-8000-00000000000{p.number + 1}", p.role) for p in planned],
+                  architecture)  # type: ignore[arg-type]
+    return path

@@ -73,21 +73,27 @@ def _text(body: str | bytes) -> str:
     return body.decode() if isinstance(body, bytes) else body
 
 
+def recorded_register_requests(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """Every RegisterImage request as it goes over the wire to the server (the query-string body botocore
+    serialised): moto keeps only some of its fields."""
+    sent: list[dict[str, str]] = []
+    register = AwsProvider.register
+
+    def recording(self: AwsProvider, ec2: Any, *args: Any) -> str:
+        ec2.meta.events.register("before-send.ec2.RegisterImage",
+                                 lambda request, **_: sent.append(dict(parse_qsl(_text(request.body)))))
+        return register(self, ec2, *args)
+    monkeypatch.setattr(AwsProvider, "register", recording)
+    return sent
+
+
 def test_secure_boot_image_registers_uefi_with_nitro_tpm(aws_env: Server, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     out = make_outputs(tmp_path / "out", "sbdemo", [], firmware=("bios", "uefi"))
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["disk"]["secure_boot"] = True
     (out / "manifest.json").write_text(json.dumps(manifest))
-    sent: list[dict[str, str]] = []
-    register = AwsProvider.register
-
-    def recording(self: AwsProvider, ec2: Any, *args: Any) -> str:
-        # What goes over the wire to the server: the query-string body botocore serialised.
-        ec2.meta.events.register("before-send.ec2.RegisterImage",
-                                 lambda request, **_: sent.append(dict(parse_qsl(_text(request.body)))))
-        return register(self, ec2, *args)
-    monkeypatch.setattr(AwsProvider, "register", recording)
+    sent = recorded_register_requests(monkeypatch)
     receipt, _ = providers.publish(out, "aws", {"method": "ebs-direct", "poll_interval": 0.1})
     (request,) = sent
     assert request["BootMode"] == "uefi" and request["TpmSupport"] == "v2.0" and "UefiData" not in request
@@ -105,14 +111,7 @@ def test_an_arm64_build_registers_an_arm64_ami(aws_env: Server, tmp_path: Path,
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["disk"]["architecture"] = "arm64"
     (out / "manifest.json").write_text(json.dumps(manifest))
-    sent: list[dict[str, str]] = []
-    register = AwsProvider.register
-
-    def recording(self: AwsProvider, ec2: Any, *args: Any) -> str:
-        ec2.meta.events.register("before-send.ec2.RegisterImage",
-                                 lambda request, **_: sent.append(dict(parse_qsl(_text(request.body)))))
-        return register(self, ec2, *args)
-    monkeypatch.setattr(AwsProvider, "register", recording)
+    sent = recorded_register_requests(monkeypatch)
     receipt, _ = providers.publish(out, "aws", {"method": "ebs-direct", "poll_interval": 0.1})
     (request,) = sent
     assert request["Architecture"] == "arm64" and request["BootMode"] == "uefi"

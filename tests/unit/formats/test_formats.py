@@ -22,6 +22,7 @@ from assembler.formats.base import GIB, MIB, ConvertRequest, detect_format, has_
 from assembler.formats.kubevirt import image_config, image_tag, write_archive, write_layer
 from assembler.formats.ova import OvaOptions, OvfDisk, build_ovf, write_ova
 from assembler.formats.qemu import normalize_vmdk_cid, patch_footer, vhd_checksum
+from tests.helpers import gpt_disk
 
 SRC = Path("/in/disk.raw")
 ODD = 100 * MIB + 3584  # sector-aligned, not MiB-aligned
@@ -385,19 +386,9 @@ def test_containerdisk_archive_layout_and_determinism(tmp_path: Path) -> None:
 def test_an_arm64_disk_gives_an_arm64_containerdisk(tmp_path: Path) -> None:
     """The image config names the disk's architecture, read from its GPT when the caller does not say it
     (`assembler convert DISK --format kubevirt`): a node pulls the containerDisk of its own architecture."""
-    from assembler.disk import gpt
-    from assembler.disk.layout import layout_from_dict, plan_partitions
-
     configs = {}
     for arch in ("amd64", "arm64"):
-        disk = tmp_path / f"{arch}.raw"
-        with disk.open("wb") as handle:
-            handle.truncate(40 * MIB)
-        layout = layout_from_dict({"firmware": ["uefi"], "architecture": arch, "partitions": [
-            {"role": "esp", "size": "33MiB", "fs": "vfat"}, {"role": "root", "fs": "ext4"}]})
-        planned = plan_partitions(layout, 4 * MIB)
-        gpt.write_gpt(disk, "8A6F3F2C-0000-4000-8000-000000000001",
-                      [(p, f"8A6F3F2C-0000-4000-8000-00000000000{p.number + 1}", p.role) for p in planned], arch)
+        disk = gpt_disk(tmp_path / f"{arch}.raw", arch)
         result = formats.convert(disk, "kubevirt", tmp_path / f"{arch}.tar", image_name=arch,
                                  options={"load": False}, source_date_epoch=1_700_000_000)
         with tarfile.open(result.path) as outer:
