@@ -205,6 +205,28 @@ def drop_superseded(client: docker.DockerClient, previous: str) -> None:
 
 
 @contextmanager
+def pinned(client: docker.DockerClient, image: str, repository: str) -> Iterator[bool]:
+    """A private tag on `image` while the block runs, so that drop_superseded() in a concurrent build of the
+    same name (which moves the shared tag away from it) leaves it in place; False when the engine no longer
+    has the image (the caller builds it again). The tag goes afterwards; the image stays while a tag or a
+    child image (the one just built on it) still needs it."""
+    tag = f"in-use-{os.urandom(6).hex()}"
+    try:
+        client.api.tag(image, repository, tag)
+    except docker.errors.APIError as exc:  # NotFound: superseded and removed since it was looked up
+        log.debug("could not pin %s: %s", image, exc)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            client.api.remove_image(f"{repository}:{tag}", noprune=True)
+        except docker.errors.APIError as exc:  # the engine went away: a stray tag, nothing worse
+            log.debug("could not unpin %s: %s", image, exc)
+
+
+@contextmanager
 def dropping_alongside() -> Iterator[Drop]:
     """A `drop` for build_image that removes the superseded image on a thread of its own while the caller goes
     on (saving and flattening the new one), and waits for it on leaving, so no run ends with it forgotten.

@@ -7,8 +7,9 @@ import multiprocessing
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ ROOTFS_TAR = "rootfs.tar"
 LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attributes changes with
 # Files of the build context that do not reach the engine's build and so must not bust the cache.
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
+PIN_ATTEMPTS = 3  # the parent image looked up (built again if gone) and pinned
 
 
 def context_hash(context: Path, arch: str = NATIVE_ARCH) -> str:
@@ -202,9 +204,13 @@ class RootfsPhase(Phase):
                                      offline=self.ctx.offline, snapshots=spec.config.snapshots, arch=spec.arch)
 
     def execute(self, out: Path) -> dict[str, Any]:
+        # The image this one starts FROM first: reused from the store or built, present in the engine, and kept
+        # there until this build has its own layers on it.
+        with self._parent_in_engine(out / "parent") as from_image:
+            return self._execute(out, from_image)
+
+    def _execute(self, out: Path, from_image: ParentImage | None) -> dict[str, Any]:
         spec, cfg = self.ctx.spec, self.ctx.spec.config
-        # The image this one starts FROM first: reused from the store or built, and present in the engine.
-        from_image = self._parent_image(engine.connect(), out / "parent") if self.parent is not None else None
         # Mirrors, reachability and checksum-verified downloads first: fail in seconds, before the engine.
         prepared = build_context.prepare_context(spec, cache_dir(self.ctx.store.root), out / "work",
                                                  availability=self._optional())
@@ -264,6 +270,26 @@ class RootfsPhase(Phase):
             platform=None if spec.arch == NATIVE_ARCH else f"linux/{spec.arch}",
             buildargs=buildargs, nocache=self.ctx.nocache if nocache is None else nocache, on_output=_show_step,
             redact=self._redact, drop=drop)
+
+    @contextmanager
+    def _parent_in_engine(self, scratch: Path) -> Iterator[ParentImage | None]:
+        """The parent's image, pinned in the engine while the block runs: another build of the parent (a
+        rebuild, a parallel job on this engine) moves its tag and would remove the image this one starts FROM."""
+        if self.parent is None:
+            yield None
+            return
+        client = engine.connect()
+        for _ in range(PIN_ATTEMPTS):
+            found = self._parent_image(client, scratch)
+            with engine.pinned(client, found.image_id, f"localhost/assembler/{found.name}") as kept:
+                if kept:
+                    yield found
+                    return
+            log.info("%s's image %s left the engine before it was pinned: looking again", found.name,
+                     found.image_id[:19])
+        raise EngineError(f"{self.parent.ctx.spec.name}'s image keeps leaving the engine before this build can "
+                          "start on it", resolution="another build of it is replacing it over and over: run this "
+                          "build again once the other builds are done")
 
     def _parent_image(self, client: docker.DockerClient, scratch: Path) -> ParentImage:
         """The parent's rootfs entry (its own plan: reused, pulled or built) and its image in the engine."""

@@ -145,3 +145,23 @@ def test_a_rebuild_under_the_same_tag_removes_the_image_it_superseded(engine_cli
         for ref in (tag, "assembler-test/superseded-kept:latest"):
             engine.remove_image(engine_client, ref, force=True)
 
+
+
+def test_a_pinned_image_outlives_a_concurrent_build_moving_its_tag(engine_client: docker.DockerClient,
+                                                                    layers_image: engine.BuiltImage,
+                                                                    tmp_path: Path) -> None:
+    """What an image built on another one holds while it builds: another build of the parent moves the
+    shared tag and drops the image it superseded, unless a pin still names it."""
+    repo = "localhost/assembler/pin-test"
+    (tmp_path / "Containerfile").write_text(f"FROM {layers_image.id}\nLABEL pin-test={tmp_path.name}\n")
+    parent = engine.build_image(engine_client, tmp_path, tag=f"{repo}:latest", buildargs={}).id
+    with engine.pinned(engine_client, parent, repo) as kept:
+        assert kept
+        engine_client.api.remove_image(f"{repo}:latest")  # the tag moved on to another build's image
+        engine.drop_superseded(engine_client, parent)
+        assert engine.image_exists(engine_client, parent)  # still there to build on
+    tags = [t for image in engine_client.images.list(name=repo) for t in image.tags]
+    assert not [t for t in tags if ":in-use-" in t]  # the pin went with the block
+    assert not engine.image_exists(engine_client, parent)  # and, nothing else needing it, the image too
+    with engine.pinned(engine_client, parent, repo) as kept:
+        assert not kept  # gone: the caller builds it again
