@@ -9,7 +9,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from assembler.inputs import other_locks
 from assembler.log import log
 from assembler.packages import lockfile, locking
 from assembler.packages.lockfile import LOCK_FILE, Lock, lock_name, read_lock, write_lock
+from assembler.packages.proxy import Session
 from assembler.packages.store import PackageStore
 from assembler.pipeline import Artefact, Phase, execute_plan, make_plan
 from assembler.remote import RegistryStore
@@ -343,17 +344,16 @@ class RootfsPhase(Phase):
         replay = session.lock
         if from_image is not None:
             self._require_parent_lock(from_image, committed)
-        with session.serving():
+        with session.serving(), ExitStack() as pins:
             session.prefetch("image")  # while the base is checked (or bootstrapped): downloads run alongside
             if from_image is None:
                 context = self._on_base(context, recipe, out)
                 progress.stage(f"base image ({recipe.name})")
-                # Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused
-                # only for builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what
-                # another mirror state installed, and every .deb must pass the proxy for the lock to be complete).
-                base = bootstrap.ensure_base(client, recipe, cache, session,
-                                             label=replay.digest() if replay else None,
-                                             cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
+                base = self._pinned_base(client, recipe, session, replay, pins)
+                # FROM the pinned image itself: the tag may move to another build's base meanwhile.
+                context = _edited(context, spec.context, spec.containerfile.name,
+                                  lambda text: build_context.rewrite_from(text, recipe.tag, base.engine_image),
+                                  out / "work" / "pinned-base")
                 self._base_key = base.key
                 base_id, base_packages, base_indexes = base.image_id, base.packages, base.indexes
             else:
@@ -387,6 +387,25 @@ class RootfsPhase(Phase):
                 "committed": committed.digest() if committed else None, "missing": missing[:100],
                 "changes": [str(c) for c in moved] if committed else [], "packages": len(effective.packages)}
         return built, base_id, meta
+
+    def _pinned_base(self, client: docker.DockerClient, recipe: bootstrap.BaseRecipe, session: Session,
+                     replay: Lock | None, pins: ExitStack) -> bootstrap.BaseImage:
+        """The base in the engine, pinned until the build ends: builds of other locks load their labelled base
+        under the same tag, and the one they replace is dropped unless something still names it.
+
+        Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only for
+        builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another mirror
+        state installed, and every .deb must pass the proxy for the lock to be complete)."""
+        for _ in range(PIN_ATTEMPTS):
+            base = bootstrap.ensure_base(client, recipe, cache_dir(self.ctx.store.root), session,
+                                         label=replay.digest() if replay else None,
+                                         cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
+            if pins.enter_context(engine.pinned(client, base.engine_image, recipe.tag.rsplit(":", 1)[0])):
+                return base
+            log.info("base %s left the engine before it was pinned: loading it again", base.engine_image[:19])
+        raise EngineError(f"the base {recipe.tag} keeps leaving the engine before this build can start on it",
+                          resolution="other builds on this engine are replacing it over and over: run this build "
+                                     "again once they are done")
 
     def _require_parent_lock(self, from_image: ParentImage, committed: Lock | None) -> None:
         """--locked: the committed lock was made on this very parent (its packages, layer "parent")."""

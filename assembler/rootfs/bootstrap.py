@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -289,6 +289,7 @@ class BaseImage:
     packages: list[LockedPackage]
     indexes: list[IndexFile]
     key: str  # its entry under <cache>/base/ (and tag base-KEY in a registry store)
+    engine_image: str = ""  # what the engine holds under the recipe's tag for this build (labelled or not)
 
 
 def _labelled_config(src: tarfile.TarFile, labels: dict[str, str]) -> tuple[dict[str, Any], bytes]:
@@ -361,9 +362,9 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     base_lock = read_lock(entry / BASE_LOCK)
     # What the base *is* (manifest, BOM) is the bootstrapped image: the label only scopes the engine's layer
     # cache to one lock, so a default build that re-resolved and a later replay of its lock record one base.
-    base = BaseImage(bootstrapped, list(base_lock.packages), list(base_lock.indexes), key)
     labels = {LOCK_LABEL: label} if label is not None else None
     image_id = labelled_image_id(entry / "image.tar", labels) if labels else bootstrapped
+    base = BaseImage(bootstrapped, list(base_lock.packages), list(base_lock.indexes), key, image_id)
     previous = engine.image_id(client, recipe.tag)
     if previous == image_id:
         log.debug("base %s already loaded as %s", recipe.tag, image_id)
@@ -377,8 +378,8 @@ def ensure_base(client: docker.DockerClient, recipe: BaseRecipe, cache_dir: Path
     if loaded != image_id:
         log.warning("engine reports image %s for %s, expected %s", loaded, recipe.tag, image_id)
     if previous is not None and previous != loaded:
-        engine.drop_superseded(client, previous)  # stays while an image built on it exists
-    return base
+        engine.drop_superseded(client, previous)  # stays while an image built on it or a pin names it
+    return replace(base, engine_image=loaded)
 
 
 def _complete(entry: Path) -> bool:
