@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from assembler import __version__
+from assembler.config import Arch
 from assembler.errors import ConfigError
 from assembler.errors import PublishError as PublishError  # raised by every provider, and by the registry client
 from assembler.fsutil import sha256_file, write_json
@@ -87,7 +88,7 @@ class BuildOutputs:
         return tuple(disk.firmware) if disk and disk.firmware else ("bios", "uefi")
 
     @property
-    def architecture(self) -> str:
+    def architecture(self) -> Arch:
         """What the disk boots on (amd64 for manifests older than the field): every provider names it."""
         return self.manifest.disk.architecture if self.manifest.disk else "amd64"
 
@@ -135,7 +136,7 @@ class BuildOutputs:
         log.info("converting %s to %s for publishing", source.path.name, fmt)
         options = {"load": False} if fmt == "kubevirt" else None
         result = formats.convert(source.path, fmt, dest, image_name=self.image, options=options,
-                                 source_date_epoch=self.manifest.source_date_epoch)
+                                 source_date_epoch=self.manifest.source_date_epoch, architecture=self.architecture)
         return Artifact(fmt, result.path, result.sha256)
 
     def labels(self, artifact: Artifact) -> dict[str, str]:
