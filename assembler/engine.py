@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -25,6 +25,9 @@ from assembler.errors import ConfigError, EngineError
 from assembler.fsutil import atomic_path
 from assembler.log import log
 from assembler.run import require_tool, spawn
+
+T = TypeVar("T")
+PIN_ATTEMPTS = 3  # an image looked up (loaded or built again if gone) and pinned
 
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 PODMAN_ROOT_SOCKET = Path("/run/podman/podman.sock")
@@ -224,6 +227,23 @@ def pinned(client: docker.DockerClient, image: str, repository: str) -> Iterator
             client.api.remove_image(f"{repository}:{tag}", noprune=True)
         except docker.errors.APIError as exc:  # the engine went away: a stray tag, nothing worse
             log.debug("could not unpin %s: %s", image, exc)
+
+
+@contextmanager
+def pinned_fresh(client: docker.DockerClient, lookup: Callable[[], T], image_of: Callable[[T], str],
+                 repository: str, what: str) -> Iterator[T]:
+    """lookup() (which loads or builds the image when the engine lacks it), its image pinned while the block
+    runs; looked up again when the image left the engine between the two (a concurrent build superseded it)."""
+    for _ in range(PIN_ATTEMPTS):
+        found = lookup()
+        with pinned(client, image_of(found), repository) as kept:
+            if kept:
+                yield found
+                return
+        log.info("%s (%s) left the engine before it was pinned: looking again", what, image_of(found)[:19])
+    raise EngineError(f"{what} keeps leaving the engine before this build can start on it",
+                      resolution="other builds on this engine are replacing it over and over: run this build "
+                                 "again once they are done")
 
 
 @contextmanager

@@ -37,7 +37,6 @@ ROOTFS_TAR = "rootfs.tar"
 LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attributes changes with
 # Files of the build context that do not reach the engine's build and so must not bust the cache.
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
-PIN_ATTEMPTS = 3  # the parent image looked up (built again if gone) and pinned
 
 
 def context_hash(context: Path, arch: str = NATIVE_ARCH) -> str:
@@ -279,18 +278,10 @@ class RootfsPhase(Phase):
         if self.parent is None:
             yield None
             return
-        client = engine.connect()
-        for _ in range(PIN_ATTEMPTS):
-            found = self._parent_image(client, scratch)
-            with engine.pinned(client, found.image_id, f"localhost/assembler/{found.name}") as kept:
-                if kept:
-                    yield found
-                    return
-            log.info("%s's image %s left the engine before it was pinned: looking again", found.name,
-                     found.image_id[:19])
-        raise EngineError(f"{self.parent.ctx.spec.name}'s image keeps leaving the engine before this build can "
-                          "start on it", resolution="another build of it is replacing it over and over: run this "
-                          "build again once the other builds are done")
+        client, name = engine.connect(), self.parent.ctx.spec.name
+        with engine.pinned_fresh(client, lambda: self._parent_image(client, scratch), lambda found: found.image_id,
+                                 f"localhost/assembler/{name}", f"{name}'s image") as found:
+            yield found
 
     def _parent_image(self, client: docker.DockerClient, scratch: Path) -> ParentImage:
         """The parent's rootfs entry (its own plan: reused, pulled or built) and its image in the engine."""
@@ -396,16 +387,13 @@ class RootfsPhase(Phase):
         Replaying a lock: the base is labelled with its digest, so the engine's layer cache is reused only for
         builds of that same lock. Re-resolving: no engine cache (a cached RUN layer holds what another mirror
         state installed, and every .deb must pass the proxy for the lock to be complete)."""
-        for _ in range(PIN_ATTEMPTS):
-            base = bootstrap.ensure_base(client, recipe, cache_dir(self.ctx.store.root), session,
+        def ensure() -> bootstrap.BaseImage:
+            return bootstrap.ensure_base(client, recipe, cache_dir(self.ctx.store.root), session,
                                          label=replay.digest() if replay else None,
                                          cache_from=self.ctx.cache_from, cache_to=self.ctx.cache_to)
-            if pins.enter_context(engine.pinned(client, base.engine_image, recipe.tag.rsplit(":", 1)[0])):
-                return base
-            log.info("base %s left the engine before it was pinned: loading it again", base.engine_image[:19])
-        raise EngineError(f"the base {recipe.tag} keeps leaving the engine before this build can start on it",
-                          resolution="other builds on this engine are replacing it over and over: run this build "
-                                     "again once they are done")
+
+        return pins.enter_context(engine.pinned_fresh(client, ensure, lambda base: base.engine_image,
+                                                      recipe.tag.rsplit(":", 1)[0], f"the base {recipe.tag}"))
 
     def _require_parent_lock(self, from_image: ParentImage, committed: Lock | None) -> None:
         """--locked: the committed lock was made on this very parent (its packages, layer "parent")."""

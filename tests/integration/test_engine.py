@@ -165,3 +165,15 @@ def test_a_pinned_image_outlives_a_concurrent_build_moving_its_tag(engine_client
     assert not engine.image_exists(engine_client, parent)  # and, nothing else needing it, the image too
     with engine.pinned(engine_client, parent, repo) as kept:
         assert not kept  # gone: the caller builds it again
+
+
+def test_an_image_gone_before_its_pin_is_looked_up_again(engine_client: docker.DockerClient,
+                                                         layers_image: engine.BuiltImage) -> None:
+    gone = "sha256:" + "0" * 64  # what a lookup returns when a concurrent build dropped it meanwhile
+    answers = iter([gone, layers_image.id])
+    with engine.pinned_fresh(engine_client, lambda: next(answers), str, "localhost/assembler/pin-test",
+                             "the test image") as found:
+        assert found == layers_image.id
+    never = engine.pinned_fresh(engine_client, lambda: gone, str, "localhost/assembler/pin-test", "the test image")
+    with pytest.raises(EngineError, match="keeps leaving the engine"), never:
+        raise AssertionError("never pinned")
