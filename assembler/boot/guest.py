@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,14 @@ from assembler.run import require_tool, run
 T = TypeVar("T")
 CONNECT_TIMEOUT = 5
 POLL_INTERVAL = 2.0
+# Until sshd answers, the forwarded port is knocked on this often: a TCP connect and a read of the banner cost
+# the host nothing and the guest one accept, where a whole ssh login attempt costs a process and a key exchange.
+BANNER_POLL = 0.25
+BANNER_TIMEOUT = 3.0  # sshd-session takes over a second to greet under TCG: do not hang up on it
+# The shared connection outlives its last session by this long: only a run killed before it closes the master
+# itself leaves one behind, and not for longer (QEMU's exit ends it sooner).
+MASTER_IDLE_SECONDS = 30
+PROBE_CONCURRENCY = 8
 # ssh's own failures (exit 255 and one of these): not a verdict on the guest. Right after the first login
 # cloud-init's ssh module writes the host keys and restarts sshd, so a connection can be reset once SSH is up.
 TRANSPORT_ERRORS = ("Connection reset", "Connection refused", "Connection closed", "kex_exchange_identification",
@@ -36,20 +45,51 @@ class Ssh:
     key: Path
     user: str = "root"
     host: str = "127.0.0.1"
+    # A multiplexing socket: the login that finds the guest up opens one connection (ControlMaster) and every
+    # later session (settle waits, probes, TPM reads) is a channel on it, without a key exchange and an
+    # authentication each, which cost the TCG guest about a second apiece, and without sshd restarts in between.
+    control: Path | None = None
 
-    def argv(self, remote: str) -> list[str]:
+    def argv(self, remote: str, *, master: bool = False) -> list[str]:
         # No known_hosts: every run's guest has fresh host keys, and the port is local and ours.
+        mux: list[str] = []
+        if self.control is not None:
+            mux = ["-o", f"ControlPath={self.control}", "-o", f"ControlMaster={'yes' if master else 'no'}"]
+            if master:
+                mux += ["-o", f"ControlPersist={MASTER_IDLE_SECONDS}"]
         return ["ssh", "-i", str(self.key), "-p", str(self.port), "-T",
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6", *mux,
                 f"{self.user}@{self.host}", remote]
+
+    def login(self, *, timeout: float) -> ProbeOutput:
+        """`true` on a new connection, kept open as the shared one when `control` is set."""
+        return self._run(self.argv("true", master=True), timeout=timeout)
+
+    def close(self) -> None:
+        """End the shared connection, if one is open."""
+        if self.control is not None and self.control.exists():
+            run(["ssh", "-o", f"ControlPath={self.control}", "-O", "exit", f"{self.user}@{self.host}"],
+                check=False, timeout=10)
+
+    def banner(self) -> bool:
+        """True when something answers the forwarded port with an SSH banner (sshd listens in the guest)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=BANNER_TIMEOUT) as conn:
+                conn.settimeout(BANNER_TIMEOUT)
+                return conn.recv(4).startswith(b"SSH-")
+        except OSError:  # refused, reset, or QEMU's forwarder holding the connection while the guest is down
+            return False
 
     def run(self, remote: str, *, timeout: float, stdin: bytes | None = None) -> ProbeOutput:
         """Run a remote command; a local timeout counts as exit status 124, like timeout(1)."""
+        return self._run(self.argv(remote), timeout=timeout, stdin=stdin)
+
+    def _run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None) -> ProbeOutput:
         try:
-            proc = run(self.argv(remote), check=False, timeout=timeout, input_bytes=stdin)
+            proc = run(argv, check=False, timeout=timeout, input_bytes=stdin)
         except subprocess.TimeoutExpired:
             return ProbeOutput(124, "", f"timed out after {timeout:.0f}s")
         return ProbeOutput(proc.returncode, proc.stdout.decode(errors="replace"),
@@ -92,7 +132,11 @@ def wait_for_ssh(ssh: Ssh, deadline: float, still_running: Callable[[], None]) -
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(last)
-        out = ssh.run("true", timeout=min(CONNECT_TIMEOUT + 10, max(remaining, 1)))
+        if not ssh.banner():  # sshd is not up yet: knock again soon, with no ssh process or key exchange
+            last = "no SSH banner on the forwarded port (sshd not listening in the guest yet)"
+            time.sleep(min(BANNER_POLL, max(0.0, deadline - time.monotonic())))
+            continue
+        out = ssh.login(timeout=min(CONNECT_TIMEOUT + 10, max(remaining, 1)))
         if out.exit_status == 0:
             return
         last = (out.stderr.strip().splitlines() or [f"exit {out.exit_status}"])[-1]
@@ -133,15 +177,23 @@ def _last_lines(out: ProbeOutput, prefix: str) -> str:
     return prefix + (": " + " | ".join(tail) if tail else "")
 
 
-def batch_script(probes: list[Probe]) -> str:
-    """One POSIX sh script running every probe; each result is framed by exact byte counts, so no
-    output (binary, or text that looks like a separator) can confuse the parser."""
+def batch_script(probes: list[Probe], concurrency: int = PROBE_CONCURRENCY) -> str:
+    """One POSIX sh script running every probe, `concurrency` at a time (as goss does: probes are reads of the
+    guest's state, so their order does not matter, and a TCG guest's vCPUs run them side by side). Results are
+    printed in probe order, each framed by exact byte counts, so no output (binary, or text that looks like a
+    separator) can confuse the parser."""
     lines = ["set +e", 'd=$(mktemp -d) || exit 90', "trap 'rm -rf \"$d\"' EXIT"]
     for index, probe in enumerate(probes):
+        lines.append(f"( ( {probe.script}\n) </dev/null >\"$d/{index}.o\" 2>\"$d/{index}.e\"; "
+                     f"echo $? >\"$d/{index}.rc\" ) &")
+        if (index + 1) % concurrency == 0:
+            lines.append("wait")
+    lines.append("wait")
+    for index in range(len(probes)):
         lines += [
-            f"( {probe.script}\n) </dev/null >\"$d/o\" 2>\"$d/e\"; rc=$?",
-            f"printf '@@probe {index} %s %s %s\\n' \"$rc\" \"$(wc -c <\"$d/o\")\" \"$(wc -c <\"$d/e\")\"",
-            'cat "$d/o" "$d/e"',
+            f"printf '@@probe {index} %s %s %s\\n' \"$(cat \"$d/{index}.rc\" 2>/dev/null || echo 125)\" "
+            f"\"$(wc -c <\"$d/{index}.o\")\" \"$(wc -c <\"$d/{index}.e\")\"",
+            f'cat "$d/{index}.o" "$d/{index}.e"',
         ]
     return "\n".join(lines) + "\n"
 

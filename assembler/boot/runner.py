@@ -96,7 +96,8 @@ def _boot(run: _Run, keep: bool) -> BootResult:
                                      ssh_port=qemu.free_port(), console_log=run.console_log,
                                      accelerator=run.accelerator, ovmf_vars=ovmf_vars, disk_bus=run.disk_bus,
                                      tpm_socket=socket, arch=run.arch)
-                result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private))
+                result = _boot_once(run, spec, guest.Ssh(port=spec.ssh_port, key=key.private,
+                                                         control=run.workdir / f"mux{attempt}"))
         except _PortTaken:
             log.debug("port %d was taken before QEMU bound it (attempt %d)", spec.ssh_port, attempt + 1)
             continue
@@ -140,26 +141,33 @@ PANIC = "Kernel panic - not syncing"
 
 def _boot_once(run: _Run, spec: qemu.QemuSpec, ssh: guest.Ssh) -> BootResult:
     with qemu.running_qemu(qemu.qemu_argv(spec), run.workdir / "qemu.log") as vm:
-        started = time.monotonic()
-        progress.stage("firmware")
-        watch = stages.ConsoleWatch(run.console_log, started, progress.stage)
-        with watch.running():
-            _wait_for_ssh(run, vm, ssh, started + run.timeout)
-        boot_seconds = time.monotonic() - started
-        split = stages.split(watch.times, round(boot_seconds, 1))
-        log.info("%s/%s: SSH up after %.1fs (%s); running checks", run.firmware, run.disk_bus, boot_seconds,
-                 ", ".join(f"{name} {seconds:.1f}s" for name, seconds in split.items()) or "no console markers")
-        progress.stage("SSH up; running the checks")
-        results = [CheckResult(name="ssh login", kind="boot", passed=True,
-                               message=f"root login with the injected key after {boot_seconds:.1f}s")]
-        results += _guest_checks(run, ssh)
-        pcrs: dict[str, str] = {}
-        event_log = None
-        if run.tpm:
-            check, pcrs, saved = _measured_boot(run, ssh)
-            results.append(check)
-            event_log = saved or None
-        checks_seconds = time.monotonic() - started - boot_seconds
+        try:
+            return _boot_and_check(run, vm, ssh)
+        finally:
+            ssh.close()  # the shared SSH connection ends before the guest does
+
+
+def _boot_and_check(run: _Run, vm: qemu.QemuProcess, ssh: guest.Ssh) -> BootResult:
+    started = time.monotonic()
+    progress.stage("firmware")
+    watch = stages.ConsoleWatch(run.console_log, started, progress.stage)
+    with watch.running():
+        _wait_for_ssh(run, vm, ssh, started + run.timeout)
+    boot_seconds = time.monotonic() - started
+    split = stages.split(watch.times, round(boot_seconds, 1))
+    log.info("%s/%s: SSH up after %.1fs (%s); running checks", run.firmware, run.disk_bus, boot_seconds,
+             ", ".join(f"{name} {seconds:.1f}s" for name, seconds in split.items()) or "no console markers")
+    progress.stage("SSH up; running the checks")
+    results = [CheckResult(name="ssh login", kind="boot", passed=True,
+                           message=f"root login with the injected key after {boot_seconds:.1f}s")]
+    results += _guest_checks(run, ssh)
+    pcrs: dict[str, str] = {}
+    event_log = None
+    if run.tpm:
+        check, pcrs, saved = _measured_boot(run, ssh)
+        results.append(check)
+        event_log = saved or None
+    checks_seconds = time.monotonic() - started - boot_seconds
     return BootResult(firmware=run.firmware, disk_bus=run.disk_bus, accelerator=run.accelerator, booted=True,
                       boot_seconds=round(boot_seconds, 1), checks_seconds=round(checks_seconds, 1),
                       stages=split, results=results, console_log=str(run.console_log), pcrs=pcrs,
@@ -227,15 +235,19 @@ def _check_not_refused(run: _Run, tail: str) -> None:
 
 def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
     results = []
+    began = time.monotonic()
     if run.checks.boot.cloud_init:
         results.append(guest.wait_cloud_init(ssh, SETTLE_SECONDS))
     results.append(guest.wait_system_running(ssh, SETTLE_SECONDS, run.checks.boot.allow_degraded))
+    settled = time.monotonic()
     probes = [_machine_probe(run.arch), *run.checks.probes()]
     if run.firmware == "uefi-secureboot":
         probes += tpm.secure_boot_probes()
     if run.tpm:
         probes += tpm.tpm_probes()
     results += guest.run_probes(ssh, probes, PROBES_SECONDS)
+    log.debug("%s/%s: boot settled %.1fs after SSH, then %d probes in %.1fs", run.firmware, run.disk_bus,
+              settled - began, len(probes), time.monotonic() - settled)
     return results
 
 

@@ -16,6 +16,7 @@ from assembler.boot.checks import (
     FileCheck,
     MountCheck,
     PackageCheck,
+    Probe,
     ProbeOutput,
     ServiceCheck,
     SysctlCheck,
@@ -199,6 +200,26 @@ mount:
     assert sorted(outputs) == list(range(len(probes)))
     results = [probe.result(outputs[i]) for i, probe in enumerate(probes)]
     assert all(r.passed for r in results), [(r.name, r.message) for r in results]
+
+
+def test_probes_run_side_by_side_and_report_in_order(tmp_path: Path) -> None:
+    """Each of two probes waits for the other's mark: both pass only when they run at the same time."""
+    def probes(where: Path) -> list[Probe]:
+        where.mkdir()
+        return [Probe(me, "command", f"touch {where}/{me}; i=0; while [ ! -e {where}/{other} ] && [ $i -lt 40 ]; "
+                      f"do sleep 0.05; i=$((i+1)); done; test -e {where}/{other} && echo {me}",
+                      lambda out: (out.exit_status == 0, "")) for me, other in (("a", "b"), ("b", "a"))]
+
+    def batch(script: str) -> dict[int, ProbeOutput]:
+        return parse_batch(subprocess.run(["sh", "-s"], input=script.encode(), capture_output=True,
+                                          check=True).stdout, 2)
+
+    outputs = batch(batch_script(probes(tmp_path / "together")))
+    assert [outputs[0].exit_status, outputs[1].exit_status] == [0, 0]
+    assert (outputs[0].stdout, outputs[1].stdout) == ("a\n", "b\n")
+    # One at a time, the first waits out its loop alone and fails: the framing still says which is which.
+    serial = batch(batch_script(probes(tmp_path / "alone"), concurrency=1))
+    assert serial[0].exit_status == 1 and serial[1].stdout == "b\n"
 
 
 def test_parse_batch_tolerates_truncation() -> None:

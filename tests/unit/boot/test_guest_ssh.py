@@ -3,7 +3,10 @@ failing remote command is not."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +65,51 @@ def test_probe_batch_is_sent_again_after_a_reset(ssh: guest.Ssh, monkeypatch: py
     monkeypatch.setattr(guest, "run", lambda argv, **kw: answers.pop(0))
     [result] = guest.run_probes(ssh, [probe], timeout=30)
     assert result.passed and not answers
+
+
+def _serve_once(reply: bytes) -> tuple[int, threading.Thread]:
+    """A local port that accepts one connection, sends `reply` (nothing: hangs up at once) and closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+def test_the_banner_tells_a_listening_sshd_from_a_port_that_hangs_up() -> None:
+    port, served = _serve_once(b"SSH-2.0-OpenSSH_10.0\r\n")
+    assert guest.Ssh(port=port, key=Path("k")).banner()
+    served.join(5)
+    port, served = _serve_once(b"")  # QEMU's forwarder when nothing listens in the guest: accept, then close
+    assert not guest.Ssh(port=port, key=Path("k")).banner()
+    served.join(5)
+    with socket.create_server(("127.0.0.1", 0)) as unused:
+        free = unused.getsockname()[1]
+    assert not guest.Ssh(port=free, key=Path("k")).banner()
+
+
+def test_wait_for_ssh_logs_in_only_once_the_banner_is_there(ssh: guest.Ssh,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    banners = [False, False, True]
+    logins: list[str] = []
+    monkeypatch.setattr(guest, "BANNER_POLL", 0.0)
+    monkeypatch.setattr(guest, "require_tool", lambda *a: None)
+    monkeypatch.setattr(guest.Ssh, "banner", lambda self: banners.pop(0))
+    monkeypatch.setattr(guest.Ssh, "login", lambda self, **kw: logins.append("true") or ProbeOutput(0, "", ""))
+    guest.wait_for_ssh(ssh, time.monotonic() + 30, lambda: None)
+    assert logins == ["true"] and not banners
+
+
+def test_sessions_after_the_login_share_its_connection(tmp_path: Path) -> None:
+    ssh = guest.Ssh(port=2222, key=tmp_path / "key", control=tmp_path / "mux")
+    master, session = ssh.argv("true", master=True), ssh.argv("sh -s")
+    assert f"ControlPath={tmp_path / 'mux'}" in master and "ControlMaster=yes" in master
+    assert any(opt.startswith("ControlPersist=") for opt in master)
+    assert "ControlMaster=no" in session and not any(opt.startswith("ControlPersist=") for opt in session)
+    assert not any(opt.startswith("Control") for opt in guest.Ssh(port=2222, key=tmp_path / "key").argv("true"))
