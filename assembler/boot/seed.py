@@ -38,11 +38,12 @@ def user_data(public_key: str) -> str:
 
     Two routes to the same key, because images differ: `users` names root explicitly (keys are
     added even though root exists), and top-level keys with `disable_root: false` are written to root's
-    authorized_keys by cc_ssh without the "please login as" command prefix.
+    authorized_keys by cc_ssh without the "please login as" command prefix. No `ssh_pwauth`: the guest keeps
+    the image's own sshd settings (what the test is about), and cloud-init does not rewrite them and restart
+    sshd under the first login (no password exists to log in with anyway: root's is locked).
     """
     config = {
         "disable_root": False,
-        "ssh_pwauth": False,
         "users": [{"name": "root", "lock_passwd": True, "ssh_authorized_keys": [public_key]}],
         "ssh_authorized_keys": [public_key],
     }
