@@ -89,6 +89,8 @@ class SecretSource(_Strict):
 
 
 SecretId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+# A format option as image.yaml can write it (the format's own model checks it): a flag, a number or a word.
+FormatOption = bool | int | str
 
 
 class ScanConfig(_Strict):
@@ -111,6 +113,9 @@ class ImageConfig(_Strict):
         default_factory=dict, description="values RUN steps mount (--mount=type=secret,id=ID) and the image "
         "never holds; read at build time, never hashed, recorded or logged")
     formats: list[str] = Field(default_factory=lambda: ["raw", "qcow2"])
+    format_options: dict[str, dict[str, FormatOption]] = Field(
+        default_factory=dict, description="options of a format or profile in `formats:` over its defaults, "
+        "e.g. qcow2: {compress: true, compression_type: zstd}; each checked by its format when the build plans")
     architectures: list[Arch] = Field(default_factory=lambda: [NATIVE_ARCH], min_length=1,
                                       description="`assembler build IMAGE` builds each (`--arch` picks one)")
     disk: DiskConfig = Field(default_factory=DiskConfig)
@@ -124,6 +129,15 @@ class ImageConfig(_Strict):
     snapshots: dict[str, str] = Field(
         default_factory=dict, description="dated snapshot mirrors of the apt archives, where locked files are "
         "found once the archive moved on: {archive URL: URL with {timestamp}}; the mirror map's win")
+
+
+    @model_validator(mode="after")
+    def _options_of_listed_formats(self) -> ImageConfig:
+        unlisted = sorted(set(self.format_options) - set(self.formats))
+        if unlisted:
+            raise ValueError(f"format_options names {', '.join(unlisted)}, not in formats {self.formats}: "
+                             "add it to formats or drop its options")
+        return self
 
 
 class ImageSpec(BaseModel):

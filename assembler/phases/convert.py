@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from assembler import formats
+from assembler.config import FormatOption
 from assembler.pipeline import Artefact, BuildRun, Phase
 from assembler.run import tool_version
 from assembler.store import Entry
@@ -27,14 +28,18 @@ class ConvertPhase(Phase):
     def material(self) -> dict[str, Any]:
         return {
             "format": self.fmt,
-            # The effective options (a profile's formats/NAME.yaml over the plugin's defaults): what convert uses.
-            "options": formats.resolve(self.fmt).options.model_dump(mode="json"),
+            # The effective options (image.yaml's format_options over a profile's formats/NAME.yaml over the
+            # plugin's defaults): what convert uses.
+            "options": formats.resolve(self.fmt, self._options()).options.model_dump(mode="json"),
             "image": self.ctx.spec.name,
             "properties": self.ctx.spec.config.properties,
             "source_date_epoch": self.ctx.spec.config.source_date_epoch,
             "architecture": self.ctx.spec.arch,
             "qemu-img": tool_version("qemu-img"),
         }
+
+    def _options(self) -> dict[str, FormatOption]:
+        return dict(self.ctx.spec.config.format_options.get(self.fmt, {}))
 
     def artefacts(self, entry: Entry) -> list[Artefact]:
         out = entry.meta["output"]
@@ -47,7 +52,7 @@ class ConvertPhase(Phase):
             disk.file("disk.raw"), self.fmt, out / name,
             image_name=self.ctx.spec.name, properties=self.ctx.spec.config.properties,
             source_format="raw", source_date_epoch=self.ctx.spec.config.source_date_epoch,
-            architecture=self.ctx.spec.arch,
+            architecture=self.ctx.spec.arch, options=self._options(),
         )
         return {"output": {"format": self.fmt, "file": name, "sha256": result.sha256,
                            "virtual_size": result.virtual_size, "file_size": result.file_size}}

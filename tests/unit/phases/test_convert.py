@@ -156,3 +156,27 @@ def test_the_conversion_is_reproducible(ctx: BuildRun, tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         digests.append(ConvertPhase(ctx, (disk,), "vmdk").execute(tmp_path / name)["output"]["sha256"])
     assert digests[0] == digests[1]  # vmdk: qemu-img's random content ID is normalised
+
+
+def test_the_images_format_options_are_used_and_keyed(ctx: BuildRun, tmp_path: Path) -> None:
+    """image.yaml's format_options: over the format's defaults, in the key, and what qemu-img writes."""
+    disk = RawDisk(ctx)
+    execute_plan(ctx, make_plan(ctx, [disk]))
+    plain_key = ConvertPhase(ctx, (disk,), "qcow2").key()
+    ctx.spec.config.format_options["qcow2"] = {"compress": True, "compression_type": "zstd"}
+    phase = ConvertPhase(ctx, (disk,), "qcow2")
+    assert phase.material()["options"]["compression_type"] == "zstd" and phase.key() != plain_key
+    (tmp_path / "zstd").mkdir()
+    phase.execute(tmp_path / "zstd")
+    info = _info(tmp_path / "zstd" / "img.qcow2")
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
+    ctx.spec.config.format_options["qcow2"] = {"compression_type": "lz4"}
+    with pytest.raises(ConfigError) as raised:
+        ConvertPhase(ctx, (disk,), "qcow2").key()
+    assert raised.value.brief == "invalid options for format qcow2" and "compression_type" in raised.value.resolution
+
+
+def test_format_options_must_name_a_listed_format() -> None:
+    assert ImageConfig(formats=["raw", "qcow2"], format_options={"qcow2": {"compress": True}})
+    with pytest.raises(ValueError, match="format_options names vhd, not in formats"):
+        ImageConfig(formats=["raw", "qcow2"], format_options={"vhd": {"subformat": "fixed"}})
