@@ -31,11 +31,10 @@ def test_transport_failures_are_told_from_command_failures() -> None:
 
 
 def test_settle_waits_retry_while_sshd_restarts(ssh: guest.Ssh, monkeypatch: pytest.MonkeyPatch) -> None:
-    answers = [ProbeOutput(255, "", RESET), ProbeOutput(255, "", RESET),
-               ProbeOutput(0, "status: done\n", "")]
+    answers = [ProbeOutput(255, "", RESET), ProbeOutput(255, "", RESET), ProbeOutput(0, "running\n", "")]
     monkeypatch.setattr(guest.Ssh, "run", lambda self, remote, **kw: answers.pop(0))
-    result = guest.wait_cloud_init(ssh, timeout=30)
-    assert result.passed and result.message == "status done" and not answers
+    result = guest.wait_system_running(ssh, timeout=30, allow_degraded=False)
+    assert result.passed and result.message == "running" and not answers
 
 
 def test_a_failing_command_is_not_retried(ssh: guest.Ssh, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,11 +42,19 @@ def test_a_failing_command_is_not_retried(ssh: guest.Ssh, monkeypatch: pytest.Mo
 
     def run(self: guest.Ssh, remote: str, **kw: Any) -> ProbeOutput:
         calls.append(remote)
-        return ProbeOutput(1, "status: error\n", "")
+        return ProbeOutput(1, "starting\n", "") if "is-system-running" in remote else ProbeOutput(0, "", "")
 
     monkeypatch.setattr(guest.Ssh, "run", run)
-    assert not guest.wait_cloud_init(ssh, timeout=30).passed
-    assert len(calls) == 1
+    assert not guest.wait_system_running(ssh, timeout=30, allow_degraded=False).passed
+    assert calls[0] == "systemctl is-system-running --wait" and calls.count(calls[0]) == 1
+
+
+def test_cloud_init_must_report_done() -> None:
+    probe = guest.cloud_init_probe()
+    assert "cloud-init status --wait --long" in probe.script and probe.kind == "boot"
+    assert probe.result(ProbeOutput(0, "status: done\nextended_status: done\n", "")).passed
+    failed = probe.result(ProbeOutput(1, "status: error\n", "Cloud-init enabled ... errors: [x]\n"))
+    assert not failed.passed and failed.message.startswith("status error, exit 1")
 
 
 def test_retries_stop_at_the_timeout(ssh: guest.Ssh, monkeypatch: pytest.MonkeyPatch) -> None:
