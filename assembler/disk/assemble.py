@@ -40,6 +40,7 @@ from assembler.errors import DiskError
 from assembler.fsutil import atomic_path, tar_name
 from assembler.log import log
 from assembler.run import run, tool_version
+from assembler.tarindex import TarIndex, index_tar
 
 DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200n8"
 
@@ -136,7 +137,7 @@ def fstab(layout: DiskLayout, ids: _Ids) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _overlay(index: ext4.TarIndex, layout: DiskLayout, ids: _Ids, kernel: str, cmdline: str,
+def _overlay(index: TarIndex, layout: DiskLayout, ids: _Ids, kernel: str, cmdline: str,
              extra_files: Mapping[str, bytes] | None = None) -> list[ext4.OverlayEntry]:
     names = index.names
     entries = [ext4.OverlayEntry(d, None, 0o755) for d in ("etc", "boot", "boot/grub", "boot/efi")
@@ -181,7 +182,7 @@ def _timed(timings: dict[str, float], name: str, start: float) -> None:
 def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str, source_date_epoch: int,
                   cmdline: str = DEFAULT_CMDLINE, size: int | None = None, headroom: int = 512 * 1024**2,
                   work_dir: Path | None = None, extra_files: Mapping[str, bytes] | None = None,
-                  index: ext4.TarIndex | None = None, secure_boot: bool = False) -> DiskResult:
+                  index: TarIndex | None = None, secure_boot: bool = False) -> DiskResult:
     """Build `dest` (a sparse raw disk) from `rootfs_tar`; ids derive from `seed` (the content digest).
 
     `extra_files` (path relative to / -> bytes) are added to the root filesystem like fstab and grub.cfg
@@ -197,7 +198,7 @@ def assemble_disk(rootfs_tar: Path, dest: Path, layout: DiskLayout, *, seed: str
     timings: dict[str, float] = {}
     start = time.monotonic()
     if index is None or index.path != rootfs_tar:
-        index = ext4.index_tar(rootfs_tar)
+        index = index_tar(rootfs_tar)
     kernel = ext4.find_kernel(index)
     ids = _ids(seed, layout)
     root_size = choose_root_size(layout, index.content_bytes(), size=size, headroom=headroom)
@@ -224,7 +225,7 @@ class _Built:
     warnings: tuple[str, ...]
 
 
-def _build(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
+def _build(disk: Path, work: Path, index: TarIndex, layout: DiskLayout, ids: _Ids,
            planned: list[PlannedPartition], disk_size: int, kernel: str, cmdline: str, epoch: int,
            timings: dict[str, float], extra_files: Mapping[str, bytes], secure_boot: bool) -> _Built:
     with disk.open("r+b") as handle:
@@ -249,7 +250,7 @@ def _label(layout: DiskLayout, role: str) -> str:
     return (part.label if part is not None and part.label else role)
 
 
-def _root_fs(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
+def _root_fs(disk: Path, work: Path, index: TarIndex, layout: DiskLayout, ids: _Ids,
              place: PlannedPartition, kernel: str, cmdline: str, epoch: int,
              extra_files: Mapping[str, bytes]) -> tuple[str, list[str]]:
     source_tar = work / "rootfs.tar"
@@ -269,7 +270,7 @@ def _root_fs(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, i
                     "tarball input; install e2fsprogs >= 1.47.1 from bookworm-backports)"]
 
 
-def _bootloaders(disk: Path, work: Path, index: ext4.TarIndex, layout: DiskLayout, ids: _Ids,
+def _bootloaders(disk: Path, work: Path, index: TarIndex, layout: DiskLayout, ids: _Ids,
                  places: dict[str, PlannedPartition], epoch: int, secure_boot: bool) -> None:
     early = work / "early.cfg"
     early.write_text(grub.early_config(ids.root_uuid))

@@ -14,7 +14,7 @@ import re
 import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,80 +22,11 @@ from assembler.disk.layout import RootFsOptions
 from assembler.errors import DiskError, ToolError
 from assembler.fsutil import tar_name
 from assembler.run import require_tool, run
+from assembler.tarindex import BLOCK, TarIndex, TarMember
 
-BLOCK = 4096
 TAR_BLOCK = 512
 # Inode slack beyond the entries in the tar (files created at first boot: logs, machine-id, keys).
 INODE_SLACK = 16384
-
-
-@dataclass(frozen=True)
-class TarMember:
-    name: str  # normalised: no leading './' or '/', no trailing '/'
-    offset: int  # first byte of the member's header chain in the tar
-    size: int
-    kind: str  # 'file', 'dir', 'symlink', 'hardlink', 'other'
-    linkname: str
-    xattrs: tuple[str, ...] = ()
-
-
-@dataclass
-class TarIndex:
-    """One pass over the rootfs tar: what mke2fs will see, and what the disk needs to know."""
-
-    path: Path
-    members: list[TarMember] = field(default_factory=list)
-    end: int = 0  # where the end-of-archive blocks start
-    dot_slash: bool = True  # whether names are written './etc/...' (overlay entries follow the style)
-
-    @property
-    def names(self) -> set[str]:
-        return {m.name for m in self.members}
-
-    def content_bytes(self) -> int:
-        """Space the files take in 4 KiB blocks (directories one block each, hardlinks nothing)."""
-        total = 0
-        for m in self.members:
-            if m.kind == "file":
-                total += -(-m.size // BLOCK) * BLOCK
-            elif m.kind == "dir" or (m.kind == "symlink" and len(m.linkname) >= 60):
-                total += BLOCK
-        return total
-
-    def inode_count(self) -> int:
-        return sum(1 for m in self.members if m.kind != "hardlink")
-
-
-def _kind(info: tarfile.TarInfo) -> str:
-    if info.isreg():
-        return "file"
-    if info.isdir():
-        return "dir"
-    if info.issym():
-        return "symlink"
-    if info.islnk():
-        return "hardlink"
-    return "other"
-
-
-def index_tar(path: Path) -> TarIndex:
-    """Read the tar's headers (not its data) once."""
-    index = TarIndex(path=path)
-    try:
-        with tarfile.open(path, mode="r:") as tf:
-            for info in tf:
-                if not index.members:
-                    index.dot_slash = info.name == "." or info.name.startswith("./")
-                link = tar_name(info.linkname) if info.islnk() else info.linkname
-                index.members.append(TarMember(tar_name(info.name), info.offset, info.size, _kind(info), link,
-                                               _xattr_names(info)))
-            index.end = tf.offset
-    except (OSError, tarfile.TarError) as exc:
-        raise DiskError(f"cannot read the rootfs tar {path}", details=str(exc),
-                        resolution="pass an uncompressed tar (the rootfs phase output)") from exc
-    if not index.members:
-        raise DiskError(f"the rootfs tar {path} is empty", resolution="rebuild the rootfs")
-    return index
 
 
 def read_members(index: TarIndex, members: Iterable[TarMember]) -> Iterator[tuple[TarMember, bytes]]:
@@ -114,15 +45,6 @@ def read_members(index: TarIndex, members: Iterable[TarMember]) -> Iterator[tupl
                                 resolution="rebuild the disk phase")
             handle = tf.extractfile(info)
             yield member, handle.read() if handle is not None else b""
-
-
-def _xattr_names(info: tarfile.TarInfo) -> tuple[str, ...]:
-    names = []
-    for key in info.pax_headers:
-        for prefix in ("SCHILY.xattr.", "LIBARCHIVE.xattr."):
-            if key.startswith(prefix):
-                names.append(key[len(prefix):])
-    return tuple(sorted(set(names)))
 
 
 def dropped_xattrs(index: TarIndex) -> list[str]:

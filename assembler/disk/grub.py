@@ -12,10 +12,11 @@ import shlex
 import shutil
 from pathlib import Path
 
-from assembler.disk.ext4 import TarIndex, read_members
+from assembler.disk.ext4 import read_members
 from assembler.errors import DiskError
 from assembler.log import log
 from assembler.run import require_tool, run
+from assembler.tarindex import TarIndex
 
 PLATFORMS = {"bios": "i386-pc", "uefi": "x86_64-efi"}
 # UEFI per architecture: grub's platform and the removable-media path the firmware runs.

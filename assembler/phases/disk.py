@@ -11,7 +11,7 @@ from assembler.config import NATIVE_ARCH
 from assembler.fsutil import sha256_file, sha256_tree
 from assembler.inputs import other_locks
 from assembler.packages.lockfile import LOCK_FILE
-from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_TAR
+from assembler.phases.rootfs import LAYERS_INDEX, ROOTFS_INDEX, ROOTFS_TAR
 from assembler.pipeline import Artefact, Phase
 from assembler.rootfs import ancestry, layers
 from assembler.sizes import parse_size
@@ -111,7 +111,9 @@ class DiskPhase(Phase):
     def execute(self, out: Path) -> dict[str, Any]:
         rootfs = self.input_entry("rootfs")
         cfg = self.ctx.spec.config
-        index = disk.index_tar(rootfs.file(ROOTFS_TAR))  # one scan of the rootfs tar, for the BOM and the disk
+        # For the BOM and the disk: the index the flattener kept, else (an entry from before it) one header scan.
+        tar = rootfs.file(ROOTFS_TAR)
+        index = disk.read_index(tar, rootfs.file(ROOTFS_INDEX), rootfs.meta["rootfs"]["sha256"]) or disk.index_tar(tar)
         facts = self._bom_facts(rootfs, bom_files(index))
         bom.write_document(bom.spdx_document(facts), out / BOM)
         bom.write_document(cyclonedx.cyclonedx_document(facts), out / CYCLONEDX)

@@ -16,7 +16,7 @@ from typing import Any
 
 import docker
 
-from assembler import customize, engine, progress, secrets
+from assembler import customize, engine, progress, secrets, tarindex
 from assembler.config import NATIVE_ARCH, ImageSpec, cache_dir, rootfs_dir
 from assembler.errors import EngineError
 from assembler.fsutil import sha256_tree
@@ -34,6 +34,7 @@ from assembler.run import die_with_parent
 from assembler.store import Entry
 
 ROOTFS_TAR = "rootfs.tar"
+ROOTFS_INDEX = "rootfs.index.json"  # each member's header offset in rootfs.tar, taken while flattening
 LAYERS_INDEX = "layers.json"  # per-layer file index: what `assembler diff` attributes changes with
 # Files of the build context that do not reach the engine's build and so must not bust the cache.
 NOT_BUILD_INPUTS = ("image.yaml", "checks.yaml")
@@ -72,6 +73,8 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
         indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX, cache)
         result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch,
                                  members=cache.members if cache is not None else None)
+        if result.index is not None:  # the disk phase reads it instead of scanning the tar's headers again
+            tarindex.write_index(result.index, out / ROOTFS_INDEX, result.sha256)
         indexing.result()
     return result
 

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from assembler import tarindex
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
 from assembler.packages import BUILD_ONLY_PATHS
+from assembler.tarindex import TarIndex
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -59,6 +61,7 @@ class FlattenResult:
     entries: int
     image_id: str
     layers: list[LayerInfo] = field(default_factory=list)
+    index: TarIndex | None = None  # every member's header offset, taken while writing
 
 
 @dataclass
@@ -370,13 +373,16 @@ def _output_info(path: str, source: tarfile.TarInfo, sde: int) -> tarfile.TarInf
     return info
 
 
-def _write_tree(tree: Overlay[_Node], layers: list[_Layer], out: tarfile.TarFile, sde: int) -> int:
-    """Write every surviving path in sorted order; the first path of a link group carries the data."""
+def _write_tree(tree: Overlay[_Node], layers: list[_Layer], out: tarfile.TarFile, sde: int,
+                index: TarIndex) -> int:
+    """Write every surviving path in sorted order; the first path of a link group carries the data. Each
+    member's header offset goes into `index` as it is written (no second pass over the tar to find them)."""
     first_of: dict[int, str] = {}
     count = 0
     for path in sorted(tree.nodes, key=lambda p: p.encode("utf-8", "surrogateescape")):
         node = tree.nodes[path]
         info = _output_info(path, node.source, sde)
+        offset = out.offset
         if node.source.isreg() or node.source.islnk():
             group = id(node.source)
             if group in first_of:
@@ -387,7 +393,11 @@ def _write_tree(tree: Overlay[_Node], layers: list[_Layer], out: tarfile.TarFile
                 out.addfile(info, layers[node.layer].data(node.source))
         else:
             out.addfile(info)
+        if not index.members:
+            index.dot_slash = info.name == "." or info.name.startswith("./")
+        index.members.append(tarindex.member(info, offset))
         count += 1
+    index.end = out.offset
     return count
 
 
@@ -419,6 +429,7 @@ def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int,
             writer = _HashingWriter(raw)
             with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                               encoding="utf-8", errors="surrogateescape", copybufsize=COPY_CHUNK) as out:
-                count = _write_tree(tree, layers, out, source_date_epoch)
+                written = TarIndex(path=dest_tar)
+                count = _write_tree(tree, layers, out, source_date_epoch, written)
     return FlattenResult(path=dest_tar, sha256=writer.digest.hexdigest(), size=writer.size, entries=count,
-                         image_id=image.image_id, layers=infos)
+                         image_id=image.image_id, layers=infos, index=written)

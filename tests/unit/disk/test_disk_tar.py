@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from assembler import tarindex
 from assembler.disk import ext4
 from assembler.disk.layout import RootFsOptions
 from assembler.errors import DiskError
@@ -55,7 +56,7 @@ def _rootfs(path: Path, *, kernels: tuple[str, ...] = ("6.1.0-9-amd64", "6.1.0-1
 
 
 def test_index_reads_names_kinds_and_content(tmp_path: Path) -> None:
-    index = ext4.index_tar(_rootfs(tmp_path / "r.tar"))
+    index = tarindex.index_tar(_rootfs(tmp_path / "r.tar"))
     assert index.dot_slash
     assert "etc/fstab" in index.names and "" in index.names
     kinds = {m.name: m.kind for m in index.members}
@@ -69,19 +70,19 @@ def test_index_reads_names_kinds_and_content(tmp_path: Path) -> None:
 
 
 def test_newest_kernel_with_an_initrd_wins(tmp_path: Path) -> None:
-    index = ext4.index_tar(_rootfs(tmp_path / "r.tar"))
+    index = tarindex.index_tar(_rootfs(tmp_path / "r.tar"))
     assert ext4.find_kernel(index) == "6.1.0-10-amd64"  # numeric, not string order; 6.2 has no initrd
 
 
 def test_no_kernel_is_a_disk_error(tmp_path: Path) -> None:
-    index = ext4.index_tar(_rootfs(tmp_path / "r.tar", kernels=()))
+    index = tarindex.index_tar(_rootfs(tmp_path / "r.tar", kernels=()))
     with pytest.raises(DiskError, match="no kernel") as err:
         ext4.find_kernel(index)
     assert "linux-image" in err.value.resolution
 
 
 def test_dropped_xattrs_are_listed(tmp_path: Path) -> None:
-    index = ext4.index_tar(_rootfs(tmp_path / "r.tar"))
+    index = tarindex.index_tar(_rootfs(tmp_path / "r.tar"))
     assert ext4.dropped_xattrs(index) == [
         "user.note on /usr/bin/ping", "system.posix_acl_default on /var/journal",
     ]
@@ -89,7 +90,7 @@ def test_dropped_xattrs_are_listed(tmp_path: Path) -> None:
 
 def test_source_tar_replaces_and_adds(tmp_path: Path) -> None:
     src = _rootfs(tmp_path / "r.tar")
-    index = ext4.index_tar(src)
+    index = tarindex.index_tar(src)
     overlay = [ext4.OverlayEntry("boot/efi"), ext4.OverlayEntry("etc/fstab", b"UUID=x / ext4 defaults 0 1\n")]
     out = tmp_path / "out.tar"
     ext4.write_source_tar(index, overlay, out, EPOCH)
@@ -109,7 +110,7 @@ def test_source_tar_replaces_and_adds(tmp_path: Path) -> None:
 
 
 def test_source_tar_is_deterministic(tmp_path: Path) -> None:
-    index = ext4.index_tar(_rootfs(tmp_path / "r.tar"))
+    index = tarindex.index_tar(_rootfs(tmp_path / "r.tar"))
     overlay = [ext4.OverlayEntry("etc/fstab", b"a\n")]
     ext4.write_source_tar(index, overlay, tmp_path / "a.tar", EPOCH)
     ext4.write_source_tar(index, overlay, tmp_path / "b.tar", EPOCH)
@@ -117,7 +118,7 @@ def test_source_tar_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_replacing_a_hardlink_target_is_refused(tmp_path: Path) -> None:
-    index = ext4.index_tar(_rootfs(tmp_path / "r.tar"))
+    index = tarindex.index_tar(_rootfs(tmp_path / "r.tar"))
     with pytest.raises(DiskError, match="hard link"):
         ext4.write_source_tar(index, [ext4.OverlayEntry("usr/bin/ping", b"")], tmp_path / "o.tar", EPOCH)
 
@@ -126,7 +127,7 @@ def test_not_a_tar_is_a_disk_error(tmp_path: Path) -> None:
     bad = tmp_path / "x.tar"
     bad.write_bytes(b"\x1f\x8b" + b"\x00" * 100)
     with pytest.raises(DiskError, match="cannot read the rootfs tar"):
-        ext4.index_tar(bad)
+        tarindex.index_tar(bad)
 
 
 def test_mke2fs_config_pins_features(tmp_path: Path) -> None:
@@ -152,7 +153,7 @@ def test_read_members_seeks_to_indexed_members_pax_headers_included(tmp_path: Pa
     long_name = "./usr/lib/grub/x86_64-efi/" + "m" * 120 + ".mod"  # needs a PAX path header
     with tarfile.open(tar, "a", format=tarfile.PAX_FORMAT) as tf:
         _add(tf, long_name, b"module bytes")
-    index = ext4.index_tar(tar)
+    index = tarindex.index_tar(tar)
     wanted = [m for m in index.members if m.name in {"usr/bin/ping", "etc/hostname", long_name[2:]}]
     read = {member.name: data for member, data in ext4.read_members(index, wanted)}
     assert read == {"usr/bin/ping": b"ping", "etc/hostname": b"host\n", long_name[2:]: b"module bytes"}
@@ -160,9 +161,9 @@ def test_read_members_seeks_to_indexed_members_pax_headers_included(tmp_path: Pa
 
 def test_read_members_notices_a_tar_that_changed_since_indexing(tmp_path: Path) -> None:
     tar = _rootfs(tmp_path / "rootfs.tar")
-    index = ext4.index_tar(tar)
+    index = tarindex.index_tar(tar)
     [hostname] = [m for m in index.members if m.name == "etc/hostname"]
     for offset in (hostname.offset - 1024, hostname.offset + 512):  # another header; a data block
-        moved = ext4.TarMember("etc/hostname", offset, hostname.size, "file", "")
+        moved = tarindex.TarMember("etc/hostname", offset, hostname.size, "file", "")
         with pytest.raises(DiskError, match="changed since it was indexed"):
             list(ext4.read_members(index, [moved]))

@@ -15,6 +15,7 @@ import pytest
 from assembler.errors import ConfigError
 from assembler.fsutil import sha256_file
 from assembler.rootfs.flatten import flatten
+from assembler.tarindex import index_tar
 
 SDE = 1_700_000_000
 CAP = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"  # cap_net_raw+ep
@@ -92,6 +93,12 @@ def run_flatten(tmp_path: Path, layers: list[list[E]]) -> dict[str, tuple[tarfil
     archive = docker_archive(tmp_path / "image.tar", layers)
     result = flatten(archive, tmp_path / "rootfs.tar", source_date_epoch=SDE)
     assert result.sha256 == sha256_file(tmp_path / "rootfs.tar")
+    # The index taken while writing is what a scan of the written tar finds, whatever the case (links, xattrs).
+    assert result.index is not None
+    if result.entries:  # (index_tar refuses an empty rootfs)
+        scanned = index_tar(tmp_path / "rootfs.tar")
+        assert (result.index.members, result.index.end, result.index.dot_slash) == \
+            (scanned.members, scanned.end, scanned.dot_slash)
     return read_out(tmp_path / "rootfs.tar")
 
 
