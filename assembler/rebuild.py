@@ -168,7 +168,8 @@ def rebuild(target: Path, *, output: Path | None = None, cache: Path | None = No
                     # The Containerfile FROMs the recipe's tag without declaring it: load it as a build would.
                     bootstrap.ensure_base(engine.connect(), recipe, store_root)
             # raw always: the disk is what the BOM is embedded in and what verification compares.
-            chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}))
+            chosen = validate_format_names(sorted({"raw", *(formats or spec.config.formats)}),
+                                           spec.config.format_options)
             ctx = BuildRun(spec=spec, store=Store(store_root), output_dir=out, formats=chosen,
                                nocache=nocache, boot_test=boot_test, locked=offline, offline=offline)
             build(ctx)

@@ -105,7 +105,7 @@ def build(
 
         imported = read_bundle(bundle, cache_dir(cache))  # every blob verified into the store and cache
         lock = imported.lock
-    formats = validate_format_names(fmt or spec.config.formats)
+    formats = validate_format_names(fmt or spec.config.formats, spec.config.format_options)
     arches = [architecture(arch)] if arch else list(spec.config.architectures)
     selected = _selected(phases)
     for one in arches:
@@ -168,7 +168,8 @@ def pull_outputs(image: str, output: Path, cache: Path | None, cache_from: str, 
     spec = resolve_image(image)
     remote = RegistryStore(cache_from)
     ctx = BuildRun(spec=spec, store=Store(cache_dir(cache)), output_dir=output,
-                       formats=validate_format_names(formats or spec.config.formats), cache_from=remote)
+                       formats=validate_format_names(formats or spec.config.formats,
+                                                    spec.config.format_options), cache_from=remote)
     missing = [step.phase.label for step in plan_build(ctx) if step.action is Action.RUN]
     if missing:
         raise ConfigError(f"{spec.name}: {', '.join(missing)} not in the registry store {remote.name}",

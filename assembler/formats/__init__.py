@@ -130,11 +130,19 @@ def resolve(name: DiskFormat | str, options: Mapping[str, Any] | None = None, *,
     raise ConfigError(f"unknown format: {key}", resolution=f"use one of: {', '.join(valid)}")
 
 
-def validate_format_names(names: Sequence[str]) -> list[str]:
-    """The names, deduplicated in order, after checking each is a known format or profile."""
+def validate_format_names(names: Sequence[str],
+                          options: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """The names, deduplicated in order, after checking each is a known format or profile, and that each of
+    an image's `format_options` names one and holds valid options (before anything is built)."""
     unique = list(dict.fromkeys(str(n.value if isinstance(n, DiskFormat) else n) for n in names))
     for name in unique:
         resolve(name)
+    for name, opts in (options or {}).items():
+        try:
+            resolve(name, opts)
+        except ConfigError as exc:
+            raise ConfigError(f"format_options.{name} in image.yaml: {exc.brief}", details=exc.details,
+                              resolution=exc.resolution) from None
     return unique
 
 
