@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -27,9 +29,27 @@ def test_a_file_name_that_is_not_utf8_is_hashed(tmp_path: Path) -> None:
     assert first == sha256_tree(tmp_path) and len(first) == 64
 
 
-@pytest.mark.parametrize("data", [b"@@probe 0 0 -5 0\nabc\n", b"@@probe 0 0 x 0\n", b"@@probe -1 0 0 0\n"])
-def test_a_hostile_probe_frame_ends_the_parse(data: bytes) -> None:
-    assert parse_batch(data * 3, 2) == {}
+def _tar(members: list[tuple[str, bytes, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+            info.linkname = "/etc/shadow" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("members", [
+    [("0.rc", tarfile.REGTYPE, b"-5\n"), ("0.o", tarfile.REGTYPE, b"x")],     # not an exit status
+    [("0.rc", tarfile.REGTYPE, b"zero")],
+    [("../0.rc", tarfile.REGTYPE, b"0"), ("/1.rc", tarfile.REGTYPE, b"0")],   # outside the result files
+    [("0.rc", tarfile.SYMTYPE, b""), ("1.rc", tarfile.DIRTYPE, b"")],         # not regular files
+    [("7.rc", tarfile.REGTYPE, b"0")],                                        # a probe that was not asked for
+])
+def test_a_hostile_probe_batch_yields_no_result(members: list[tuple[str, bytes, bytes]]) -> None:
+    assert parse_batch(_tar(members), 2) == {}
+    assert parse_batch(b"@@probe 0 0 -5 0\nabc\n" * 3, 2) == {}
 
 
 def test_cli_refuses_a_nan_timeout_and_a_negative_size(tmp_path: Path) -> None:

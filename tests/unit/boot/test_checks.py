@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import io
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -106,12 +108,14 @@ def test_default_image_checks_file_is_valid() -> None:
 
 def test_service_rendering_and_judging() -> None:
     probe = ServiceCheck(active=True, enabled=True).probe("ssh")
-    assert "systemctl is-active -- ssh" in probe.script and "systemctl is-enabled -- ssh" in probe.script
-    assert probe.result(out("active=active\nenabled=enabled\n")).passed
-    assert probe.result(out("active=active\nenabled=alias\n")).passed
-    failed = probe.result(out("active=failed\nenabled=disabled\n"))
+    assert probe.script == "systemctl show --property=ActiveState --property=UnitFileState -- ssh"
+    assert probe.result(out("ActiveState=active\nUnitFileState=enabled\n")).passed
+    assert probe.result(out("UnitFileState=alias\nActiveState=active\n")).passed
+    failed = probe.result(out("ActiveState=failed\nUnitFileState=disabled\n"))
     assert not failed.passed
     assert "expected active, is failed" in failed.message and "is disabled" in failed.message
+    absent = probe.result(out("ActiveState=inactive\nUnitFileState=\n"))  # no such unit
+    assert not absent.passed and "is not installed" in absent.message
 
 
 def test_file_rendering_quotes_paths() -> None:
@@ -222,11 +226,22 @@ def test_probes_run_side_by_side_and_report_in_order(tmp_path: Path) -> None:
     assert serial[0].exit_status == 1 and serial[1].stdout == "b\n"
 
 
+def _batch_tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def test_parse_batch_tolerates_truncation() -> None:
-    data = b"@@probe 0 0 3 0\nab\n@@probe 1 0 10 0\nshort"
-    outputs = parse_batch(data, 2)
-    assert outputs[0].stdout == "ab\n"
-    assert 1 in outputs and outputs[1].stdout == "short"
+    data = _batch_tar({"./0.o": b"ab\n", "./0.e": b"", "./0.rc": b"0\n", "./1.o": b"x" * 5000, "./1.rc": b"3\n"})
+    whole = parse_batch(data, 2)
+    assert whole[0] == ProbeOutput(0, "ab\n", "") and whole[1] == ProbeOutput(3, "x" * 5000, "")
+    cut = parse_batch(data[:3000], 2)  # inside probe 1's output: probe 0 whole, probe 1 absent
+    assert cut == {0: ProbeOutput(0, "ab\n", "")}
     assert parse_batch(b"garbage\n", 1) == {}
 
 

@@ -3,8 +3,10 @@ failing remote command is not."""
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -66,7 +68,13 @@ def test_retries_stop_at_the_timeout(ssh: guest.Ssh, monkeypatch: pytest.MonkeyP
 
 def test_probe_batch_is_sent_again_after_a_reset(ssh: guest.Ssh, monkeypatch: pytest.MonkeyPatch) -> None:
     probe = Probe("command hello", "command", "echo hello", lambda out: (out.stdout == "hello\n", "judged"))
-    framed = b"@@probe 0 0 6 0\nhello\n"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in (("./0.o", b"hello\n"), ("./0.e", b""), ("./0.rc", b"0\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    framed = buffer.getvalue()
     answers = [subprocess.CompletedProcess([], 255, b"", RESET.encode()),
                subprocess.CompletedProcess([], 0, framed, b"")]
     monkeypatch.setattr(guest, "run", lambda argv, **kw: answers.pop(0))
