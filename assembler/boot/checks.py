@@ -98,14 +98,14 @@ class ServiceCheck(_Model):
     enabled: bool | None = None
 
     def probe(self, unit: str) -> Probe:
-        q = shlex.quote(unit)
-        script = (f"printf 'active=%s\\nenabled=%s\\n' \"$(systemctl is-active -- {q})\" "
-                  f"\"$(systemctl is-enabled -- {q} 2>/dev/null)\"")
+        # One systemctl for both states (each systemctl start costs ~0.1 s of a TCG guest's CPU): ActiveState is
+        # what is-active prints, UnitFileState what is-enabled prints (empty for a unit that does not exist).
+        script = f"systemctl show --property=ActiveState --property=UnitFileState -- {shlex.quote(unit)}"
         return Probe(f"service {unit}", "service", script, self._judge)
 
     def _judge(self, out: ProbeOutput) -> tuple[bool, str]:
         fields = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-        active, enabled = fields.get("active", ""), fields.get("enabled", "")
+        active, enabled = fields.get("ActiveState", ""), fields.get("UnitFileState", "")
         problems = []
         if self.active is not None and (active == "active") != self.active:
             problems.append(f"expected {'active' if self.active else 'not active'}, is {active or 'unknown'}")
