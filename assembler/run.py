@@ -3,6 +3,7 @@ one that runs on (tied to assembler's life, or a daemon on purpose)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -10,7 +11,8 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -105,23 +107,30 @@ def run(
     resolution: str = "",
     timeout: float | None = None,
     tied: bool = False,
+    feed: Callable[[IO[bytes]], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a command; env entries are added to the current environment. `tied`: the command is SIGKILLed
-    if this process dies first (for one whose finishing alone would be a visible effect, such as a push)."""
+    if this process dies first (for one whose finishing alone would be a visible effect, such as a push).
+    `feed` writes the command's standard input on a thread of its own while the command runs (a stream too
+    big to hold in memory or to write to a file first, such as a tar piped into mke2fs)."""
     argv = [str(c) for c in cmd]
     log.debug("$ %s", shlex.join(argv))
     full_env = {**os.environ, **env} if env else None
     try:
-        proc = subprocess.run(
-            _tied(argv) if tied else argv,
-            env=full_env,
-            cwd=cwd,
-            input=input_bytes,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-            check=False,
-            timeout=timeout,
-        )
+        if feed is not None:
+            proc = _run_fed(_tied(argv) if tied else argv, feed, env=full_env, cwd=cwd, capture=capture,
+                            timeout=timeout)
+        else:
+            proc = subprocess.run(
+                _tied(argv) if tied else argv,
+                env=full_env,
+                cwd=cwd,
+                input=input_bytes,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.PIPE if capture else None,
+                check=False,
+                timeout=timeout,
+            )
     except FileNotFoundError as exc:
         raise MissingToolError(
             f"required tool not found: {argv[0]}",
@@ -135,6 +144,39 @@ def run(
             resolution = f"a filesystem is full: {FREE_SPACE_FIX}"
         raise ToolError(shlex.join(argv), proc.returncode, tail, resolution=resolution)
     return proc
+
+
+def _run_fed(argv: list[str], feed: Callable[[IO[bytes]], None], *, env: Mapping[str, str] | None,
+             cwd: StrPath | None, capture: bool, timeout: float | None) -> subprocess.CompletedProcess[bytes]:
+    pipe = subprocess.PIPE if capture else None
+    with subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=pipe, stderr=pipe) as proc:
+        stdin, proc.stdin = proc.stdin, None  # the feeder owns it: communicate() must not close it under it
+        assert stdin is not None
+        failed: list[BaseException] = []
+
+        def pump() -> None:
+            try:
+                feed(stdin)
+            except BrokenPipeError:
+                pass  # the command stopped reading: its exit status says why
+            except BaseException as exc:  # handed to the caller's thread below
+                failed.append(exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    stdin.close()
+
+        feeder = threading.Thread(target=pump, name="run-feed", daemon=True)
+        feeder.start()
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            feeder.join(timeout=10)
+        if failed:
+            raise failed[0]
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def output(cmd: Sequence[StrPath], **kwargs: object) -> str:

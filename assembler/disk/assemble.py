@@ -253,16 +253,20 @@ def _label(layout: DiskLayout, role: str) -> str:
 def _root_fs(disk: Path, work: Path, index: TarIndex, layout: DiskLayout, ids: _Ids,
              place: PlannedPartition, kernel: str, cmdline: str, epoch: int,
              extra_files: Mapping[str, bytes]) -> tuple[str, list[str]]:
-    source_tar = work / "rootfs.tar"
-    ext4.write_source_tar(index, _overlay(index, layout, ids, kernel, cmdline, extra_files), source_tar, epoch)
+    overlay = _overlay(index, layout, ids, kernel, cmdline, extra_files)
+    ext4.check_overlay(index, overlay)
     inodes = max(place.size // layout.root.inode_ratio, index.inode_count() + ext4.INODE_SLACK)
     spec = ext4.Ext4Spec(uuid=ids.root_uuid, hash_seed=ids.hash_seed, size=place.size, inodes=inodes)
     conf = ext4.mke2fs_config(layout.root, work / "mke2fs.conf")
     if ext4.supports_tarball():
-        ext4.make_ext4(source_tar, disk, place.start, spec, layout.root, conf, epoch)
+        # Piped: the tar mke2fs reads is never written out (it was a second copy of the rootfs on disk).
+        ext4.make_ext4(lambda out: ext4.write_source_tar(index, overlay, out, epoch), disk, place.start, spec,
+                       layout.root, conf, epoch)
         return "tar", []
     log.warning("mke2fs < 1.47.1 cannot read a tarball; extracting the rootfs first (not bit-identical)")
-    tree = work / "tree"
+    source_tar, tree = work / "rootfs.tar", work / "tree"
+    with source_tar.open("wb") as out:
+        ext4.write_source_tar(index, overlay, out, epoch)
     ext4.extract_tree(source_tar, tree)
     source_tar.unlink()
     ext4.make_ext4(tree, disk, place.start, spec, layout.root, conf, epoch)

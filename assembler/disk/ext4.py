@@ -12,11 +12,12 @@ import io
 import os
 import re
 import shutil
+import stat
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from assembler.disk.layout import RootFsOptions
 from assembler.errors import DiskError, ToolError
@@ -79,33 +80,58 @@ class OverlayEntry:
     mode: int = 0o644
 
 
-def write_source_tar(index: TarIndex, overlay: list[OverlayEntry], dest: Path, epoch: int) -> None:
-    """The rootfs tar with overlay entries added, members they replace dropped, copied byte for byte."""
+def check_overlay(index: TarIndex, overlay: list[OverlayEntry]) -> None:
+    """An overlay entry may replace a member, never one that other members are hard links to."""
     replaced = {e.name for e in overlay} & index.names
     for m in index.members:
         if m.kind == "hardlink" and m.linkname in replaced:
             raise DiskError(f"cannot replace /{m.linkname}: /{m.name} is a hard link to it",
                             resolution="remove the hard link in the image")
+
+
+def write_source_tar(index: TarIndex, overlay: list[OverlayEntry], out: IO[bytes], epoch: int) -> None:
+    """The rootfs tar with overlay entries added, members they replace dropped, copied byte for byte into
+    `out`: a file, or the pipe mke2fs reads (`-d -`), so no second copy of the tar is ever written."""
+    check_overlay(index, overlay)
+    replaced = {e.name for e in overlay} & index.names
     bounds = [m.offset for m in index.members] + [index.end]
-    with index.path.open("rb") as src, dest.open("wb") as out:
+    out.flush()
+    move = _splice if stat.S_ISFIFO(os.fstat(out.fileno()).st_mode) else _copy_range
+    with index.path.open("rb") as src:
         for i, m in enumerate(index.members):
             if m.name in replaced:
                 continue
-            _copy_range(src, out, bounds[i], bounds[i + 1] - bounds[i])
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for entry in overlay:
-                tf.addfile(*_tarinfo(entry, epoch, index.dot_slash))
+            move(src.fileno(), out.fileno(), bounds[i], bounds[i + 1] - bounds[i])
+    # Headers written by hand, not through tarfile.open (which asks a pipe for its position): each member's
+    # PAX header, its data padded to 512 bytes, then the two zero blocks that end an archive.
+    for entry in overlay:
+        info, data = _tarinfo(entry, epoch, index.dot_slash)
+        out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if data is not None:
+            payload = data.read()
+            out.write(payload + bytes(-len(payload) % TAR_BLOCK))
+    out.write(bytes(2 * TAR_BLOCK))
+    out.flush()
 
 
-def _copy_range(src: BinaryIO, out: BinaryIO, start: int, length: int) -> None:
+def _copy_range(in_fd: int, out_fd: int, start: int, length: int) -> None:
     """Copy in the kernel (copy_file_range): the rootfs tar can be most of a gigabyte."""
-    in_fd, out_fd = src.fileno(), out.fileno()
     while length > 0:
         copied = os.copy_file_range(in_fd, out_fd, length, start)
         if copied == 0:
             raise DiskError("the rootfs tar ended early", resolution="rebuild the rootfs tar")
         start += copied
         length -= copied
+
+
+def _splice(in_fd: int, out_fd: int, start: int, length: int) -> None:
+    """The same into a pipe (splice: the data never passes through this process)."""
+    while length > 0:
+        moved = os.splice(in_fd, out_fd, length, offset_src=start)
+        if moved == 0:
+            raise DiskError("the rootfs tar ended early", resolution="rebuild the rootfs tar")
+        start += moved
+        length -= moved
 
 
 def _tarinfo(entry: OverlayEntry, epoch: int, dot_slash: bool) -> tuple[tarfile.TarInfo, BinaryIO | None]:
@@ -159,18 +185,19 @@ class Ext4Spec:
     inodes: int
 
 
-def make_ext4(source: Path, target: Path, offset: int, spec: Ext4Spec, options: RootFsOptions,
-              conf: Path, epoch: int) -> None:
-    """Build the filesystem in `target` at byte `offset` (the root partition of the disk file)."""
+def make_ext4(source: Path | Callable[[IO[bytes]], None], target: Path, offset: int, spec: Ext4Spec,
+              options: RootFsOptions, conf: Path, epoch: int) -> None:
+    """Build the filesystem in `target` at byte `offset` (the root partition of the disk file) from a
+    directory, a tarball, or a function writing the tarball into mke2fs's standard input (`-d -`)."""
     extended = [f"hash_seed={spec.hash_seed}", "root_owner=0:0", f"offset={offset}", "nodiscard",
                 "lazy_itable_init=1", "lazy_journal_init=1", "assume_storage_prezeroed=1"]
     cmd = ["mke2fs", "-F", "-q", "-t", "ext4", "-b", str(BLOCK), "-L", options.label, "-U", spec.uuid,
            "-m", str(options.reserved_percent), "-N", str(spec.inodes), "-E", ",".join(extended),
-           "-d", str(source), str(target), str(spec.size // 1024) + "k"]
+           "-d", "-" if callable(source) else str(source), str(target), str(spec.size // 1024) + "k"]
     env = {"E2FSPROGS_FAKE_TIME": str(epoch), "MKE2FS_CONFIG": str(conf), "MKE2FS_DEVICE_SECTSIZE": "512",
            "MKE2FS_DEVICE_PHYS_SECTSIZE": "512"}
     try:
-        run(cmd, env=env)
+        run(cmd, env=env, feed=source if callable(source) else None)
     except ToolError as exc:
         if _is_full(exc.stderr_tail):
             raise DiskError(

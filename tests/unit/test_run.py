@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import IO
 
 import pytest
 
-from assembler.errors import MissingToolError
+from assembler.errors import DiskError, MissingToolError, ToolError
 from assembler.run import run
 from tests.helpers import REPO, process_alive
 
@@ -87,3 +89,33 @@ def test_spawned_children_die_with_a_killed_parent_unless_untied() -> None:
 def test_a_missing_tool_run_tied_is_a_missing_tool_error() -> None:
     with pytest.raises(MissingToolError, match="no-such-tool-here"):
         run(["no-such-tool-here", "--version"], tied=True)
+
+
+def test_a_fed_command_reads_what_the_feeder_writes_while_it_runs() -> None:
+    chunks = [bytes([i]) * 65536 for i in range(40)]  # 2.5 MiB: more than a pipe holds, so both must run at once
+
+    def feed(out: IO[bytes]) -> None:
+        for chunk in chunks:
+            out.write(chunk)
+
+    done = run(["sha256sum"], feed=feed)
+    assert done.stdout.split()[0].decode() == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+def test_a_command_that_stops_reading_is_judged_by_its_exit_status() -> None:
+    def endless(out: IO[bytes]) -> None:
+        while True:
+            out.write(b"x" * 65536)
+
+    assert run(["head", "-c", "10"], feed=endless).stdout == b"x" * 10  # the feeder's broken pipe is no error
+    with pytest.raises(ToolError):
+        run(["sh", "-c", "head -c 10 >/dev/null; exit 3"], feed=endless)
+
+
+def test_a_feeder_that_fails_fails_the_run() -> None:
+    def broken(out: IO[bytes]) -> None:
+        out.write(b"partial")
+        raise DiskError("the rootfs tar ended early")
+
+    with pytest.raises(DiskError, match="ended early"):
+        run(["cat"], feed=broken)
