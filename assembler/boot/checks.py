@@ -317,7 +317,8 @@ def _unescape_mount(field: str) -> str:
 class BootOptions(_Model):
     """How the harness decides the guest has finished booting."""
 
-    cloud_init: bool = Field(default=True, description="wait for `cloud-init status --wait`; require done")
+    cloud_init: bool = Field(default=True, description="wait for cloud-init's final stage "
+                             "(/run/cloud-init/result.json); require no errors")
     allow_degraded: bool = Field(default=False, description="accept `systemctl is-system-running` = degraded")
 
 

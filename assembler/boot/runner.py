@@ -24,7 +24,7 @@ from assembler.errors import AssemblerError, BootError, ConfigError
 from assembler.fsutil import atomic_path
 from assembler.log import console, log
 
-# Seconds the guest may take for `cloud-init status --wait` etc. after SSH is up, beyond the boot timeout.
+# Seconds the guest may take to settle (systemd's boot jobs) after SSH is up, beyond the boot timeout.
 SETTLE_SECONDS = 180.0
 PROBES_SECONDS = 300.0
 PORT_ATTEMPTS = 3
@@ -234,9 +234,8 @@ def _check_not_refused(run: _Run, tail: str) -> None:
 
 
 def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
-    """cloud-init's own verdict (`cloud-init status --wait`, a Python start of a second or more under TCG) is
-    asked for as soon as SSH is up, on a session of its own beside systemd's settle wait; the other probes run
-    once the boot has settled."""
+    """cloud-init's verdict (its result.json, waited for) is asked for as soon as SSH is up, on a session of
+    its own beside systemd's settle wait; the other probes run once the boot has settled."""
     began = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-init-wait") as pool:
         cloud_init = (pool.submit(guest.run_probes, ssh, [guest.cloud_init_probe()], PROBES_SECONDS)

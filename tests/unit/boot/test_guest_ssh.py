@@ -53,10 +53,27 @@ def test_a_failing_command_is_not_retried(ssh: guest.Ssh, monkeypatch: pytest.Mo
 
 def test_cloud_init_must_report_done() -> None:
     probe = guest.cloud_init_probe()
-    assert "cloud-init status --wait --long" in probe.script and probe.kind == "boot"
-    assert probe.result(ProbeOutput(0, "status: done\nextended_status: done\n", "")).passed
-    failed = probe.result(ProbeOutput(1, "status: error\n", "Cloud-init enabled ... errors: [x]\n"))
-    assert not failed.passed and failed.message.startswith("status error, exit 1")
+    assert "/run/cloud-init/result.json" in probe.script and probe.kind == "boot"
+    done = probe.result(ProbeOutput(0, '{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb]", "errors": []}}', ""))
+    assert done.passed and done.message.startswith("status done (datasource DataSourceNoCloud")
+    failed = probe.result(ProbeOutput(0, '{"v1": {"datasource": null, "errors": ["no seed"]}}', ""))
+    assert not failed.passed and failed.message == "status error: no seed"
+    degraded = probe.result(ProbeOutput(0, '{"v1": {"errors": [], "recoverable_errors": {"WARNING": ["x"]}}}', ""))
+    assert not degraded.passed and degraded.message.startswith("status degraded done")
+    for garbage in ("", "{", '["v1"]', '{"v1": 3}'):  # the guest's file is untrusted
+        assert not probe.result(ProbeOutput(0, garbage, "")).passed
+    assert "did not finish" in probe.result(ProbeOutput(1, "", "")).message
+
+
+def test_the_cloud_init_wait_runs_in_a_real_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = tmp_path / "result.json"
+    monkeypatch.setattr(guest, "CLOUD_INIT_RESULT", str(result))
+    monkeypatch.setattr(guest, "SETTLE_TIMEOUT", 5)
+    waiting = subprocess.Popen(["sh", "-c", guest.cloud_init_probe().script], stdout=subprocess.PIPE)
+    time.sleep(0.3)
+    result.write_text('{"v1": {"errors": []}}')  # cloud-final writes it while the probe waits
+    stdout, _ = waiting.communicate(timeout=10)
+    assert waiting.returncode == 0 and stdout == b'{"v1": {"errors": []}}'
 
 
 def test_retries_stop_at_the_timeout(ssh: guest.Ssh, monkeypatch: pytest.MonkeyPatch) -> None:
