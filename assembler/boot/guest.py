@@ -29,7 +29,6 @@ BANNER_TIMEOUT = 3.0  # sshd-session takes over a second to greet under TCG: do 
 # itself leaves one behind, and not for longer (QEMU's exit ends it sooner).
 MASTER_IDLE_SECONDS = 30
 PROBE_CONCURRENCY = 8
-SETTLE_TIMEOUT = 180  # seconds cloud-init may still take once SSH is up
 CLOUD_INIT_RESULT = "/run/cloud-init/result.json"  # written by cloud-init's final stage
 RESULT_LIMIT = 1 << 16
 # ssh's own failures (exit 255 and one of these): not a verdict on the guest. Right after the first login
@@ -149,17 +148,17 @@ def wait_for_ssh(ssh: Ssh, deadline: float, still_running: Callable[[], None]) -
         time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
-def cloud_init_probe() -> Probe:
+def cloud_init_probe(timeout: float) -> Probe:
     """cloud-init finished, without errors: its final stage writes /run/cloud-init/result.json (what `cloud-init
     status` reads), waited for in the shell and judged on the host. Not `cloud-init status --wait`: that is a
     Python start of 2-3 s of a TCG guest's CPU, which was the longest part of the checks. Asked for as soon
-    as SSH is up, beside systemd's settle wait."""
-    script = (f"i=0; while [ ! -e {CLOUD_INIT_RESULT} ] && [ $i -lt {SETTLE_TIMEOUT * 10} ]; do sleep 0.1; "
+    as SSH is up, beside systemd's settle wait; `timeout`: seconds it may still take."""
+    script = (f"i=0; while [ ! -e {CLOUD_INIT_RESULT} ] && [ $i -lt {int(timeout * 10)} ]; do sleep 0.1; "
               f"i=$((i+1)); done; head -c {RESULT_LIMIT} {CLOUD_INIT_RESULT}")
 
     def judge(out: ProbeOutput) -> tuple[bool, str]:
         if out.exit_status != 0:
-            return False, _last_lines(out, f"no {CLOUD_INIT_RESULT} after {SETTLE_TIMEOUT}s: cloud-init did not "
+            return False, _last_lines(out, f"no {CLOUD_INIT_RESULT} after {timeout:.0f}s: cloud-init did not "
                                       "finish (disabled, or no datasource found)")
         try:  # the guest's file: untrusted, only read
             v1 = json.loads(out.stdout)["v1"]

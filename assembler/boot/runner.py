@@ -24,7 +24,7 @@ from assembler.errors import AssemblerError, BootError, ConfigError
 from assembler.fsutil import atomic_path
 from assembler.log import console, log
 
-# Seconds the guest may take to settle (systemd's boot jobs) after SSH is up, beyond the boot timeout.
+# Seconds the guest may take to settle (systemd's boot jobs, cloud-init) after SSH is up, beyond the boot timeout.
 SETTLE_SECONDS = 180.0
 PROBES_SECONDS = 300.0
 PORT_ATTEMPTS = 3
@@ -238,7 +238,7 @@ def _guest_checks(run: _Run, ssh: guest.Ssh) -> list[CheckResult]:
     its own beside systemd's settle wait; the other probes run once the boot has settled."""
     began = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud-init-wait") as pool:
-        cloud_init = (pool.submit(guest.run_probes, ssh, [guest.cloud_init_probe()], PROBES_SECONDS)
+        cloud_init = (pool.submit(guest.run_probes, ssh, [guest.cloud_init_probe(SETTLE_SECONDS)], PROBES_SECONDS)
                       if run.checks.boot.cloud_init else None)
         results = [guest.wait_system_running(ssh, SETTLE_SECONDS, run.checks.boot.allow_degraded)]
         settled = time.monotonic()

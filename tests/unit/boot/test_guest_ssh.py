@@ -52,7 +52,7 @@ def test_a_failing_command_is_not_retried(ssh: guest.Ssh, monkeypatch: pytest.Mo
 
 
 def test_cloud_init_must_report_done() -> None:
-    probe = guest.cloud_init_probe()
+    probe = guest.cloud_init_probe(180)
     assert "/run/cloud-init/result.json" in probe.script and probe.kind == "boot"
     done = probe.result(ProbeOutput(0, '{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb]", "errors": []}}', ""))
     assert done.passed and done.message.startswith("status done (datasource DataSourceNoCloud")
@@ -68,8 +68,7 @@ def test_cloud_init_must_report_done() -> None:
 def test_the_cloud_init_wait_runs_in_a_real_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = tmp_path / "result.json"
     monkeypatch.setattr(guest, "CLOUD_INIT_RESULT", str(result))
-    monkeypatch.setattr(guest, "SETTLE_TIMEOUT", 5)
-    waiting = subprocess.Popen(["sh", "-c", guest.cloud_init_probe().script], stdout=subprocess.PIPE)
+    waiting = subprocess.Popen(["sh", "-c", guest.cloud_init_probe(5).script], stdout=subprocess.PIPE)
     time.sleep(0.3)
     result.write_text('{"v1": {"errors": []}}')  # cloud-final writes it while the probe waits
     stdout, _ = waiting.communicate(timeout=10)
