@@ -56,6 +56,14 @@ class TarIndex:
     def inode_count(self) -> int:
         return sum(1 for m in self.members if m.kind != "hardlink")
 
+    def add(self, info: tarfile.TarInfo, offset: int) -> None:
+        """The header at `offset` (the first byte of its header chain), whether read or just written."""
+        if not self.members:
+            self.dot_slash = info.name == "." or info.name.startswith("./")
+        link = tar_name(info.linkname) if info.islnk() else info.linkname
+        self.members.append(TarMember(tar_name(info.name), offset, info.size, _kind(info), link,
+                                      _xattr_names(info)))
+
 
 def _kind(info: tarfile.TarInfo) -> str:
     if info.isreg():
@@ -75,9 +83,7 @@ def index_tar(path: Path) -> TarIndex:
     try:
         with tarfile.open(path, mode="r:") as tf:
             for info in tf:
-                if not index.members:
-                    index.dot_slash = info.name == "." or info.name.startswith("./")
-                index.members.append(member(info, info.offset))
+                index.add(info, info.offset)
             index.end = tf.offset
     except (OSError, tarfile.TarError) as exc:
         raise DiskError(f"cannot read the rootfs tar {path}", details=str(exc),
@@ -85,12 +91,6 @@ def index_tar(path: Path) -> TarIndex:
     if not index.members:
         raise DiskError(f"the rootfs tar {path} is empty", resolution="rebuild the rootfs")
     return index
-
-
-def member(info: tarfile.TarInfo, offset: int) -> TarMember:
-    """The index entry of a header at `offset` (the first byte of its header chain)."""
-    link = tar_name(info.linkname) if info.islnk() else info.linkname
-    return TarMember(tar_name(info.name), offset, info.size, _kind(info), link, _xattr_names(info))
 
 
 def _xattr_names(info: tarfile.TarInfo) -> tuple[str, ...]:

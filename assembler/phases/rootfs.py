@@ -73,8 +73,8 @@ def flatten_and_index(archive: Path, out: Path, source_date_epoch: int,
         indexing = pool.submit(_write_layer_index, archive, out / LAYERS_INDEX, cache)
         result = flatten.flatten(archive, out / ROOTFS_TAR, source_date_epoch=source_date_epoch,
                                  members=cache.members if cache is not None else None)
-        if result.index is not None:  # the disk phase reads it instead of scanning the tar's headers again
-            tarindex.write_index(result.index, out / ROOTFS_INDEX, result.sha256)
+        # The disk phase reads it instead of scanning the tar's headers again.
+        tarindex.write_index(result.index, out / ROOTFS_INDEX, result.sha256)
         indexing.result()
     return result
 

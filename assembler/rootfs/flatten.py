@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from assembler import tarindex
 from assembler.errors import ConfigError
 from assembler.fsutil import atomic_path, tar_name
 from assembler.overlay import Overlay
@@ -60,8 +59,8 @@ class FlattenResult:
     size: int
     entries: int
     image_id: str
+    index: TarIndex  # every member's header offset, taken while writing
     layers: list[LayerInfo] = field(default_factory=list)
-    index: TarIndex | None = None  # every member's header offset, taken while writing
 
 
 @dataclass
@@ -374,11 +373,10 @@ def _output_info(path: str, source: tarfile.TarInfo, sde: int) -> tarfile.TarInf
 
 
 def _write_tree(tree: Overlay[_Node], layers: list[_Layer], out: tarfile.TarFile, sde: int,
-                index: TarIndex) -> int:
+                index: TarIndex) -> None:
     """Write every surviving path in sorted order; the first path of a link group carries the data. Each
     member's header offset goes into `index` as it is written (no second pass over the tar to find them)."""
     first_of: dict[int, str] = {}
-    count = 0
     for path in sorted(tree.nodes, key=lambda p: p.encode("utf-8", "surrogateescape")):
         node = tree.nodes[path]
         info = _output_info(path, node.source, sde)
@@ -393,12 +391,8 @@ def _write_tree(tree: Overlay[_Node], layers: list[_Layer], out: tarfile.TarFile
                 out.addfile(info, layers[node.layer].data(node.source))
         else:
             out.addfile(info)
-        if not index.members:
-            index.dot_slash = info.name == "." or info.name.startswith("./")
-        index.members.append(tarindex.member(info, offset))
-        count += 1
+        index.add(info, offset)
     index.end = out.offset
-    return count
 
 
 def _open_archive(archive: Path) -> tarfile.TarFile:
@@ -430,6 +424,7 @@ def flatten(archive: Path, dest_tar: Path, *, source_date_epoch: int,
             with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                               encoding="utf-8", errors="surrogateescape", copybufsize=COPY_CHUNK) as out:
                 written = TarIndex(path=dest_tar)
-                count = _write_tree(tree, layers, out, source_date_epoch, written)
-    return FlattenResult(path=dest_tar, sha256=writer.digest.hexdigest(), size=writer.size, entries=count,
+                _write_tree(tree, layers, out, source_date_epoch, written)
+    return FlattenResult(path=dest_tar, sha256=writer.digest.hexdigest(), size=writer.size,
+                         entries=len(written.members),
                          image_id=image.image_id, layers=infos, index=written)
