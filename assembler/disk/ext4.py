@@ -96,12 +96,11 @@ def write_source_tar(index: TarIndex, overlay: list[OverlayEntry], out: IO[bytes
     replaced = {e.name for e in overlay} & index.names
     bounds = [m.offset for m in index.members] + [index.end]
     out.flush()
-    move = _splice if stat.S_ISFIFO(os.fstat(out.fileno()).st_mode) else _copy_range
     with index.path.open("rb") as src:
         for i, m in enumerate(index.members):
             if m.name in replaced:
                 continue
-            move(src.fileno(), out.fileno(), bounds[i], bounds[i + 1] - bounds[i])
+            _move_range(src.fileno(), out.fileno(), bounds[i], bounds[i + 1] - bounds[i])
     # Headers written by hand, not through tarfile.open (which asks a pipe for its position): each member's
     # PAX header, its data padded to 512 bytes, then the two zero blocks that end an archive.
     for entry in overlay:
@@ -114,20 +113,13 @@ def write_source_tar(index: TarIndex, overlay: list[OverlayEntry], out: IO[bytes
     out.flush()
 
 
-def _copy_range(in_fd: int, out_fd: int, start: int, length: int) -> None:
-    """Copy in the kernel (copy_file_range): the rootfs tar can be most of a gigabyte."""
+def _move_range(in_fd: int, out_fd: int, start: int, length: int) -> None:
+    """Copy in the kernel, the data never passing through this process (the rootfs tar can be most of a
+    gigabyte): copy_file_range into a file, splice into a pipe."""
+    into_pipe = stat.S_ISFIFO(os.fstat(out_fd).st_mode)
     while length > 0:
-        copied = os.copy_file_range(in_fd, out_fd, length, start)
-        if copied == 0:
-            raise DiskError("the rootfs tar ended early", resolution="rebuild the rootfs tar")
-        start += copied
-        length -= copied
-
-
-def _splice(in_fd: int, out_fd: int, start: int, length: int) -> None:
-    """The same into a pipe (splice: the data never passes through this process)."""
-    while length > 0:
-        moved = os.splice(in_fd, out_fd, length, offset_src=start)
+        moved = (os.splice(in_fd, out_fd, length, offset_src=start) if into_pipe
+                 else os.copy_file_range(in_fd, out_fd, length, start))
         if moved == 0:
             raise DiskError("the rootfs tar ended early", resolution="rebuild the rootfs tar")
         start += moved
