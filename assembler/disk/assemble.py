@@ -254,7 +254,7 @@ def _root_fs(disk: Path, work: Path, index: TarIndex, layout: DiskLayout, ids: _
              place: PlannedPartition, kernel: str, cmdline: str, epoch: int,
              extra_files: Mapping[str, bytes]) -> tuple[str, list[str]]:
     overlay = _overlay(index, layout, ids, kernel, cmdline, extra_files)
-    ext4.check_overlay(index, overlay)
+    ext4.check_overlay(index, overlay)  # here, not first from the thread feeding mke2fs a tar it would cut short
     inodes = max(place.size // layout.root.inode_ratio, index.inode_count() + ext4.INODE_SLACK)
     spec = ext4.Ext4Spec(uuid=ids.root_uuid, hash_seed=ids.hash_seed, size=place.size, inodes=inodes)
     conf = ext4.mke2fs_config(layout.root, work / "mke2fs.conf")

@@ -80,20 +80,20 @@ class OverlayEntry:
     mode: int = 0o644
 
 
-def check_overlay(index: TarIndex, overlay: list[OverlayEntry]) -> None:
-    """An overlay entry may replace a member, never one that other members are hard links to."""
+def check_overlay(index: TarIndex, overlay: list[OverlayEntry]) -> set[str]:
+    """The members the overlay replaces; never one that other members are hard links to."""
     replaced = {e.name for e in overlay} & index.names
     for m in index.members:
         if m.kind == "hardlink" and m.linkname in replaced:
             raise DiskError(f"cannot replace /{m.linkname}: /{m.name} is a hard link to it",
                             resolution="remove the hard link in the image")
+    return replaced
 
 
 def write_source_tar(index: TarIndex, overlay: list[OverlayEntry], out: IO[bytes], epoch: int) -> None:
     """The rootfs tar with overlay entries added, members they replace dropped, copied byte for byte into
     `out`: a file, or the pipe mke2fs reads (`-d -`), so no second copy of the tar is ever written."""
-    check_overlay(index, overlay)
-    replaced = {e.name for e in overlay} & index.names
+    replaced = check_overlay(index, overlay)
     bounds = [m.offset for m in index.members] + [index.end]
     out.flush()
     with index.path.open("rb") as src:
